@@ -1,0 +1,579 @@
+"""StyleGAN2 networks: the generator (mapping + "skip" synthesis) and the "resnet" discriminator.
+
+This file owns the architecture and the mathematics of its layers, in pure PyTorch (no compiled
+extensions): equalized learning rate, modulated/demodulated convolution, [1, 3, 3, 1] FIR
+up/downsampling, per-layer noise, truncation and minibatch standard deviation. It does not own
+losses, regularizers, optimizers or data (train.py, augment.py, dataset.py).
+
+References: Karras et al. 2020, "Analyzing and Improving the Image Quality of StyleGAN" (StyleGAN2)
+and Karras et al. 2020, "Training Generative Adversarial Networks with Limited Data" (ADA), whose
+official release fixes the layer sizes reproduced here (see ../shared/SPEC.md for the facts).
+
+Run `python modules.py --resolution 256` to print the layer table and parameter counts.
+"""
+
+import argparse
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LRELU_SLOPE = 0.2              # leaky ReLU negative slope (StyleGAN, sec. 2)
+LRELU_GAIN = math.sqrt(2)      # He gain that keeps the activation variance of a leaky ReLU layer
+DEMOD_EPS = 1e-8               # demodulation epsilon, StyleGAN2 eq. 3
+NOISE_MODES = ("random", "const", "none")
+FIR_TAPS = (1, 3, 3, 1)        # binomial low-pass filter for all resampling (StyleGAN2 appendix B)
+
+
+def check_resolution(resolution: int, what: str = "img_resolution") -> int:
+    """Return log2(resolution), or raise a ValueError naming the expected values."""
+    if not isinstance(resolution, int) or resolution < 8 or resolution & (resolution - 1):
+        raise ValueError(f"{what} must be a power of two >= 8 (e.g. 64, 128, 256), got {resolution!r}")
+    return int(math.log2(resolution))
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure functions
+
+def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """Scale x to unit second moment along dim (StyleGAN mapping-network input, "PixelNorm")."""
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+def fir_kernel(taps=FIR_TAPS) -> torch.Tensor:
+    """Separable 2D FIR kernel from 1D taps, normalized to unit sum. [K, K]"""
+    f = torch.as_tensor(taps, dtype=torch.float32)
+    f = f[:, None] * f[None, :]
+    return f / f.sum()
+
+
+def _depthwise(f: torch.Tensor, channels: int, x: torch.Tensor) -> torch.Tensor:
+    return f.to(device=x.device, dtype=x.dtype).expand(channels, 1, *f.shape)  # [C, 1, K, K]
+
+
+def blur2d(x: torch.Tensor, f: torch.Tensor, pad: int, gain: float = 1.0, stride: int = 1) -> torch.Tensor:
+    """Filter every channel of x with the 2D kernel f after zero-padding `pad` on each side."""
+    c = x.shape[1]
+    return F.conv2d(x, _depthwise(f * gain, c, x), padding=pad, stride=stride, groups=c)
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """x2 upsampling: zero insertion then FIR low-pass with gain 4, centred. [N,C,H,W] -> [N,C,2H,2W]"""
+    c = x.shape[1]
+    # A stride-2 transposed conv with the filter is zero insertion + filtering; padding=1 crops the
+    # 4-tap filter's overhang so that pixel centres stay aligned (output = 2H exactly).
+    return F.conv_transpose2d(x, _depthwise(f * 4, c, x), stride=2, padding=1, groups=c)
+
+
+def downsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """x2 downsampling: FIR low-pass then decimation, centred. [N,C,H,W] -> [N,C,H/2,W/2]"""
+    return blur2d(x, f, pad=1, stride=2)
+
+
+def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1,
+                    groups: int = 1) -> torch.Tensor:
+    """Size-preserving conv with weight w [O, I/groups, k, k], optionally x2 up- or downsampled.
+
+    up=2:   stride-2 transposed conv, then FIR blur (gain 4) to remove the checkerboard.
+    down=2: FIR blur, then stride-2 conv (the blur runs at the input resolution, before decimation).
+    """
+    k = w.shape[-1]
+    if up == 1 and down == 1:
+        return F.conv2d(x, w, padding=k // 2, groups=groups)
+    if up == 2:
+        o, i = w.shape[0] // groups, w.shape[1]
+        # conv_transpose2d wants [in, out/groups, k, k] per group: swap the O and I axes in each group.
+        w = w.reshape(groups, o, i, k, k).transpose(1, 2).reshape(groups * i, o, k, k)
+        x = F.conv_transpose2d(x, w, stride=2, groups=groups)  # [N, O, 2H+k-2, 2W+k-2]
+        return blur2d(x, f, pad=(f.shape[-1] + 1 - k) // 2, gain=4)  # [N, O, 2H, 2W]
+    if down == 2:
+        x = blur2d(x, f, pad=k // 2 + (f.shape[-1] - 2) // 2)  # [N, I, H+k-2, W+k-2]
+        return F.conv2d(x, w, stride=2, groups=groups)
+    raise ValueError(f"conv2d_resample supports up=1|2 and down=1|2, got up={up}, down={down}")
+
+
+def bias_act(x: torch.Tensor, b, activation: str = "linear", gain: float = 1.0, clamp=None) -> torch.Tensor:
+    """x + b over channels, then optional leaky ReLU, times gain, then optional clamp to [-clamp, clamp]."""
+    if b is not None:
+        x = x + b.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))
+    if activation == "lrelu":
+        x = F.leaky_relu(x, LRELU_SLOPE)
+    if gain != 1:
+        x = x * gain
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
+                     up: int = 1, f: torch.Tensor = None, fused: bool = True) -> torch.Tensor:
+    """StyleGAN2 modulated convolution (sec. 2.2, eqs. 1-3).
+
+    x [N, I, H, W], weight [O, I, k, k], styles [N, I]. Each sample gets its own weight
+    w' = weight * s (eq. 1), demodulated to unit L2 norm per output channel (eq. 3).
+    fused=True runs one grouped conv over the batch; fused=False scales the activations instead
+    (x * s, shared conv, * demod coefficients), which is the same function.
+    """
+    n, i = x.shape[:2]
+    o, _, k, _ = weight.shape
+    if fused:
+        w = weight[None] * styles[:, None, :, None, None]                 # [N, O, I, k, k]
+        if demodulate:
+            w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + DEMOD_EPS).rsqrt()
+        x = x.reshape(1, n * i, *x.shape[2:])                              # [1, N*I, H, W]
+        x = conv2d_resample(x, w.reshape(n * o, i, k, k), f, up=up, groups=n)
+        return x.reshape(n, o, *x.shape[2:])                               # [N, O, H', W']
+    x = x * styles[:, :, None, None].to(x.dtype)
+    x = conv2d_resample(x, weight.to(x.dtype), f, up=up)
+    if demodulate:
+        # sum_{i,k,k} (weight * s_i)^2 = s^2 @ sum_{k,k} weight^2, without materializing [N, O, I, k, k].
+        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).T + DEMOD_EPS).rsqrt()  # [N, O]
+        x = x * dcoefs[:, :, None, None].to(x.dtype)
+    return x
+
+
+def minibatch_stddev(x: torch.Tensor, group_size: int, num_channels: int = 1) -> torch.Tensor:
+    """Append the minibatch standard deviation as extra feature maps (ProGAN sec. 3).
+
+    Groups are strided: with n = N / G, samples j, j+n, j+2n, ... form one group.
+    x [N, C, H, W] -> [N, C + num_channels, H, W]
+    """
+    n, c, h, w = x.shape
+    g = min(group_size, n)
+    if n % g:
+        raise ValueError(f"minibatch-stddev group size {g} does not divide the batch of {n} images; "
+                         f"use a batch that is a multiple of {g} or set mbstd_group_size to a divisor of {n}")
+    if c % num_channels:
+        raise ValueError(f"mbstd num_channels={num_channels} must divide the {c} feature channels")
+    y = x.reshape(g, -1, num_channels, c // num_channels, h, w)           # [G, n, F, c, H, W]
+    y = y - y.mean(dim=0)
+    y = (y.square().mean(dim=0) + 1e-8).sqrt()                            # [n, F, c, H, W] std over group
+    y = y.mean(dim=[2, 3, 4])                                             # [n, F]
+    y = y.reshape(-1, num_channels, 1, 1).repeat(g, 1, h, w)              # [N, F, H, W]
+    return torch.cat([x, y], dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Equalized-learning-rate layers (ProGAN sec. 4.1)
+
+class FullyConnectedLayer(nn.Module):
+    """Dense layer with equalized learning rate: weight stored N(0, 1/lr_mul^2) (std 1/lr_mul),
+    scaled at run time by lr_mul / sqrt(in_features); bias scaled by lr_mul."""
+
+    def __init__(self,
+                 in_features: int,              # input width
+                 out_features: int,             # output width
+                 bias: bool = True,             # add a learned bias
+                 bias_init: float = 0.0,        # initial bias value (1 for style affines)
+                 activation: str = "linear",    # "linear" or "lrelu"
+                 lr_mul: float = 1.0):          # learning-rate multiplier (0.01 in the mapping network)
+        super().__init__()
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.weight_gain = lr_mul / math.sqrt(in_features)
+        self.bias_gain = lr_mul
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight * self.weight_gain
+        b = self.bias * self.bias_gain if self.bias is not None else None
+        if self.activation == "linear":
+            return F.linear(x, w, b)
+        gain = LRELU_GAIN if self.activation == "lrelu" else 1.0
+        return bias_act(F.linear(x, w), b, self.activation, gain)
+
+    def extra_repr(self) -> str:
+        return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, act={self.activation}"
+
+
+class Conv2dLayer(nn.Module):
+    """Conv layer with equalized learning rate, optional x2 FIR downsampling and activation clamp."""
+
+    def __init__(self,
+                 in_channels: int,              # input feature maps
+                 out_channels: int,             # output feature maps
+                 kernel_size: int,              # odd kernel width (1 or 3)
+                 bias: bool = True,             # add a learned bias
+                 activation: str = "linear",    # "linear" or "lrelu"
+                 down: int = 1,                 # 2 = halve the resolution (FIR blur + stride 2)
+                 gain: float = 1.0,             # extra output gain (sqrt(0.5) on the resnet branches)
+                 conv_clamp: float = None,      # clamp |activations| to this (times gain); None = off
+                 lr_mul: float = 1.0):          # learning-rate multiplier
+        super().__init__()
+        self.activation, self.down = activation, down
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size) / lr_mul)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = lr_mul / math.sqrt(in_channels * kernel_size ** 2)
+        self.bias_gain = lr_mul
+        self.act_gain = (LRELU_GAIN if activation == "lrelu" else 1.0) * gain
+        self.act_clamp = conv_clamp * gain if conv_clamp is not None else None
+        self.register_buffer("resample_filter", fir_kernel(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = (self.weight * self.weight_gain).to(x.dtype)
+        x = conv2d_resample(x, w, self.resample_filter, down=self.down)
+        b = self.bias * self.bias_gain if self.bias is not None else None
+        return bias_act(x, b, self.activation, self.act_gain, self.act_clamp)
+
+    def extra_repr(self) -> str:
+        o, i, k, _ = self.weight.shape
+        return f"in={i}, out={o}, k={k}, down={self.down}, act={self.activation}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Generator
+
+class MappingNetwork(nn.Module):
+    """z -> w: 2nd-moment normalization, `num_layers` lrelu FC layers (lr_mul 0.01), broadcast to
+    num_ws copies, running mean w_avg for truncation (StyleGAN sec. 2 and 4)."""
+
+    def __init__(self,
+                 z_dim: int,                    # latent z width
+                 w_dim: int,                    # intermediate latent w width
+                 num_ws: int,                   # copies of w the synthesis network consumes
+                 num_layers: int = 8,           # FC layers (8 in the paper, 2 in the official "auto")
+                 lr_mul: float = 0.01,          # learning-rate multiplier of every FC layer
+                 w_avg_beta: float = 0.995):    # decay of the w_avg running mean (StyleGAN sec. 4)
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"mapping_layers must be >= 1, got {num_layers}")
+        self.z_dim, self.w_dim, self.num_ws, self.w_avg_beta = z_dim, w_dim, num_ws, w_avg_beta
+        widths = [z_dim] + [w_dim] * num_layers
+        self.layers = nn.ModuleList(
+            FullyConnectedLayer(widths[i], widths[i + 1], activation="lrelu", lr_mul=lr_mul)
+            for i in range(num_layers))
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int = None,
+                update_w_avg: bool = False) -> torch.Tensor:
+        """z [N, z_dim] -> ws [N, num_ws, w_dim]. update_w_avg=True (training only) tracks the mean w."""
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"z must have shape [N, {self.z_dim}] (z_dim={self.z_dim}), got {list(z.shape)}")
+        x = normalize_2nd_moment(z.to(self.w_avg.dtype))
+        for layer in self.layers:
+            x = layer(x)                                                 # [N, w_dim]
+        if update_w_avg:
+            with torch.no_grad():
+                self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+        ws = x[:, None, :].repeat(1, self.num_ws, 1)                     # [N, num_ws, w_dim]
+        if truncation_psi != 1:
+            cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
+            if not 0 <= cutoff <= self.num_ws:
+                raise ValueError(f"truncation_cutoff must be in [0, {self.num_ws}] or None, got {cutoff}")
+            ws[:, :cutoff] = self.w_avg.lerp(ws[:, :cutoff], truncation_psi)  # w_avg + psi (w - w_avg)
+        return ws
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv (optionally x2 upsampling) + per-pixel noise + bias + lrelu (StyleGAN2 fig. 2d)."""
+
+    def __init__(self,
+                 in_channels: int,              # input feature maps
+                 out_channels: int,             # output feature maps
+                 w_dim: int,                    # width of the w that drives the style affine
+                 resolution: int,               # output resolution (size of the const noise buffer)
+                 up: int = 1,                   # 2 = double the resolution
+                 kernel_size: int = 3,          # conv kernel width
+                 conv_clamp: float = None):     # clamp |activations| to this; None = off
+        super().__init__()
+        self.up, self.resolution, self.conv_clamp = up, resolution, conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1.0)  # styles start at 1
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        # Demodulation cancels any constant weight scale; the equalized-LR gain is still applied so
+        # that the unfused path (x * s, then conv) keeps activations of order one.
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
+        self.noise_strength = nn.Parameter(torch.zeros([]))              # learned, starts at 0
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.register_buffer("noise_const", torch.randn(resolution, resolution))
+        self.register_buffer("resample_filter", fir_kernel(), persistent=False)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random",
+                fused_modconv: bool = True) -> torch.Tensor:
+        styles = self.affine(w)                                          # [N, I]
+        x = modulated_conv2d(x, self.weight * self.weight_gain, styles, up=self.up,
+                             f=self.resample_filter, fused=fused_modconv)  # [N, O, R, R]
+        if noise_mode == "random":
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
+            x = x + noise * self.noise_strength.to(x.dtype)
+        elif noise_mode == "const":
+            x = x + self.noise_const.to(x.dtype) * self.noise_strength.to(x.dtype)
+        return bias_act(x, self.bias, "lrelu", LRELU_GAIN, self.conv_clamp)
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv without demodulation, style scaled by 1/sqrt(in_channels), bias, linear."""
+
+    def __init__(self,
+                 in_channels: int,              # input feature maps
+                 img_channels: int,             # output image channels (1 for MRI)
+                 w_dim: int,                    # width of w
+                 conv_clamp: float = None):     # clamp |output| to this; None = off
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(img_channels, in_channels, 1, 1))
+        self.weight_gain = 1 / math.sqrt(in_channels)
+        self.bias = nn.Parameter(torch.zeros(img_channels))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
+        styles = self.affine(w) * self.weight_gain                      # [N, I]
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=fused_modconv)
+        return bias_act(x, self.bias, "linear", 1.0, self.conv_clamp)   # [N, img_channels, R, R]
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution of the "skip" generator: [const | conv0 (up x2)], conv1, ToRGB; the image is the
+    sum of every resolution's ToRGB output, each upsampled with the FIR filter (StyleGAN2 fig. 7b)."""
+
+    def __init__(self,
+                 in_channels: int,              # feature maps from the previous block; 0 = first (4x4) block
+                 out_channels: int,             # feature maps of this block
+                 w_dim: int,                    # width of w
+                 resolution: int,               # output resolution of this block
+                 img_channels: int,             # output image channels
+                 conv_clamp: float = None):     # activation clamp; None = off
+        super().__init__()
+        self.resolution = resolution
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))  # learned input
+            self.conv0 = None
+        else:
+            self.const = None
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, conv_clamp=conv_clamp)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
+        self.torgb = ToRGB(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
+        self.num_conv = 1 if self.conv0 is None else 2
+        self.register_buffer("resample_filter", fir_kernel(), persistent=False)
+
+    def forward(self, x, img, ws: torch.Tensor, noise_mode: str = "random", fused_modconv: bool = True):
+        """ws [N, num_conv + 1, w_dim]: one w per conv, the last one for ToRGB."""
+        if self.conv0 is None:
+            x = self.const[None].repeat(ws.shape[0], 1, 1, 1)           # [N, C, 4, 4]
+        else:
+            x = self.conv0(x, ws[:, 0], noise_mode, fused_modconv)      # [N, C, R, R]
+        x = self.conv1(x, ws[:, self.num_conv - 1], noise_mode, fused_modconv)
+        y = self.torgb(x, ws[:, self.num_conv], fused_modconv)
+        img = y if img is None else upsample2d(img, self.resample_filter).to(y.dtype) + y
+        return x, img
+
+
+def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
+    """Feature maps at a resolution: min(channel_base // r, channel_max)."""
+    return min(channel_base // resolution, channel_max)
+
+
+class SynthesisNetwork(nn.Module):
+    """ws [N, num_ws, w_dim] -> image [N, img_channels, R, R], one SynthesisBlock per resolution 4..R."""
+
+    def __init__(self,
+                 w_dim: int,                    # width of w
+                 img_resolution: int,           # output resolution (power of two)
+                 img_channels: int,             # output image channels
+                 channel_base: int = 16384,     # channels at resolution r = min(channel_base // r, channel_max)
+                 channel_max: int = 512,        # upper bound on channels
+                 conv_clamp: float = None):     # activation clamp (256 with reduced precision); None = off
+        super().__init__()
+        log2 = check_resolution(img_resolution)
+        if channels_at(img_resolution, channel_base, channel_max) < 1:
+            raise ValueError(f"channel_base={channel_base} gives no channels at {img_resolution} px; "
+                             f"use channel_base >= {img_resolution}")
+        self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
+        self.blocks = nn.ModuleDict()                                     # "b4", "b8", ..., f"b{R}"
+        in_channels = 0
+        for res in [2 ** i for i in range(2, log2 + 1)]:
+            out_channels = channels_at(res, channel_base, channel_max)
+            self.blocks[f"b{res}"] = SynthesisBlock(in_channels, out_channels, w_dim, res, img_channels, conv_clamp)
+            in_channels = out_channels
+        # Consecutive blocks share a w: block b's ToRGB uses the same w as block b+1's conv0.
+        self.num_ws = sum(b.num_conv for b in self.blocks.values()) + 1   # 2 * log2(R) - 2
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random", fused_modconv: bool = True) -> torch.Tensor:
+        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
+            raise ValueError(f"ws must have shape [N, {self.num_ws}, {self.w_dim}] (num_ws, w_dim), "
+                             f"got {list(ws.shape)}")
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {', '.join(NOISE_MODES)}; got {noise_mode!r}")
+        x = img = None
+        w_idx = 0
+        for block in self.blocks.values():
+            x, img = block(x, img, ws[:, w_idx:w_idx + block.num_conv + 1], noise_mode, fused_modconv)
+            w_idx += block.num_conv
+        return img
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator: MappingNetwork (z -> ws) followed by SynthesisNetwork (ws -> image)."""
+
+    def __init__(self,
+                 z_dim: int = 512,              # latent z width
+                 w_dim: int = 512,              # intermediate latent w width
+                 img_resolution: int = 256,     # output resolution (power of two >= 8)
+                 img_channels: int = 1,         # output channels (1 for MRI, 3 for RGB)
+                 mapping_layers: int = 8,       # FC layers in the mapping network
+                 channel_base: int = 16384,     # channel scale (16384 = fmaps 0.5, 32768 = fmaps 1)
+                 channel_max: int = 512,        # upper bound on channels
+                 conv_clamp: float = None,      # activation clamp (256 with reduced precision); None = off
+                 mapping_lr_mul: float = 0.01): # learning-rate multiplier of the mapping network
+        super().__init__()
+        self.z_dim, self.w_dim = z_dim, w_dim
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max, conv_clamp)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, lr_mul=mapping_lr_mul)
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int = None,
+                noise_mode: str = "random", update_w_avg: bool = False, fused_modconv: bool = True) -> torch.Tensor:
+        ws = self.mapping(z, truncation_psi, truncation_cutoff, update_w_avg=update_w_avg)
+        return self.synthesis(ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
+
+
+# ----------------------------------------------------------------------------------------------
+# Discriminator
+
+class DiscriminatorBlock(nn.Module):
+    """Residual block r -> r/2: [FromRGB], conv0 3x3, conv1 3x3 down x2, plus a 1x1 down x2 skip;
+    both branches are scaled by sqrt(0.5) so the sum keeps unit variance (StyleGAN2 fig. 7c)."""
+
+    def __init__(self,
+                 in_channels: int,              # feature maps in; 0 = first block (reads the image via FromRGB)
+                 tmp_channels: int,             # feature maps at this resolution
+                 out_channels: int,             # feature maps at half this resolution
+                 img_channels: int,             # input image channels
+                 conv_clamp: float = None):     # activation clamp; None = off
+        super().__init__()
+        self.fromrgb = (Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu", conv_clamp=conv_clamp)
+                        if in_channels == 0 else None)
+        self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu", conv_clamp=conv_clamp)
+        self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation="lrelu", down=2,
+                                 gain=math.sqrt(0.5), conv_clamp=conv_clamp)
+        self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2, gain=math.sqrt(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fromrgb is not None:
+            x = self.fromrgb(x)                                          # [N, tmp, R, R]
+        y = self.skip(x)                                                 # [N, out, R/2, R/2]
+        x = self.conv1(self.conv0(x))                                    # [N, out, R/2, R/2]
+        return y + x
+
+
+class MinibatchStd(nn.Module):
+    """Appends the minibatch standard deviation feature map(s); see minibatch_stddev()."""
+
+    def __init__(self, group_size: int = 4, num_channels: int = 1):
+        super().__init__()
+        if group_size < 1:
+            raise ValueError(f"mbstd_group_size must be >= 1, got {group_size}")
+        self.group_size, self.num_channels = group_size, num_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return minibatch_stddev(x, self.group_size, self.num_channels)
+
+    def extra_repr(self) -> str:
+        return f"group_size={self.group_size}, num_channels={self.num_channels}"
+
+
+class DiscriminatorEpilogue(nn.Module):
+    """4x4 head: minibatch stddev, conv 3x3, FC (C*16 -> C) + lrelu, FC (C -> 1)."""
+
+    def __init__(self,
+                 in_channels: int,              # feature maps at 4x4
+                 mbstd_group_size: int = 4,     # images per minibatch-stddev group (min'ed with N)
+                 mbstd_num_channels: int = 1,   # stddev feature maps appended
+                 conv_clamp: float = None):     # activation clamp; None = off
+        super().__init__()
+        self.mbstd = MinibatchStd(mbstd_group_size, mbstd_num_channels)
+        self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3, activation="lrelu",
+                                conv_clamp=conv_clamp)
+        self.fc = FullyConnectedLayer(in_channels * 4 * 4, in_channels, activation="lrelu")
+        self.out = FullyConnectedLayer(in_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(self.mbstd(x))                                     # [N, C, 4, 4]
+        x = self.fc(x.flatten(1).to(self.fc.weight.dtype))               # [N, C*16] -> [N, C]
+        return self.out(x)                                               # [N, 1]
+
+
+class Discriminator(nn.Module):
+    """StyleGAN2 "resnet" discriminator: image [N, img_channels, R, R] -> logits [N, 1]."""
+
+    def __init__(self,
+                 img_resolution: int = 256,     # input resolution (power of two >= 8)
+                 img_channels: int = 1,         # input channels
+                 channel_base: int = 16384,     # channels at resolution r = min(channel_base // r, channel_max)
+                 channel_max: int = 512,        # upper bound on channels
+                 mbstd_group_size: int = 4,     # minibatch-stddev group size (min'ed with the batch)
+                 mbstd_num_channels: int = 1,   # minibatch-stddev feature maps
+                 conv_clamp: float = None):     # activation clamp (256 with reduced precision); None = off
+        super().__init__()
+        log2 = check_resolution(img_resolution)
+        if channels_at(img_resolution, channel_base, channel_max) < 1:
+            raise ValueError(f"channel_base={channel_base} gives no channels at {img_resolution} px; "
+                             f"use channel_base >= {img_resolution}")
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        self.blocks = nn.ModuleDict()                                     # f"b{R}", ..., "b16", "b8"
+        for res in [2 ** i for i in range(log2, 2, -1)]:
+            self.blocks[f"b{res}"] = DiscriminatorBlock(
+                in_channels=0 if res == img_resolution else channels_at(res, channel_base, channel_max),
+                tmp_channels=channels_at(res, channel_base, channel_max),
+                out_channels=channels_at(res // 2, channel_base, channel_max),
+                img_channels=img_channels, conv_clamp=conv_clamp)
+        self.epilogue = DiscriminatorEpilogue(channels_at(4, channel_base, channel_max),
+                                              mbstd_group_size, mbstd_num_channels, conv_clamp)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        expected = (self.img_channels, self.img_resolution, self.img_resolution)
+        if img.ndim != 4 or img.shape[1:] != expected:
+            raise ValueError(f"D expects images of shape [N, {', '.join(map(str, expected))}], got {list(img.shape)}")
+        x = img
+        for block in self.blocks.values():
+            x = block(x)                                                 # [N, C, r/2, r/2]
+        return self.epilogue(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary (python modules.py)
+
+def count_params(module: nn.Module) -> int:
+    """Trainable parameters of a module."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def summary_rows(G: "Generator", D: "Discriminator"):
+    """(network, layer name, output shape, parameters) for each block of G and D, in forward order."""
+    r, c = G.img_resolution, G.img_channels
+    yield "G", "mapping", f"[N, {G.num_ws}, {G.w_dim}]", count_params(G.mapping)
+    for name, block in G.synthesis.blocks.items():
+        yield "G", f"synthesis.{name}", f"[N, {block.conv1.weight.shape[0]}, {block.resolution}, {block.resolution}]", \
+            count_params(block)
+    yield "G", "image", f"[N, {c}, {r}, {r}]", 0
+    for name, block in D.blocks.items():
+        res = int(name[1:]) // 2
+        yield "D", name, f"[N, {block.conv1.weight.shape[0]}, {res}, {res}]", count_params(block)
+    yield "D", "epilogue", "[N, 1]", count_params(D.epilogue)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Print the StyleGAN2 G and D layer tables and parameter counts.")
+    parser.add_argument("--resolution", type=int, default=256, help="image resolution (power of two)")
+    parser.add_argument("--channels", type=int, default=1, help="image channels")
+    parser.add_argument("--channel_base", type=int, default=16384, help="channel scale")
+    parser.add_argument("--channel_max", type=int, default=512, help="max channels per layer")
+    parser.add_argument("--mapping_layers", type=int, default=8, help="mapping-network depth")
+    args = parser.parse_args(argv)
+    try:
+        G = Generator(img_resolution=args.resolution, img_channels=args.channels, mapping_layers=args.mapping_layers,
+                      channel_base=args.channel_base, channel_max=args.channel_max)
+        D = Discriminator(img_resolution=args.resolution, img_channels=args.channels,
+                          channel_base=args.channel_base, channel_max=args.channel_max)
+    except ValueError as e:
+        parser.exit(2, f"error: {e}\n")
+    print(f"{'layer':<24}{'output shape':<22}{'params':>12}")
+    for net, name, shape, params in summary_rows(G, D):
+        print(f"{net}.{name:<22}{shape:<22}{params:>12,}")
+    print(f"\nG total {count_params(G):,} parameters    D total {count_params(D):,} parameters")
+    print(f"num_ws = {G.num_ws}")
+
+
+if __name__ == "__main__":
+    main()
