@@ -18,11 +18,13 @@ from modules import Discriminator, Generator, count_params
 
 
 def timed(fn, iters: int, warmup: int, device: torch.device) -> float:
-    """Mean seconds per call of fn over `iters` calls after `warmup` untimed calls."""
+    """Mean seconds per call of fn over `iters` calls after `warmup` untimed calls. The CUDA peak-memory
+    counter is reset after the warm-up, so cuDNN's algorithm search does not count as the peak."""
     for _ in range(warmup):
         fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(iters):
         fn()
@@ -31,32 +33,45 @@ def timed(fn, iters: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / iters
 
 
+def autocast(device: torch.device, precision: str):
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def output_error(G, device: torch.device, precision: str, fused_modconv: bool, batch: int = 8) -> float:
+    """Relative RMS difference of G's images from the same G evaluated in float64 (same z, const noise)."""
+    z = torch.randn(batch, G.z_dim, device=device, generator=torch.Generator(device).manual_seed(123))
+    with autocast(device, precision):
+        img = G(z, noise_mode="const", fused_modconv=fused_modconv).double()
+    ref = G.double()(z.double(), noise_mode="const", fused_modconv=False)
+    G.float()
+    return ((img - ref).square().mean().sqrt() / ref.square().mean().sqrt()).item()
+
+
 def bench_networks(G, D, batch: int, device: torch.device, precision: str, fused_modconv: bool,
                    iters: int, warmup: int) -> dict:
     """Images/s of G inference and of one G+D forward/backward pass (non-saturating losses)."""
-    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
-    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     z = torch.randn(batch, G.z_dim, device=device)
     reals = torch.randn(batch, G.img_channels, G.img_resolution, G.img_resolution, device=device)
 
     @torch.no_grad()
     def generate():
-        with autocast():
+        with autocast(device, precision):
             G(z, noise_mode="const", fused_modconv=fused_modconv)
 
     def gan_step():
-        with autocast():
+        with autocast(device, precision):
             fakes = G(z, fused_modconv=fused_modconv)
             loss = F.softplus(-D(fakes)).mean() + F.softplus(D(reals)).mean()
         loss.backward()
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     gen_s = timed(generate, iters, warmup, device)
     step_s = timed(gan_step, iters, warmup, device)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
     return {"precision": precision, "modconv": "fused" if fused_modconv else "unfused",
-            "gen_img_s": batch / gen_s, "step_img_s": batch / step_s, "peak_gib": peak}
+            "gen_img_s": batch / gen_s, "step_img_s": batch / step_s, "peak_gib": peak,
+            "error": output_error(G, device, precision, fused_modconv)}
 
 
 def main(argv=None):
@@ -95,14 +110,15 @@ def main(argv=None):
         parser.error(str(e))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device: {name} | torch {torch.__version__} | {args.resolution} px x{args.channels}, batch {args.batch}, "
-          f"G {count_params(G):,} / D {count_params(D):,} params, conv_clamp {conv_clamp}")
-    print("| precision | modconv | generation img/s | G+D fwd+bwd img/s | peak GiB |")
-    print("|---|---|---:|---:|---:|")
+          f"G {count_params(G):,} / D {count_params(D):,} params, conv_clamp {conv_clamp}"
+          f"{', TF32 allowed for fp32' if device.type == 'cuda' else ''}")
+    print("| precision | modconv | generation img/s | G+D fwd+bwd img/s | peak GiB (fwd+bwd) | G error vs fp64 |")
+    print("|---|---|---:|---:|---:|---:|")
     for precision in args.precision.split(","):
         for modconv in args.modconv.split(","):
             r = bench_networks(G, D, args.batch, device, precision, modconv == "fused", args.iters, args.warmup)
             print(f"| {r['precision']} | {r['modconv']} | {r['gen_img_s']:.1f} | {r['step_img_s']:.1f} "
-                  f"| {r['peak_gib']:.2f} |", flush=True)
+                  f"| {'-' if r['peak_gib'] != r['peak_gib'] else format(r['peak_gib'], '.2f')} | {r['error']:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

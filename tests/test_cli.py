@@ -1,0 +1,46 @@
+"""The command-line entry points that exist so far: `python modules.py` and `python bench.py`."""
+
+import subprocess
+import sys
+
+import pytest
+
+import bench
+import modules
+
+
+def test_modules_summary_prints_official_totals(capsys):
+    modules.main(["--resolution", "256", "--channels", "1"])
+    out = capsys.readouterr().out
+    assert "G total 24,762,452 parameters" in out and "D total 24,000,961 parameters" in out
+    assert "num_ws = 14" in out
+
+
+def test_modules_summary_bad_resolution_is_one_line():
+    result = subprocess.run([sys.executable, "modules.py", "--resolution", "100"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: img_resolution must be a power of two >= 8 "
+                                     "(e.g. 64, 128, 256), got 100")
+
+
+def test_bench_runs_a_tiny_config_on_cpu(capsys):
+    bench.main(["--device", "cpu", "--resolution", "16", "--channel_base", "128", "--channel_max", "16",
+                "--batch", "2", "--iters", "1", "--warmup", "0"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| fp32") or line.startswith("| bf16")]
+    assert len(rows) == 4
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[2]) > 0 and float(cells[3]) > 0      # images/s
+        assert float(cells[5]) < (0.05 if cells[0] == "bf16" else 1e-5)  # error vs float64
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--precision", "fp16"], "--precision: unknown value 'fp16'"),
+    (["--modconv", "grouped"], "--modconv: unknown value 'grouped'"),
+    (["--resolution", "48"], "img_resolution must be a power of two"),
+])
+def test_bench_rejects_bad_options(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--device", "cpu"] + args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
