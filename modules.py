@@ -33,11 +33,33 @@ def check_resolution(resolution: int, what: str = "img_resolution") -> int:
     return int(math.log2(resolution))
 
 
+def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
+    """Feature maps at a resolution: min(channel_base // r, channel_max)."""
+    return min(channel_base // resolution, channel_max)
+
+
+def check_activation(activation: str) -> str:
+    if activation not in ("linear", "lrelu"):
+        raise ValueError(f"activation must be 'linear' or 'lrelu', got {activation!r}")
+    return activation
+
+
+def check_network_size(img_resolution: int, img_channels: int, channel_base: int, channel_max: int) -> int:
+    """Validate the size arguments shared by G and D; return log2(img_resolution)."""
+    log2 = check_resolution(img_resolution)
+    if not isinstance(img_channels, int) or img_channels < 1:
+        raise ValueError(f"img_channels must be a positive integer (1 for MRI, 3 for RGB), got {img_channels!r}")
+    if channel_max < 1 or channels_at(img_resolution, channel_base, channel_max) < 1:
+        raise ValueError(f"channel_base={channel_base}, channel_max={channel_max} give no channels at "
+                         f"{img_resolution} px; use channel_base >= {img_resolution} and channel_max >= 1")
+    return log2
+
+
 # ----------------------------------------------------------------------------------------------
 # Pure functions
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
-    """Scale x to unit second moment along dim (StyleGAN mapping-network input, "PixelNorm")."""
+    """Scale x to unit second moment along dim (ProGAN sec. 4.2 pixel norm, eps 1e-8; StyleGAN's z input)."""
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
@@ -71,7 +93,7 @@ def downsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return blur2d(x, f, pad=1, stride=2)
 
 
-def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1,
+def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor = None, up: int = 1, down: int = 1,
                     groups: int = 1) -> torch.Tensor:
     """Size-preserving conv with weight w [O, I/groups, k, k], optionally x2 up- or downsampled.
 
@@ -79,6 +101,7 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor, up: int =
     down=2: FIR blur, then stride-2 conv (the blur runs at the input resolution, before decimation).
     """
     k = w.shape[-1]
+    f = fir_kernel() if f is None else f
     if up == 1 and down == 1:
         return F.conv2d(x, w, padding=k // 2, groups=groups)
     if up == 2:
@@ -107,7 +130,7 @@ def bias_act(x: torch.Tensor, b, activation: str = "linear", gain: float = 1.0, 
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
-                     up: int = 1, f: torch.Tensor = None, fused: bool = True) -> torch.Tensor:
+                     up: int = 1, f: torch.Tensor = None, fused: bool = False) -> torch.Tensor:
     """StyleGAN2 modulated convolution (sec. 2.2, eqs. 1-3).
 
     x [N, I, H, W], weight [O, I, k, k], styles [N, I]. Each sample gets its own weight
@@ -149,7 +172,7 @@ def minibatch_stddev(x: torch.Tensor, group_size: int, num_channels: int = 1) ->
         raise ValueError(f"mbstd num_channels={num_channels} must divide the {c} feature channels")
     y = x.reshape(g, -1, num_channels, c // num_channels, h, w)           # [G, n, F, c, H, W]
     y = y - y.mean(dim=0)
-    y = (y.square().mean(dim=0) + 1e-8).sqrt()                            # [n, F, c, H, W] std over group
+    y = (y.square().mean(dim=0) + 1e-8).sqrt()                            # [n, F, c, H, W] std over group (eps: ProGAN)
     y = y.mean(dim=[2, 3, 4])                                             # [n, F]
     y = y.reshape(-1, num_channels, 1, 1).repeat(g, 1, h, w)              # [N, F, H, W]
     return torch.cat([x, y], dim=1)
@@ -170,7 +193,7 @@ class FullyConnectedLayer(nn.Module):
                  activation: str = "linear",    # "linear" or "lrelu"
                  lr_mul: float = 1.0):          # learning-rate multiplier (0.01 in the mapping network)
         super().__init__()
-        self.activation = activation
+        self.activation = check_activation(activation)
         self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
         self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
         self.weight_gain = lr_mul / math.sqrt(in_features)
@@ -181,8 +204,7 @@ class FullyConnectedLayer(nn.Module):
         b = self.bias * self.bias_gain if self.bias is not None else None
         if self.activation == "linear":
             return F.linear(x, w, b)
-        gain = LRELU_GAIN if self.activation == "lrelu" else 1.0
-        return bias_act(F.linear(x, w), b, self.activation, gain)
+        return bias_act(F.linear(x, w), b, "lrelu", LRELU_GAIN)
 
     def extra_repr(self) -> str:
         return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, act={self.activation}"
@@ -202,7 +224,7 @@ class Conv2dLayer(nn.Module):
                  conv_clamp: float = None,      # clamp |activations| to this (times gain); None = off
                  lr_mul: float = 1.0):          # learning-rate multiplier
         super().__init__()
-        self.activation, self.down = activation, down
+        self.activation, self.down = check_activation(activation), down
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size) / lr_mul)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.weight_gain = lr_mul / math.sqrt(in_channels * kernel_size ** 2)
@@ -251,9 +273,12 @@ class MappingNetwork(nn.Module):
         """z [N, z_dim] -> ws [N, num_ws, w_dim]. update_w_avg=True (training only) tracks the mean w."""
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must have shape [N, {self.z_dim}] (z_dim={self.z_dim}), got {list(z.shape)}")
-        x = normalize_2nd_moment(z.to(self.w_avg.dtype))
-        for layer in self.layers:
-            x = layer(x)                                                 # [N, w_dim]
+        # The mapping network is cheap and w feeds w_avg and truncation, so it always runs in full
+        # precision, also inside a bf16 autocast region.
+        with torch.autocast(z.device.type, enabled=False):
+            x = normalize_2nd_moment(z.to(self.w_avg.dtype))
+            for layer in self.layers:
+                x = layer(x)                                             # [N, w_dim]
         if update_w_avg:
             with torch.no_grad():
                 self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
@@ -354,14 +379,12 @@ class SynthesisBlock(nn.Module):
         else:
             x = self.conv0(x, ws[:, 0], noise_mode, fused_modconv)      # [N, C, R, R]
         x = self.conv1(x, ws[:, self.num_conv - 1], noise_mode, fused_modconv)
-        y = self.torgb(x, ws[:, self.num_conv], fused_modconv)
-        img = y if img is None else upsample2d(img, self.resample_filter).to(y.dtype) + y
-        return x, img
-
-
-def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
-    """Feature maps at a resolution: min(channel_base // r, channel_max)."""
-    return min(channel_base // resolution, channel_max)
+        y = self.torgb(x, ws[:, self.num_conv], fused_modconv)        # [N, img_channels, R, R]
+        y = y.to(torch.promote_types(y.dtype, torch.float32))            # the image sum stays full precision
+        if img is None:
+            return x, y
+        with torch.autocast(y.device.type, enabled=False):
+            return x, upsample2d(img, self.resample_filter) + y
 
 
 class SynthesisNetwork(nn.Module):
@@ -375,10 +398,7 @@ class SynthesisNetwork(nn.Module):
                  channel_max: int = 512,        # upper bound on channels
                  conv_clamp: float = None):     # activation clamp (256 with reduced precision); None = off
         super().__init__()
-        log2 = check_resolution(img_resolution)
-        if channels_at(img_resolution, channel_base, channel_max) < 1:
-            raise ValueError(f"channel_base={channel_base} gives no channels at {img_resolution} px; "
-                             f"use channel_base >= {img_resolution}")
+        log2 = check_network_size(img_resolution, img_channels, channel_base, channel_max)
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         self.blocks = nn.ModuleDict()                                     # "b4", "b8", ..., f"b{R}"
         in_channels = 0
@@ -507,10 +527,7 @@ class Discriminator(nn.Module):
                  mbstd_num_channels: int = 1,   # minibatch-stddev feature maps
                  conv_clamp: float = None):     # activation clamp (256 with reduced precision); None = off
         super().__init__()
-        log2 = check_resolution(img_resolution)
-        if channels_at(img_resolution, channel_base, channel_max) < 1:
-            raise ValueError(f"channel_base={channel_base} gives no channels at {img_resolution} px; "
-                             f"use channel_base >= {img_resolution}")
+        log2 = check_network_size(img_resolution, img_channels, channel_base, channel_max)
         self.img_resolution, self.img_channels = img_resolution, img_channels
         self.blocks = nn.ModuleDict()                                     # f"b{R}", ..., "b16", "b8"
         for res in [2 ** i for i in range(log2, 2, -1)]:

@@ -106,6 +106,19 @@ def test_every_parameter_gets_a_finite_gradient(device):
         assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
 
 
+def test_bf16_autocast_forward_and_backward(device):
+    G, D = tiny_G(16).to(device), tiny_D(16).to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        ws = G.mapping(torch.randn(4, 16, device=device), truncation_psi=0.7, update_w_avg=True)
+        assert ws.dtype == torch.float32 and G.mapping.w_avg.dtype == torch.float32
+        img = G.synthesis(ws)
+        loss = torch.nn.functional.softplus(-D(img)).mean()
+    loss.backward()
+    assert img.dtype == torch.float32                    # the ToRGB sum is kept in full precision
+    assert torch.isfinite(img).all() and torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in G.parameters())
+
+
 def test_initial_output_is_image_scaled(device):
     # The sum of ToRGB outputs at initialization should be of order one, like a [-1, 1] image.
     G = Generator(z_dim=64, w_dim=64, img_resolution=32, mapping_layers=2, channel_base=1024, channel_max=64)
@@ -372,5 +385,11 @@ def test_bad_shapes_are_refused():
         G(torch.randn(2, 16), noise_mode="fixed")
     with pytest.raises(ValueError, match=r"truncation_cutoff must be in \[0, 6\]"):
         G.mapping(torch.randn(2, 16), truncation_psi=0.5, truncation_cutoff=9)
-    with pytest.raises(ValueError, match=r"channel_base=8 gives no channels at 16 px"):
+    with pytest.raises(ValueError, match=r"channel_base=8, channel_max=512 give no channels at 16 px"):
         Generator(img_resolution=16, channel_base=8)
+    with pytest.raises(ValueError, match=r"img_channels must be a positive integer.*got 0"):
+        Discriminator(img_resolution=16, img_channels=0)
+    with pytest.raises(ValueError, match=r"mapping_layers must be >= 1, got 0"):
+        Generator(img_resolution=16, mapping_layers=0)
+    with pytest.raises(ValueError, match=r"mbstd_group_size must be >= 1, got 0"):
+        Discriminator(img_resolution=16, mbstd_group_size=0)
