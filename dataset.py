@@ -1,0 +1,693 @@
+"""Training data: OASIS slice folders and plain image folders, validated, decoded once into a uint8
+cache and served as batches; plus the built-in demo data made from the MNI152 brain template.
+
+Owns: finding images (and their tissue masks), decoding and resizing them, the cache, the batch
+sampler's data order, `python dataset.py check|demo|figure`. Does not own augmentation (augment.py)
+or anything about models and training (modules.py, train.py).
+
+    python dataset.py check --data PATH [--resolution 256]     # what a training run would see
+    python dataset.py demo --out data/demo                      # build the demo data (about 20 s)
+    python dataset.py figure --data data/demo --out picture/demo_slices.png
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SPLITS = ("train", "validate", "test")
+OASIS_PREFIX = "keras_png_slices_"              # keras_png_slices_{split}, keras_png_slices_seg_{split}
+MASK_LEVELS = (0, 85, 170, 255)                 # background, CSF, grey matter, white matter
+CACHE_VERSION = 1                               # bump when the decoded format changes
+FITS = ("crop", "pad")
+DEFAULT_DATA = Path("data/demo")                # where train.py builds the demo data when no --data is given
+
+
+class DataError(ValueError):
+    """A problem with the user's data, worded as one line that names the file and what to do."""
+
+
+def check_resolution(resolution: int) -> int:
+    if not isinstance(resolution, int) or resolution < 8 or resolution & (resolution - 1):
+        raise DataError(f"--resolution must be a power of two >= 8 (e.g. 64, 128, 256), got {resolution!r}")
+    return resolution
+
+
+def _first(names, n: int = 5) -> str:
+    names = [str(x) for x in names]
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding the images
+
+@dataclass
+class Source:
+    """The files of one split: images (sorted) and, where there are masks, the matching mask files."""
+    name: str                                   # split name, or the folder name for a plain folder
+    root: Path                                  # the --data folder
+    image_dir: Path
+    files: list                                 # image paths
+    mask_dir: Path = None
+    mask_files: list = None                     # mask path per image, same order
+
+
+def is_oasis_layout(root: Path) -> bool:
+    return any((root / f"{OASIS_PREFIX}{s}").is_dir() for s in SPLITS)
+
+
+def list_images(folder: Path) -> list:
+    """Image files under folder, recursively, sorted; hidden files and folders (e.g. .cache) skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in filenames
+                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTS)]
+    return sorted(found)
+
+
+def mask_name(image_name: str) -> str:
+    """OASIS naming: case_001_slice_0.nii.png -> seg_001_slice_0.nii.png."""
+    return "seg_" + image_name[len("case_"):] if image_name.startswith("case_") else image_name
+
+
+def find_source(data, split: str = "train", with_masks: bool = False) -> Source:
+    """Resolve --data to the files of one split. `data` is either the folder holding the OASIS
+    keras_png_slices_* folders (then `split` picks one) or any folder of images (searched recursively)."""
+    root = Path(data)
+    if not root.exists():
+        raise DataError(f"--data {root}: no such file or folder; give the folder that holds the "
+                        f"keras_png_slices_* folders or any folder of images")
+    if not root.is_dir():
+        raise DataError(f"--data {root}: is a file, not a folder; give the folder that contains the images")
+    if is_oasis_layout(root):
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        image_dir = root / f"{OASIS_PREFIX}{split}"
+        if not image_dir.is_dir():
+            have = [s for s in SPLITS if (root / f"{OASIS_PREFIX}{s}").is_dir()]
+            raise DataError(f"--data {root}: has no {image_dir.name} folder (found splits: {', '.join(have)})")
+        mask_dir = root / f"{OASIS_PREFIX}seg_{split}"
+        name = split
+    else:
+        image_dir, mask_dir, name = root, None, root.name
+    files = list_images(image_dir)
+    if not files:
+        entries = [p.name for p in image_dir.iterdir()] if image_dir.is_dir() else []
+        what = "is empty" if not entries else f"has no {'/'.join(e[1:] for e in IMAGE_EXTS)} images (found: {_first(entries, 3)})"
+        raise DataError(f"{image_dir}: {what}; point --data at a folder of images")
+    source = Source(name, root, image_dir, files)
+    if with_masks:
+        if mask_dir is None or not mask_dir.is_dir():
+            raise DataError(f"{image_dir}: no mask folder {mask_dir.name if mask_dir else '(plain image folder)'}; "
+                            f"masks need the OASIS layout with keras_png_slices_seg_<split>")
+        pair_masks(source, mask_dir)
+    return source
+
+
+def pair_masks(source: Source, mask_dir: Path) -> None:
+    """Attach the mask file of every image, or raise naming what does not match."""
+    masks = {p.relative_to(mask_dir).as_posix(): p for p in list_images(mask_dir)}
+    wanted = {}
+    for f in source.files:
+        rel = f.relative_to(source.image_dir)
+        wanted[(rel.parent / mask_name(rel.name)).as_posix()] = f
+    missing = [wanted[k].name for k in wanted if k not in masks]
+    extra = [k for k in masks if k not in wanted]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} images have no mask (first: {_first(missing, 3)})")
+        if extra:
+            parts.append(f"{len(extra)} masks have no image (first: {_first(extra, 3)})")
+        raise DataError(f"mask folder {mask_dir} does not match image folder {source.image_dir}: "
+                        f"{'; '.join(parts)}")
+    source.mask_dir = mask_dir
+    source.mask_files = [masks[k] for k in wanted]
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding one file
+
+@dataclass
+class DecodeStats:
+    """What decoding saw, for the user: source sizes, modes and bit depths, conversions, bad files."""
+    sizes: dict = field(default_factory=dict)           # "WxH" -> count
+    modes: dict = field(default_factory=dict)           # "L (8-bit)" -> count
+    color_to_gray: int = 0                              # colour images turned into luminance
+    resized: int = 0
+    bad: list = field(default_factory=list)             # (file, reason)
+
+    def add(self, key: str, table: dict):
+        table[key] = table.get(key, 0) + 1
+
+
+def _mode_label(im: Image.Image) -> str:
+    bits = {"1": 1, "L": 8, "P": 8, "LA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "I;16": 16, "I;16B": 16,
+            "I;16L": 16, "I": 32, "F": 32}.get(im.mode, "?")
+    return f"{im.mode} ({bits}-bit)"
+
+
+def _to_uint8(im: Image.Image, channels: int, stats: DecodeStats) -> Image.Image:
+    """Any PIL mode -> 'L' or 'RGB'. 16-bit maps its full range 0..65535 linearly onto 0..255;
+    32-bit float images are min-max scaled (they carry no fixed range)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        scale = 65535.0 if im.mode != "I" or a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(np.rint(a * (255.0 / scale)), 0, 255).astype(np.uint8))
+    elif im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        im = Image.fromarray(np.rint((a - lo) / (hi - lo or 1.0) * 255).astype(np.uint8))
+    is_color = im.mode not in ("1", "L", "LA") and not (im.mode == "P" and _palette_is_gray(im))
+    if channels == 1:
+        if is_color:
+            stats.color_to_gray += 1
+        return im.convert("L")                           # ITU-R 601 luminance for colour input
+    return im.convert("RGB")
+
+
+def _palette_is_gray(im: Image.Image) -> bool:
+    pal = np.asarray(im.getpalette() or [], dtype=np.int32).reshape(-1, 3)
+    return bool(len(pal)) and bool((pal[:, 0] == pal[:, 1]).all() and (pal[:, 1] == pal[:, 2]).all())
+
+
+def fit_square(im: Image.Image, fit: str, fill=0) -> Image.Image:
+    """Centre-crop (fit='crop') or zero-pad (fit='pad') to a square."""
+    w, h = im.size
+    if w == h:
+        return im
+    if fit == "crop":
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        return im.crop((left, top, left + s, top + s))
+    s = max(w, h)
+    canvas = Image.new(im.mode, (s, s), fill)
+    canvas.paste(im, ((s - w) // 2, (s - h) // 2))
+    return canvas
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode an image, turning every failure into a DataError naming the file."""
+    try:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file (0 bytes)")
+        with Image.open(path) as im:
+            im.load()                                    # decode now: truncated files fail here
+            if im.width == 0 or im.height == 0:
+                raise DataError(f"{path}: image of zero size")
+            return im.copy()
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image file (unreadable by Pillow)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: corrupt or truncated image ({e})") from None
+
+
+def decode_image(path: Path, resolution: int, channels: int = 1, fit: str = "crop",
+                 stats: DecodeStats = None) -> np.ndarray:
+    """One image file -> uint8 [channels, resolution, resolution]."""
+    stats = stats if stats is not None else DecodeStats()
+    im = open_image(path)
+    stats.add(f"{im.width}x{im.height}", stats.sizes)
+    stats.add(_mode_label(im), stats.modes)
+    im = fit_square(_to_uint8(im, channels, stats), fit)
+    if im.width != resolution:
+        stats.resized += 1
+        im = im.resize((resolution, resolution), Image.LANCZOS)  # windowed-sinc low-pass when shrinking
+    a = np.asarray(im, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)    # [C, R, R]
+
+
+def decode_mask(path: Path, resolution: int, fit: str = "crop") -> np.ndarray:
+    """OASIS tissue mask file -> uint8 labels [resolution, resolution] in 0..3 (nearest level of 0/85/170/255)."""
+    im = open_image(path)
+    im = fit_square(_to_uint8(im, 1, DecodeStats()), fit)
+    if im.width != resolution:
+        im = im.resize((resolution, resolution), Image.NEAREST)   # labels must not be blended
+    a = np.asarray(im, dtype=np.int32)
+    return np.clip(np.rint(a / 85.0), 0, 3).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decode once: the uint8 cache
+
+def _listing(files, base: Path) -> list:
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append([f.relative_to(base).as_posix(), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _atomic_save(path: Path, write) -> None:
+    """write(file_object) into a temporary file next to path, then rename it over path."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cache_paths(source: Source, cache_dir, resolution: int, channels: int, fit: str, with_masks: bool):
+    """(array file, mask file, index file) of the cache entry for these settings."""
+    if cache_dir is None:
+        cache_dir = source.root / ".cache"
+        if not os.access(source.root, os.W_OK) and not cache_dir.is_dir():
+            cache_dir = Path.home() / ".cache" / "stylegan2-mri"
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    where = hashlib.sha1(str(source.image_dir.resolve()).encode()).hexdigest()[:8]
+    stem = f"{source.name}-{where}-r{resolution}-c{channels}-{fit}{'-seg' if with_masks else ''}"
+    return cache_dir / f"{stem}.npy", cache_dir / f"{stem}-masks.npy", cache_dir / f"{stem}.json"
+
+
+def _bad_files_error(bad: list, where: Path) -> DataError:
+    return DataError(f"{len(bad)} unreadable image file(s) in {where}: {_first(b[0] for b in bad)} "
+                     f"(first problem: {bad[0][1]}); fix or remove them, or pass --skip_bad to train without them")
+
+
+def load_images(source: Source, resolution: int, channels: int = 1, fit: str = "crop", with_masks: bool = False,
+                skip_bad: bool = False, cache_dir=None, log=None):
+    """Decoded images of a source, from the cache when it is current, else decoded now and cached.
+
+    Returns (images uint8 [N, C, R, R], masks uint8 [N, R, R] or None, kept file names, info dict).
+    The cache is keyed by every file's relative path, size and modification time and by the settings,
+    so any change to the source folder rebuilds it.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    img_path, mask_path, index_path = cache_paths(source, cache_dir, resolution, channels, fit, with_masks)
+    listing = _listing(source.files, source.image_dir)
+    mask_listing = _listing(source.mask_files, source.mask_dir) if with_masks else []
+    key = hashlib.sha1(json.dumps([CACHE_VERSION, resolution, channels, fit, listing, mask_listing])
+                       .encode()).hexdigest()
+    index = None
+    if index_path.is_file() and img_path.is_file() and (mask_path.is_file() or not with_masks):
+        try:
+            index = json.loads(index_path.read_text())
+        except (OSError, ValueError):
+            index = None
+    if index is not None and index.get("key") == key:
+        bad = index["bad"]
+        if bad and not skip_bad:
+            raise _bad_files_error(bad, source.image_dir)
+        images = np.load(img_path)
+        masks = np.load(mask_path) if with_masks else None
+        if images.shape == (len(index["files"]), channels, resolution, resolution):
+            return images, masks, index["files"], dict(index["info"], from_cache=True, cache=str(img_path))
+        log(f"note: cache {img_path} has an unexpected shape; rebuilding it")
+
+    images, masks, kept, stats = _decode_all(source, resolution, channels, fit, with_masks, log)
+    if stats.bad and not skip_bad:
+        raise _bad_files_error(stats.bad, source.image_dir)
+    if stats.bad:
+        log(f"warning: skipping {len(stats.bad)} unreadable image(s): {_first(b[0] for b in stats.bad)}")
+    if not kept:
+        raise DataError(f"{source.image_dir}: none of the {len(source.files)} images could be read")
+    if stats.color_to_gray:
+        log(f"note: {stats.color_to_gray} colour image(s) converted to grayscale (luminance) for img_channels=1")
+    info = {"sizes": stats.sizes, "modes": stats.modes, "resized": stats.resized,
+            "color_to_gray": stats.color_to_gray}
+    _atomic_save(img_path, lambda f: np.save(f, images))
+    if with_masks:
+        _atomic_save(mask_path, lambda f: np.save(f, masks))
+    index = {"key": key, "files": kept, "bad": stats.bad, "info": info, "source": str(source.image_dir)}
+    _atomic_save(index_path, lambda f: f.write(json.dumps(index, indent=1).encode()))  # written last
+    return images, masks, kept, dict(info, from_cache=False, cache=str(img_path))
+
+
+def _decode_all(source: Source, resolution: int, channels: int, fit: str, with_masks: bool, log):
+    from tqdm import tqdm
+    stats = DecodeStats()
+    n = len(source.files)
+    images = np.empty((n, channels, resolution, resolution), dtype=np.uint8)
+    masks = np.empty((n, resolution, resolution), dtype=np.uint8) if with_masks else None
+    kept, rows = [], []
+    for i, f in enumerate(tqdm(source.files, desc=f"decoding {source.name}", unit="img", disable=n < 500,
+                               file=sys.stderr)):
+        try:
+            images[len(kept)] = decode_image(f, resolution, channels, fit, stats)
+            if with_masks:
+                masks[len(kept)] = decode_mask(source.mask_files[i], resolution, fit)
+        except DataError as e:
+            stats.bad.append([f.relative_to(source.image_dir).as_posix(), str(e)])
+            continue
+        kept.append(f.relative_to(source.image_dir).as_posix())
+    images = images[:len(kept)]
+    masks = masks[:len(kept)] if with_masks else None
+    return images, masks, kept, stats
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataset a training run reads
+
+class ImageDataset:
+    """One split at one resolution, decoded into memory as uint8 [N, C, R, R] (through the cache).
+
+    Index i < N is image i; with mirror=True, i in [N, 2N) is image i - N flipped left-right.
+    """
+
+    def __init__(self,
+                 data,                          # folder with keras_png_slices_* folders, or any image folder
+                 split: str = "train",          # OASIS split: train / validate / test
+                 resolution: int = 256,         # training resolution (power of two)
+                 img_channels: int = 1,         # 1 = grayscale (colour converted to luminance), 3 = RGB
+                 fit: str = "crop",             # non-square images: "crop" (centre) or "pad" (zeros)
+                 mirror: bool = False,          # add x-flipped copies (doubles the data set)
+                 with_masks: bool = False,      # also load the OASIS tissue masks (labels 0..3)
+                 skip_bad: bool = False,        # skip unreadable files with a warning instead of stopping
+                 cache_dir=None,                # where the decoded cache lives; None = <data>/.cache
+                 log=None):                     # callable for the one-line notes; None = stderr
+        check_resolution(resolution)
+        if img_channels not in (1, 3):
+            raise DataError(f"img_channels must be 1 (grayscale) or 3 (RGB), got {img_channels!r}")
+        if fit not in FITS:
+            raise DataError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+        self.source = find_source(data, split, with_masks)
+        self.resolution, self.img_channels, self.mirror = resolution, img_channels, mirror
+        self.images, self.masks, self.files, self.info = load_images(
+            self.source, resolution, img_channels, fit, with_masks, skip_bad, cache_dir, log)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    def __len__(self) -> int:
+        return self.num_images * (2 if self.mirror else 1)
+
+    def get(self, indices):
+        """uint8 images [B, C, R, R] (and uint8 masks [B, R, R] or None) for dataset indices."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"dataset index out of range [0, {len(self)})")
+        base = indices % self.num_images
+        flip = torch.from_numpy(indices >= self.num_images)
+        images = torch.from_numpy(self.images[base])
+        masks = torch.from_numpy(self.masks[base]) if self.masks is not None else None
+        if flip.any():
+            images[flip] = images[flip].flip(-1)
+            if masks is not None:
+                masks[flip] = masks[flip].flip(-1)
+        return images, masks
+
+    def batch(self, indices, device=None) -> torch.Tensor:
+        """Float images in [-1, 1], [B, C, R, R], on device (the uint8 copy is what crosses to the GPU)."""
+        images, _ = self.get(indices)
+        return to_float(images.to(device) if device is not None else images)
+
+
+def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return images_uint8.to(torch.float32) / 127.5 - 1
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255] (rounded, clipped)."""
+    return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+class InfiniteSampler:
+    """Endless stream of dataset indices: each epoch is a permutation drawn from (seed, epoch).
+
+    Resumable: state_dict() is two integers. With world_size > 1 all ranks walk the same stream and
+    rank r takes every world_size-th index, so ranks see disjoint images and stay in step.
+    """
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        if size < 1:
+            raise DataError("cannot sample from an empty data set")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
+        self.size, self.seed, self.rank, self.world_size, self.shuffle = size, seed, rank, world_size, shuffle
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.size)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+
+    def next(self, batch: int) -> np.ndarray:
+        """The next `batch` indices for this rank (the stream advances by batch * world_size)."""
+        need, out = batch * self.world_size, []
+        while need:
+            take = min(need, self.size - self.position)
+            out.append(self._order[self.position:self.position + take])
+            self.position += take
+            need -= take
+            if self.position == self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation()
+        return np.concatenate(out)[self.rank::self.world_size]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._permutation()
+
+
+# ----------------------------------------------------------------------------------------------
+# The built-in demo data: virtual subjects from the MNI152 template shipped inside nilearn
+
+DEMO_MARKER = "demo.json"                       # written last: a demo folder without it is incomplete
+
+
+def _load_mni152():
+    """T1, grey matter, white matter and brain mask of the MNI152 2009 template (1 mm), as one float32
+    tensor [1, 4, Z, Y, X]. nilearn ships these files inside its wheel; nothing is downloaded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from nilearn import datasets
+        vols = [datasets.load_mni152_template(resolution=1), datasets.load_mni152_gm_template(resolution=1),
+                datasets.load_mni152_wm_template(resolution=1), datasets.load_mni152_brain_mask(resolution=1)]
+        arrays = [np.asarray(v.get_fdata(), dtype=np.float32).transpose(2, 1, 0) for v in vols]  # [Z, Y, X]
+    return torch.from_numpy(np.stack(arrays))[None]
+
+
+def _smooth_field(rng, channels: int, grid, amplitude: float, coarse=(4, 5, 4)) -> torch.Tensor:
+    """A random field that varies slowly in space: N(0, amplitude) on a coarse lattice spanning the
+    volume, interpolated trilinearly at the sample points grid [1, D, H, W, 3]. -> [channels, D, H, W]"""
+    lattice = torch.from_numpy(rng.normal(0, amplitude, (1, channels, *coarse)).astype(np.float32))
+    return torch.nn.functional.grid_sample(lattice, grid, mode="bilinear", align_corners=True)[0]
+
+
+def demo_subject(template: torch.Tensor, rng, slice_z: np.ndarray, resolution: int):
+    """One virtual subject: the template under a random affine + smooth deformation and a random
+    intensity change, cut into axial slices. -> (uint8 slices [S, R, R], uint8 labels [S, R, R])"""
+    _, _, zdim, ydim, xdim = template.shape
+    fov = 200.0                                                   # square field of view, mm (1 mm voxels)
+    centre = np.array([(xdim - 1) / 2, (ydim - 1) / 2, 0.0])
+    px = (np.arange(resolution) - (resolution - 1) / 2) * fov / resolution
+    z = slice_z + rng.normal(0, 2.0)                              # subject-specific slice offset
+    zz, yy, xx = np.meshgrid(z, -px, px, indexing="ij")           # rows run posterior -> anterior, flipped
+    points = np.stack([xx, yy, zz], axis=-1)                      # [S, R, R, 3] mm around the centre
+    angle = np.deg2rad(rng.normal(0, 4.0))                        # in-plane head rotation
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    scale = np.exp(rng.normal(0, 0.05, 3))                        # head size and shape
+    src = points @ (rot * scale).T + centre + rng.normal(0, 2.0, 3)
+    size = np.array([xdim - 1, ydim - 1, zdim - 1])
+    grid = torch.from_numpy((2 * src / size - 1).astype(np.float32))[None]  # [1, S, R, R, 3] in [-1, 1]
+    grid = grid + _smooth_field(rng, 3, grid, 3.0).permute(1, 2, 3, 0)[None] * torch.from_numpy(
+        (2 / size).astype(np.float32))                           # + smooth displacement, ~3 mm
+    t1, gm, wm, brain = torch.nn.functional.grid_sample(template, grid, mode="bilinear",
+                                                        align_corners=True)[0]  # each [S, R, R]
+    brain = brain > 0.5
+    # Intensity: GM/WM contrast, gamma, brightness, a smooth bias field and a little noise.
+    img = t1 + float(rng.normal(0, 0.04)) * (wm - gm)
+    img = img.clamp(0, 1) ** float(np.exp(rng.normal(0, 0.15)))
+    img = img * float(np.exp(rng.normal(0, 0.06))) * (1 + _smooth_field(rng, 1, grid, 0.08)[0])
+    img = img + torch.from_numpy(rng.normal(0, 0.01, img.shape).astype(np.float32))
+    img = (img.clamp(0, 1) * 255 * brain).round().to(torch.uint8)  # skull-stripped: zero outside the brain
+    csf = (1 - gm - wm).clamp(min=0)
+    labels = (torch.stack([csf, gm, wm]).argmax(dim=0) + 1) * brain  # 0 bg, 1 CSF, 2 GM, 3 WM
+    return img.numpy(), labels.to(torch.uint8).numpy()
+
+
+def build_demo(out, seed: int = 0, subjects=(24, 4, 4), slices: int = 32, resolution: int = 256,
+               z_range=(45, 125), log=None) -> Path:
+    """Write an OASIS-layout demo data set (train / validate / test and their seg folders, 8-bit PNG,
+    OASIS file names), split by subject, deterministic for a seed. Refuses to touch an existing folder."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out} already exists and is not empty; choose another --out or delete it")
+    check_resolution(resolution)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".partial-"))
+    try:
+        template = _load_mni152()
+        slice_z = np.linspace(z_range[0], z_range[1], slices)
+        case = 0
+        for split, count in zip(SPLITS, subjects):
+            (tmp / f"{OASIS_PREFIX}{split}").mkdir()
+            (tmp / f"{OASIS_PREFIX}seg_{split}").mkdir()
+            for _ in range(count):
+                case += 1
+                rng = np.random.default_rng([seed, case])
+                imgs, labels = demo_subject(template, rng, slice_z, resolution)
+                for k in range(slices):
+                    Image.fromarray(imgs[k]).save(tmp / f"{OASIS_PREFIX}{split}" / f"case_{case:03d}_slice_{k}.nii.png")
+                    Image.fromarray(np.asarray(MASK_LEVELS, np.uint8)[labels[k]]).save(
+                        tmp / f"{OASIS_PREFIX}seg_{split}" / f"seg_{case:03d}_slice_{k}.nii.png")
+            log(f"demo: {split}: {count} subjects x {slices} slices")
+        (tmp / DEMO_MARKER).write_text(json.dumps({
+            "what": "demo data derived from the MNI152 2009 template in nilearn; NOT OASIS",
+            "seed": seed, "subjects": dict(zip(SPLITS, subjects)), "slices": slices,
+            "resolution": resolution, "z_range": list(z_range)}, indent=1))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def ensure_demo(out=DEFAULT_DATA, log=None) -> Path:
+    """The demo data at `out`, built on first use (what train.py reads when no --data is given)."""
+    out = Path(out)
+    if (out / DEMO_MARKER).is_file():
+        return out
+    (log or (lambda msg: print(msg, file=sys.stderr)))(f"building the demo data in {out} (first use)")
+    return build_demo(out, log=log)
+
+
+# ----------------------------------------------------------------------------------------------
+# python dataset.py check | demo | figure
+
+def check(data, resolution: int = None, img_channels: int = 1, skip_bad: bool = False) -> list:
+    """Decode every file once and describe what a training run would see. Returns report lines;
+    raises DataError (one line) when the data cannot be used."""
+    if resolution is not None:
+        check_resolution(resolution)
+    root = Path(data)
+    oasis = root.is_dir() and is_oasis_layout(root)
+    splits = [s for s in SPLITS if (root / f"{OASIS_PREFIX}{s}").is_dir()] if oasis else [None]
+    lines = [f"data: {root} ({'OASIS layout' if oasis else 'image folder, searched recursively'})"]
+    problems = []
+    for split in splits:
+        source = find_source(root, split or "train")
+        has_masks = oasis and (root / f"{OASIS_PREFIX}seg_{split}").is_dir()
+        mask_note = "no masks"
+        if has_masks:
+            try:
+                pair_masks(source, root / f"{OASIS_PREFIX}seg_{split}")
+                mask_note = f"{len(source.mask_files)} masks paired"
+            except DataError as e:
+                problems.append(str(e))
+                mask_note = "masks DO NOT MATCH"
+        stats = DecodeStats()
+        for f in source.files:
+            try:
+                im = open_image(f)
+            except DataError as e:
+                stats.bad.append([f.relative_to(source.image_dir).as_posix(), str(e)])
+                continue
+            stats.add(f"{im.width}x{im.height}", stats.sizes)
+            stats.add(_mode_label(im), stats.modes)
+            _to_uint8(im, img_channels, stats)
+        bad_note = f", {len(stats.bad)} UNREADABLE" if stats.bad else ""
+        lines.append(f"{source.name:>10}: {len(source.files)} images, {mask_note}{bad_note}")
+        lines.append(f"{'':>10}  sizes {_table(stats.sizes)}; modes {_table(stats.modes)}")
+        if stats.color_to_gray:
+            lines.append(f"{'':>10}  {stats.color_to_gray} colour images would become grayscale (luminance)")
+        if resolution is not None:
+            other = sum(n for size, n in stats.sizes.items() if size != f"{resolution}x{resolution}")
+            if other:
+                lines.append(f"{'':>10}  {other} images would be cropped/resized to {resolution}x{resolution}")
+        if stats.bad:
+            lines += [f"{'':>10}  bad: {name}: {why}" for name, why in stats.bad[:10]]
+            if not skip_bad:
+                problems.append(str(_bad_files_error(stats.bad, source.image_dir)))
+    if problems:
+        raise DataError(problems[0] + (f" (and {len(problems) - 1} more problem(s) above)" if len(problems) > 1 else ""))
+    return lines
+
+
+def _table(counts: dict) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def make_figure(data, out, count: int = 6, seed: int = 0) -> Path:
+    """Figure of `count` training slices above their tissue masks (for the README)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    source = find_source(data, "train", with_masks=True)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(source.files), size=min(count, len(source.files)), replace=False))
+    fig, axes = plt.subplots(2, len(pick), figsize=(2.2 * len(pick), 4.6), squeeze=False)
+    cmap = ListedColormap(["black", "#3b7dd8", "#9a9a9a", "#f2f2f2"])   # background, CSF, GM, WM
+    for j, i in enumerate(pick):
+        axes[0, j].imshow(np.asarray(open_image(source.files[i]).convert("L")), cmap="gray", vmin=0, vmax=255)
+        axes[1, j].imshow(decode_mask(source.mask_files[i], open_image(source.mask_files[i]).width), cmap=cmap,
+                          vmin=0, vmax=3, interpolation="nearest")
+        axes[0, j].set_title(source.files[i].name.replace(".nii.png", ""), fontsize=7)
+        for ax in axes[:, j]:
+            ax.axis("off")
+    fig.suptitle(f"{Path(data).name}: slices (top) and tissue masks (bottom: CSF blue, GM grey, WM white)",
+                 fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Check, build and show training data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="report what a training run would see; non-zero exit if unusable")
+    p.add_argument("--data", required=True, help="folder with keras_png_slices_* folders, or any image folder")
+    p.add_argument("--resolution", type=int, default=None, help="training resolution to check against")
+    p.add_argument("--img_channels", type=int, default=1, choices=(1, 3), help="1 = grayscale, 3 = RGB")
+    p.add_argument("--skip_bad", action="store_true", help="report unreadable files without failing")
+    p = sub.add_parser("demo", help="build the demo data (MNI152 template, not OASIS)")
+    p.add_argument("--out", default=str(DEFAULT_DATA), help="new folder to create")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the virtual subjects")
+    p.add_argument("--subjects", default="24,4,4", help="subjects in train,validate,test")
+    p = sub.add_parser("figure", help="draw slices beside their masks")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="OASIS-layout folder")
+    p.add_argument("--out", default="picture/demo_slices.png", help="PNG to write")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check":
+            print("\n".join(check(args.data, args.resolution, args.img_channels, args.skip_bad)))
+            print("OK: the data can be used for training")
+        elif args.command == "demo":
+            try:
+                subjects = tuple(int(x) for x in args.subjects.split(","))
+                assert len(subjects) == 3 and min(subjects) >= 1
+            except (ValueError, AssertionError):
+                raise DataError(f"--subjects must be three positive integers like 24,4,4, got {args.subjects!r}")
+            print(f"demo data written to {build_demo(args.out, seed=args.seed, subjects=subjects)}")
+        else:
+            print(f"figure written to {make_figure(args.data, args.out)}")
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
