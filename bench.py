@@ -1,15 +1,22 @@
-"""Speed of the StyleGAN2 networks on whatever device this runs on.
+"""Speed measurements, on whatever machine this runs on. Owns timing only; what it times lives in
+modules.py (the networks) and dataset.py (decoding, the cache and batch serving).
 
-Owns timing only: it builds G and D from modules.py and measures generation and a forward+backward
-pass of both networks (the core of a training step, without regularizers, augmentation or data).
-Full training throughput belongs to the training loop; this file will grow to cover it.
+    python bench.py networks --resolution 256 --batch 16 --device cuda
+    python bench.py data --images 10000 --resolution 256 --batch 32
 
-    python bench.py --resolution 256 --batch 16 --device cuda
+`networks`: generation and one forward+backward pass of G and D (the core of a training step,
+without regularizers, augmentation or data). `data`: first-time decode of a folder of PNG slices into
+the cache, a later start from the cache, and batches served from it. Full training throughput will
+be measured once the training loop exists.
 """
 
 import argparse
+import os
 import platform
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -74,20 +81,49 @@ def bench_networks(G, D, batch: int, device: torch.device, precision: str, fused
             "error": output_error(G, device, precision, fused_modconv)}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Time the StyleGAN2 networks (generation and G+D fwd/bwd).")
-    parser.add_argument("--resolution", type=int, default=256, help="image resolution")
-    parser.add_argument("--channels", type=int, default=1, help="image channels")
-    parser.add_argument("--batch", type=int, default=16, help="images per step")
-    parser.add_argument("--channel_base", type=int, default=16384, help="channel scale")
-    parser.add_argument("--channel_max", type=int, default=512, help="max channels")
-    parser.add_argument("--mapping_layers", type=int, default=2, help="mapping-network depth")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
-    parser.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16")
-    parser.add_argument("--modconv", default="fused,unfused", help="comma list of fused, unfused")
-    parser.add_argument("--iters", type=int, default=20, help="timed iterations")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
-    args = parser.parse_args(argv)
+def bench_data(args) -> None:
+    """First-time decode, cached start and batch serving, on copies of the demo (or --data) slices."""
+    import dataset
+    source = dataset.find_source(args.data or dataset.ensure_demo(), "train")
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        folder = Path(tmp) / "slices"
+        folder.mkdir()
+        for i in range(args.images):                      # distinct files; content cycles over the source
+            src = source.files[i % len(source.files)]
+            shutil.copyfile(src, folder / f"{i:06d}{src.suffix}")
+        quiet = lambda msg: None
+        start = time.perf_counter()
+        ds = dataset.ImageDataset(folder, resolution=args.resolution, cache_dir=Path(tmp) / "cache", log=quiet)
+        decode_s = time.perf_counter() - start
+        start = time.perf_counter()
+        cached = dataset.ImageDataset(folder, resolution=args.resolution, cache_dir=Path(tmp) / "cache", log=quiet)
+        cached_s = time.perf_counter() - start
+        assert cached.info["from_cache"] and len(cached) == len(ds) == args.images
+        mirrored = dataset.ImageDataset(folder, resolution=args.resolution, cache_dir=Path(tmp) / "cache",
+                                        mirror=True, log=quiet)
+        sampler = dataset.InfiniteSampler(len(mirrored), seed=0)
+        rows = []
+        for what, fn in [("uint8 batches (get)", lambda idx: mirrored.get(idx)),
+                         ("float [-1, 1] batches (batch)", lambda idx: mirrored.batch(idx))]:
+            fn(sampler.next(args.batch))
+            n_batches = max(1, 2000 // args.batch)
+            start = time.perf_counter()
+            for _ in range(n_batches):
+                fn(sampler.next(args.batch))
+            rows.append((what, n_batches * args.batch / (time.perf_counter() - start)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"machine: {platform.processor() or platform.machine()}, {cores} cores | torch {torch.__version__} | "
+          f"{args.images} PNG files (copies of {len(source.files)} slices from {source.image_dir}), "
+          f"decoded at {args.resolution} px")
+    print("| step | result |")
+    print("|---|---:|")
+    print(f"| first-time decode into the cache | {decode_s:.1f} s ({args.images / decode_s:,.0f} img/s) |")
+    print(f"| later start from the cache | {cached_s:.2f} s |")
+    for what, rate in rows:
+        print(f"| serving {what}, batch {args.batch}, x-flip on | {rate:,.0f} img/s |")
+
+
+def bench_networks_cli(args, parser) -> None:
     for p in args.precision.split(","):
         if p not in ("fp32", "bf16"):
             parser.error(f"--precision: unknown value {p!r}; use fp32 and/or bf16")
@@ -119,6 +155,38 @@ def main(argv=None):
             r = bench_networks(G, D, args.batch, device, precision, modconv == "fused", args.iters, args.warmup)
             print(f"| {r['precision']} | {r['modconv']} | {r['gen_img_s']:.1f} | {r['step_img_s']:.1f} "
                   f"| {'-' if r['peak_gib'] != r['peak_gib'] else format(r['peak_gib'], '.2f')} | {r['error']:.1e} |", flush=True)
+
+
+def main(argv=None):
+    top = argparse.ArgumentParser(description="Speed measurements (see the module docstring).")
+    sub = top.add_subparsers(dest="what", required=True)
+    net = sub.add_parser("networks", help="G and D: generation and fwd+bwd throughput, memory, bf16 error")
+    net.add_argument("--resolution", type=int, default=256, help="image resolution")
+    net.add_argument("--channels", type=int, default=1, help="image channels")
+    net.add_argument("--batch", type=int, default=16, help="images per step")
+    net.add_argument("--channel_base", type=int, default=16384, help="channel scale")
+    net.add_argument("--channel_max", type=int, default=512, help="max channels")
+    net.add_argument("--mapping_layers", type=int, default=2, help="mapping-network depth")
+    net.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
+    net.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16")
+    net.add_argument("--modconv", default="fused,unfused", help="comma list of fused, unfused")
+    net.add_argument("--iters", type=int, default=20, help="timed iterations")
+    net.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+    data = sub.add_parser("data", help="decode, cache and batch-serving speed of dataset.py")
+    data.add_argument("--data", default=None, help="slices to copy (default: the demo data, built if missing)")
+    data.add_argument("--images", type=int, default=10000, help="PNG files to decode")
+    data.add_argument("--resolution", type=int, default=256, help="decode resolution")
+    data.add_argument("--batch", type=int, default=32, help="images per served batch")
+    data.add_argument("--workdir", default=None, help="where the temporary copies go (default: system temp)")
+    args = top.parse_args(argv)
+    if args.what == "networks":
+        bench_networks_cli(args, net)
+    else:
+        import dataset
+        try:
+            bench_data(args)
+        except dataset.DataError as e:
+            data.exit(2, f"error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ or anything about models and training (modules.py, train.py).
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -469,6 +470,7 @@ class InfiniteSampler:
 DEMO_MARKER = "demo.json"                       # written last: a demo folder without it is incomplete
 
 
+@functools.lru_cache(maxsize=1)
 def _load_mni152():
     """T1, grey matter, white matter and brain mask of the MNI152 2009 template (1 mm), as one float32
     tensor [1, 4, Z, Y, X]. nilearn ships these files inside its wheel; nothing is downloaded."""

@@ -1,4 +1,4 @@
-"""The command-line entry points that exist so far: `python modules.py` and `python bench.py`."""
+"""The command-line entry points of modules.py and bench.py (dataset.py's are in test_dataset.py)."""
 
 import subprocess
 import sys
@@ -24,7 +24,7 @@ def test_modules_summary_bad_resolution_is_one_line():
 
 
 def test_bench_runs_a_tiny_config_on_cpu(capsys):
-    bench.main(["--device", "cpu", "--resolution", "16", "--channel_base", "128", "--channel_max", "16",
+    bench.main(["networks", "--device", "cpu", "--resolution", "16", "--channel_base", "128", "--channel_max", "16",
                 "--batch", "2", "--iters", "1", "--warmup", "0"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| fp32") or line.startswith("| bf16")]
     assert len(rows) == 4
@@ -41,6 +41,22 @@ def test_bench_runs_a_tiny_config_on_cpu(capsys):
 ])
 def test_bench_rejects_bad_options(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        bench.main(["--device", "cpu"] + args)
+        bench.main(["networks", "--device", "cpu"] + args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_data_on_a_small_folder(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    from PIL import Image
+    import numpy as np
+    for i in range(3):
+        Image.fromarray(np.full((32, 32), 50 * i, np.uint8)).save(src / f"s{i}.png")
+    bench.main(["data", "--data", str(src), "--images", "20", "--resolution", "16", "--batch", "4",
+                "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "20 PNG files (copies of 3 slices" in out
+    assert "| first-time decode into the cache |" in out and "| later start from the cache |" in out
+    assert out.count(" img/s") == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]        # the temporary copies are gone

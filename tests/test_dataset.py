@@ -1,0 +1,379 @@
+"""Data loading, validation, the cache, the sampler and the demo builder (dataset.py), on tiny PNG fixtures."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dataset
+from dataset import DataError, ImageDataset, InfiniteSampler, MASK_LEVELS
+
+
+def slice_pixels(case: int, k: int, size: int) -> np.ndarray:
+    """A distinct, deterministic 8-bit test image per (case, slice)."""
+    rng = np.random.default_rng([case, k])
+    return rng.integers(0, 256, (size, size), dtype=np.uint8)
+
+
+def make_oasis(root: Path, subjects=(2, 1, 1), slices: int = 2, size: int = 32) -> Path:
+    """OASIS layout with case_XXX_slice_K.nii.png images and seg_XXX_slice_K.nii.png masks."""
+    case = 0
+    for split, count in zip(dataset.SPLITS, subjects):
+        img_dir, seg_dir = root / f"keras_png_slices_{split}", root / f"keras_png_slices_seg_{split}"
+        img_dir.mkdir(parents=True)
+        seg_dir.mkdir(parents=True)
+        for _ in range(count):
+            case += 1
+            for k in range(slices):
+                Image.fromarray(slice_pixels(case, k, size)).save(img_dir / f"case_{case:03d}_slice_{k}.nii.png")
+                labels = (np.arange(size * size).reshape(size, size) + case + k) % 4
+                Image.fromarray(np.asarray(MASK_LEVELS, np.uint8)[labels]).save(
+                    seg_dir / f"seg_{case:03d}_slice_{k}.nii.png")
+    return root
+
+
+@pytest.fixture
+def oasis(tmp_path) -> Path:
+    return make_oasis(tmp_path / "oasis")
+
+
+def load(data, **kw) -> ImageDataset:
+    kw.setdefault("resolution", 32)
+    kw.setdefault("log", lambda msg: None)
+    return ImageDataset(data, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+def test_oasis_splits_load_with_exact_pixels(oasis):
+    train = load(oasis, split="train")
+    assert len(train) == 4 and train.images.shape == (4, 1, 32, 32) and train.images.dtype == np.uint8
+    assert train.files[0] == "case_001_slice_0.nii.png"
+    np.testing.assert_array_equal(train.images[0, 0], slice_pixels(1, 0, 32))
+    x = train.batch([0, 1])
+    assert x.dtype == torch.float32 and x.shape == (2, 1, 32, 32)
+    expected = torch.from_numpy(slice_pixels(1, 0, 32)).float() / 127.5 - 1
+    torch.testing.assert_close(x[0, 0], expected)
+    assert x.min() >= -1 and x.max() <= 1
+    assert len(load(oasis, split="validate")) == 2 and len(load(oasis, split="test")) == 2
+
+
+def test_plain_folder_is_searched_recursively(tmp_path):
+    root = tmp_path / "imgs"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / ".cache").mkdir()
+    for i, (sub, ext) in enumerate([("", "png"), ("a", "jpg"), ("a/b", "bmp"), ("a/b", "tif")]):
+        Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(root / sub / f"img{i}.{ext}")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / ".cache" / "hidden.png")
+    (root / "notes.txt").write_text("not an image")
+    ds = load(root, resolution=16)
+    assert sorted(Path(f).name for f in ds.files) == ["img0.png", "img1.jpg", "img2.bmp", "img3.tif"]
+
+
+def test_16_bit_png_maps_full_range(tmp_path):
+    root = tmp_path / "d16"
+    root.mkdir()
+    values = np.arange(256, dtype=np.uint16).reshape(16, 16)
+    Image.fromarray(values * 257).save(root / "x.png")       # 16-bit: 0..65535
+    assert Image.open(root / "x.png").mode.startswith("I")
+    ds = load(root, resolution=16)
+    np.testing.assert_array_equal(ds.images[0, 0], values.astype(np.uint8))
+
+
+def test_rgb_is_converted_to_luminance_and_the_user_told_once(tmp_path):
+    root = tmp_path / "rgb"
+    root.mkdir()
+    for i in range(3):
+        rgb = np.zeros((16, 16, 3), np.uint8)
+        rgb[..., i] = 200
+        Image.fromarray(rgb).save(root / f"c{i}.png")
+    notes = []
+    ds = load(root, resolution=16, log=notes.append)
+    assert len(notes) == 1 and "3 colour image(s) converted to grayscale" in notes[0]
+    expected = [round(200 * w) for w in (0.299, 0.587, 0.114)]  # ITU-R 601 luminance
+    assert [int(ds.images[i, 0, 0, 0]) for i in range(3)] == pytest.approx(expected, abs=1)
+    assert load(root, resolution=16, img_channels=3, cache_dir=root / ".c3").images.shape == (3, 3, 16, 16)
+
+
+def test_non_square_crop_and_pad(tmp_path):
+    root = tmp_path / "wide"
+    root.mkdir()
+    a = np.zeros((16, 32), np.uint8)
+    a[:, :8] = 255                                            # a bright band at the far left
+    a[:, 8:24] = 100                                          # the centre square
+    Image.fromarray(a).save(root / "w.png")
+    cropped = load(root, resolution=16).images[0, 0]
+    assert (cropped == 100).all()                             # centre crop drops the band
+    padded = load(root, resolution=16, fit="pad", cache_dir=root / ".pad").images[0, 0]
+    assert padded[0].max() == 0 and padded[-1].max() == 0     # zero rows above and below
+    assert padded[:3].mean() < 5 and padded[-3:].mean() < 5 and padded[5:11, :11].min() > 50
+    assert padded[8, :3].mean() > 200                         # the band is kept, shrunk
+
+
+def test_resize_uses_a_low_pass_filter(tmp_path):
+    root = tmp_path / "big"
+    root.mkdir()
+    checker = (np.indices((64, 64)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    Image.fromarray(checker).save(root / "c.png")
+    small = load(root, resolution=16).images[0, 0].astype(float)
+    # A pixel-level checkerboard is above the new Nyquist limit: a proper filter averages it to grey
+    # (plain subsampling would return pure black or white).
+    assert abs(small[4:-4, 4:-4].mean() - 127.5) < 10 and small[4:-4, 4:-4].std() < 10
+
+
+def test_masks_pair_with_their_slices_and_mirror_flips_both(oasis):
+    ds = load(oasis, with_masks=True, mirror=True)
+    assert ds.masks.shape == (4, 32, 32) and set(np.unique(ds.masks)) == {0, 1, 2, 3}
+    expected = (np.arange(32 * 32).reshape(32, 32) + 1 + 0) % 4          # case 1, slice 0
+    np.testing.assert_array_equal(ds.masks[0], expected)
+    assert len(ds) == 8
+    images, masks = ds.get([0, 4])
+    torch.testing.assert_close(images[1], images[0].flip(-1))
+    torch.testing.assert_close(masks[1], masks[0].flip(-1))
+    with pytest.raises(IndexError):
+        ds.get([8])
+
+
+# ----------------------------------------------------------------------------------------------
+# Clear errors
+
+def _expect(match, data, **kw):
+    with pytest.raises(DataError, match=match):
+        load(data, **kw)
+
+
+def test_missing_and_empty_inputs(tmp_path):
+    _expect(r"--data .*nope: no such file or folder", tmp_path / "nope")
+    (tmp_path / "file.png").write_bytes(b"x")
+    _expect(r"is a file, not a folder", tmp_path / "file.png")
+    (tmp_path / "empty").mkdir()
+    _expect(r"empty: is empty; point --data at a folder of images", tmp_path / "empty")
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt" / "a.txt").write_text("hi")
+    _expect(r"has no png/jpg/jpeg/bmp/tif/tiff images \(found: a.txt\)", tmp_path / "txt")
+
+
+def test_oasis_split_errors(oasis):
+    _expect(r"unknown split 'training'", oasis, split="training")
+    import shutil
+    shutil.rmtree(oasis / "keras_png_slices_test")
+    _expect(r"has no keras_png_slices_test folder \(found splits: train, validate\)", oasis, split="test")
+
+
+def test_bad_resolution_and_options(oasis):
+    _expect(r"--resolution must be a power of two >= 8.*got 100", oasis, resolution=100)
+    _expect(r"img_channels must be 1 \(grayscale\) or 3", oasis, img_channels=2)
+    _expect(r"fit must be one of crop, pad", oasis, fit="stretch")
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("truncated", "corrupt or truncated"), ("garbage", "not an image file"), ("text", "not an image file"),
+    ("zero_bytes", "empty file"),
+])
+def test_a_bad_file_stops_the_run_with_its_name(oasis, kind, reason):
+    bad = oasis / "keras_png_slices_train" / "case_002_slice_1.nii.png"
+    data = bad.read_bytes()
+    bad.write_bytes({"truncated": data[:len(data) // 2], "garbage": os.urandom(300),
+                     "text": b"this is not a png\n", "zero_bytes": b""}[kind])
+    with pytest.raises(DataError) as info:
+        load(oasis)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "1 unreadable image file(s)" in message and "case_002_slice_1.nii.png" in message
+    assert reason in message and "--skip_bad" in message
+    notes = []
+    ds = load(oasis, skip_bad=True, log=notes.append)           # the option trains without it
+    assert len(ds) == 3 and "case_002_slice_1.nii.png" not in ds.files
+    assert any("skipping 1 unreadable" in n for n in notes)
+    with pytest.raises(DataError, match="1 unreadable"):        # the cache remembers the bad file
+        load(oasis)
+
+
+def test_many_bad_files_are_counted_and_the_first_named(tmp_path):
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(8):
+        (root / f"bad{i}.png").write_bytes(b"nope")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "good.png")
+    with pytest.raises(DataError, match=r"8 unreadable image file\(s\) in .*: bad0.png, bad1.png, bad2.png, "
+                                        r"bad3.png, bad4.png, \.\.\. \(3 more\)"):
+        load(root, resolution=16)
+
+
+def test_mask_folder_that_does_not_match_is_refused(oasis):
+    (oasis / "keras_png_slices_seg_train" / "seg_001_slice_1.nii.png").unlink()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(oasis / "keras_png_slices_seg_train" / "seg_099_slice_0.nii.png")
+    _expect(r"mask folder .*keras_png_slices_seg_train does not match image folder .*: 1 images have no mask "
+            r"\(first: case_001_slice_1.nii.png\); 1 masks have no image \(first: seg_099_slice_0.nii.png\)",
+            oasis, with_masks=True)
+    assert len(load(oasis)) == 4                                  # images alone still load
+
+
+# ----------------------------------------------------------------------------------------------
+# The cache
+
+def test_cache_is_reused_without_decoding(oasis, monkeypatch):
+    first = load(oasis, with_masks=True)
+    assert not first.info["from_cache"] and Path(first.info["cache"]).is_file()
+    assert Path(first.info["cache"]).parent == oasis / ".cache"
+
+    def no_decoding(*args, **kw):
+        raise AssertionError("decoded although the cache is current")
+    monkeypatch.setattr(dataset, "decode_image", no_decoding)
+    second = load(oasis, with_masks=True)
+    assert second.info["from_cache"]
+    np.testing.assert_array_equal(second.images, first.images)
+    np.testing.assert_array_equal(second.masks, first.masks)
+
+
+def test_cache_is_rebuilt_when_the_source_changes(oasis):
+    first = load(oasis)
+    target = oasis / "keras_png_slices_train" / "case_001_slice_0.nii.png"
+    Image.fromarray(np.full((32, 32), 7, np.uint8)).save(target)
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))   # a later modification time
+    changed = load(oasis)
+    assert not changed.info["from_cache"] and (changed.images[0] == 7).all()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(oasis / "keras_png_slices_train" / "case_009_slice_0.nii.png")
+    grown = load(oasis)
+    assert not grown.info["from_cache"] and len(grown) == len(first) + 1
+    other_res = load(oasis, resolution=16)                     # settings are part of the key
+    assert not other_res.info["from_cache"] and other_res.images.shape[-1] == 16
+    assert load(oasis).info["from_cache"]                       # and the 32 px entry is still there
+
+
+def test_a_damaged_cache_index_is_rebuilt(oasis):
+    ds = load(oasis)
+    Path(ds.info["cache"]).with_suffix(".json").write_text("{not json")
+    again = load(oasis)
+    assert not again.info["from_cache"]
+    np.testing.assert_array_equal(again.images, ds.images)
+
+
+# ----------------------------------------------------------------------------------------------
+# The sampler
+
+def test_sampler_epochs_are_permutations_and_deterministic():
+    s = InfiniteSampler(10, seed=3)
+    stream = np.concatenate([s.next(4) for _ in range(5)])      # 20 indices = 2 epochs
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
+    assert not (stream[:10] == stream[10:]).all()               # a new order each epoch
+    again = InfiniteSampler(10, seed=3)
+    np.testing.assert_array_equal(np.concatenate([again.next(4) for _ in range(5)]), stream)
+
+
+def test_sampler_resumes_exactly_from_its_state():
+    s = InfiniteSampler(7, seed=1)
+    s.next(5), s.next(5)
+    state = s.state_dict()
+    expected = [s.next(3) for _ in range(4)]
+    resumed = InfiniteSampler(7, seed=1)
+    resumed.load_state_dict(state)
+    for e in expected:
+        np.testing.assert_array_equal(resumed.next(3), e)
+
+
+def test_sampler_ranks_split_the_same_stream():
+    single = InfiniteSampler(12, seed=0)
+    ranks = [InfiniteSampler(12, seed=0, rank=r, world_size=2) for r in range(2)]
+    for _ in range(3):
+        whole = single.next(4)
+        a, b = ranks[0].next(2), ranks[1].next(2)
+        np.testing.assert_array_equal(np.sort(np.concatenate([a, b])), np.sort(whole))
+        assert not set(a) & set(b)
+
+
+# ----------------------------------------------------------------------------------------------
+# python dataset.py check
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "dataset.py", *map(str, args)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def test_check_reports_a_usable_data_set(oasis):
+    result = run_cli("check", "--data", oasis, "--resolution", 16)
+    assert result.returncode == 0, result.stderr
+    assert "train: 4 images, 4 masks paired" in result.stdout
+    assert "validate: 2 images, 2 masks paired" in result.stdout
+    assert "sizes 32x32 x4; modes L (8-bit) x4" in result.stdout
+    assert "4 images would be cropped/resized to 16x16" in result.stdout
+    assert "OK: the data can be used for training" in result.stdout
+
+
+def test_check_fails_with_one_line(oasis):
+    (oasis / "keras_png_slices_validate" / "case_003_slice_0.nii.png").write_bytes(b"garbage")
+    result = run_cli("check", "--data", oasis)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: 1 unreadable image file(s)")
+    assert "case_003_slice_0.nii.png" in result.stderr
+    bad_res = run_cli("check", "--data", oasis, "--resolution", 96)
+    assert bad_res.returncode == 1 and "--resolution must be a power of two" in bad_res.stderr
+    missing = run_cli("check", "--data", oasis / "nothing")
+    assert missing.returncode == 1 and "no such file or folder" in missing.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# The demo data
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    return dataset.build_demo(out, seed=5, subjects=(2, 1, 1), slices=4, resolution=64, log=lambda m: None)
+
+
+def test_demo_has_the_oasis_layout_split_by_subject(small_demo):
+    train = sorted(p.name for p in (small_demo / "keras_png_slices_train").iterdir())
+    assert train == [f"case_{c:03d}_slice_{k}.nii.png" for c in (1, 2) for k in (0, 1, 2, 3)]
+    assert sorted(p.name for p in (small_demo / "keras_png_slices_test").iterdir())[0] == "case_004_slice_0.nii.png"
+    ds = load(small_demo, resolution=64, with_masks=True)
+    assert ds.images.shape == (8, 1, 64, 64)
+    assert set(np.unique(ds.masks)) <= {0, 1, 2, 3} and {0, 2, 3} <= set(np.unique(ds.masks))
+    brain = ds.masks > 0
+    assert ds.images[:, 0][~brain].max() == 0                    # skull-stripped: black outside the brain
+    assert ds.images[:, 0][brain].mean() > 60
+    # Different subjects differ (deformation and intensity); same slice index is similar anatomy.
+    a, b = ds.images[0, 0].astype(float), ds.images[4, 0].astype(float)
+    assert np.abs(a - b).mean() > 2
+    assert "NOT OASIS" in (small_demo / dataset.DEMO_MARKER).read_text()
+
+
+def test_demo_is_deterministic_and_never_overwrites(small_demo, tmp_path):
+    again = dataset.build_demo(tmp_path / "again", seed=5, subjects=(2, 1, 1), slices=4, resolution=64,
+                               log=lambda m: None)
+    for name in ["keras_png_slices_train/case_002_slice_3.nii.png", "keras_png_slices_seg_test/seg_004_slice_1.nii.png"]:
+        assert (again / name).read_bytes() == (small_demo / name).read_bytes()
+    with pytest.raises(DataError, match="already exists and is not empty; choose another --out or delete it"):
+        dataset.build_demo(small_demo, log=lambda m: None)
+
+
+def test_an_interrupted_demo_build_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+
+    def fail_on_second(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+    real = dataset.demo_subject
+    monkeypatch.setattr(dataset, "demo_subject", fail_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        dataset.build_demo(tmp_path / "demo", subjects=(2, 1, 1), slices=2, resolution=32, log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ensure_demo_reuses_a_finished_demo(small_demo, monkeypatch):
+    monkeypatch.setattr(dataset, "build_demo", lambda *a, **k: pytest.fail("rebuilt an existing demo"))
+    assert dataset.ensure_demo(small_demo) == small_demo
+
+
+def test_figure_is_written(small_demo, tmp_path):
+    out = dataset.make_figure(small_demo, tmp_path / "fig.png", count=3)
+    with Image.open(out) as im:
+        assert im.width > 300 and im.height > 150
