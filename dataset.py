@@ -575,9 +575,10 @@ def ensure_demo(out=DEFAULT_DATA, log=None) -> Path:
 # ----------------------------------------------------------------------------------------------
 # python dataset.py check | demo | figure
 
-def check(data, resolution: int = None, img_channels: int = 1, skip_bad: bool = False) -> list:
-    """Decode every file once and describe what a training run would see. Returns report lines;
-    raises DataError (one line) when the data cannot be used."""
+def check(data, resolution: int = None, img_channels: int = 1, skip_bad: bool = False):
+    """Decode every file once and describe what a training run would see.
+    Returns (report lines, problems): each problem is one line; none means the data can be used.
+    Raises DataError when there is nothing to report on (missing path, no images)."""
     if resolution is not None:
         check_resolution(resolution)
     root = Path(data)
@@ -619,9 +620,7 @@ def check(data, resolution: int = None, img_channels: int = 1, skip_bad: bool = 
             lines += [f"{'':>10}  bad: {name}: {why}" for name, why in stats.bad[:10]]
             if not skip_bad:
                 problems.append(str(_bad_files_error(stats.bad, source.image_dir)))
-    if problems:
-        raise DataError(problems[0] + (f" (and {len(problems) - 1} more problem(s) above)" if len(problems) > 1 else ""))
-    return lines
+    return lines, problems
 
 
 def _table(counts: dict) -> str:
@@ -674,7 +673,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
-            print("\n".join(check(args.data, args.resolution, args.img_channels, args.skip_bad)))
+            lines, problems = check(args.data, args.resolution, args.img_channels, args.skip_bad)
+            print("\n".join(lines), flush=True)
+            if problems:
+                more = f" (and {len(problems) - 1} more problem(s), see above)" if len(problems) > 1 else ""
+                raise DataError(problems[0] + more)
             print("OK: the data can be used for training")
         elif args.command == "demo":
             try:

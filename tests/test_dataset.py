@@ -313,6 +313,12 @@ def test_check_fails_with_one_line(oasis):
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: 1 unreadable image file(s)")
     assert "case_003_slice_0.nii.png" in result.stderr
+    assert "validate: 2 images, 2 masks paired, 1 UNREADABLE" in result.stdout     # the report still comes
+    assert "bad: case_003_slice_0.nii.png: " in result.stdout
+    (oasis / "keras_png_slices_seg_train" / "seg_001_slice_0.nii.png").unlink()
+    two = run_cli("check", "--data", oasis)
+    assert two.returncode == 1 and "(and 1 more problem(s), see above)" in two.stderr
+    assert "masks DO NOT MATCH" in two.stdout
     bad_res = run_cli("check", "--data", oasis, "--resolution", 96)
     assert bad_res.returncode == 1 and "--resolution must be a power of two" in bad_res.stderr
     missing = run_cli("check", "--data", oasis / "nothing")
