@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+import modules
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "validate", "test")
 OASIS_PREFIX = "keras_png_slices_"              # keras_png_slices_{split}, keras_png_slices_seg_{split}
@@ -40,8 +42,11 @@ class DataError(ValueError):
 
 
 def check_resolution(resolution: int) -> int:
-    if not isinstance(resolution, int) or resolution < 8 or resolution & (resolution - 1):
-        raise DataError(f"--resolution must be a power of two >= 8 (e.g. 64, 128, 256), got {resolution!r}")
+    """The training resolution, or a DataError worded for the --resolution option."""
+    try:
+        modules.check_resolution(resolution, "--resolution")
+    except ValueError as e:
+        raise DataError(str(e)) from None
     return resolution
 
 
@@ -161,12 +166,12 @@ def _mode_label(im: Image.Image) -> str:
 
 
 def _to_uint8(im: Image.Image, channels: int, stats: DecodeStats) -> Image.Image:
-    """Any PIL mode -> 'L' or 'RGB'. 16-bit maps its full range 0..65535 linearly onto 0..255;
+    """Any PIL mode -> 'L' or 'RGB'. 16-bit (and 32-bit integer, which Pillow uses for some 16-bit
+    files) maps 0..65535 linearly onto 0..255, the same for every file so intensities stay comparable;
     32-bit float images are min-max scaled (they carry no fixed range)."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         a = np.asarray(im, dtype=np.float64)
-        scale = 65535.0 if im.mode != "I" or a.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(np.rint(a * (255.0 / scale)), 0, 255).astype(np.uint8))
+        im = Image.fromarray(np.clip(np.rint(a * (255.0 / 65535.0)), 0, 255).astype(np.uint8))
     elif im.mode == "F":
         a = np.asarray(im, dtype=np.float64)
         lo, hi = float(a.min()), float(a.max())
@@ -297,48 +302,61 @@ def load_images(source: Source, resolution: int, channels: int = 1, fit: str = "
     mask_listing = _listing(source.mask_files, source.mask_dir) if with_masks else []
     key = hashlib.sha1(json.dumps([CACHE_VERSION, resolution, channels, fit, listing, mask_listing])
                        .encode()).hexdigest()
-    index = None
-    if index_path.is_file() and img_path.is_file() and (mask_path.is_file() or not with_masks):
-        try:
-            index = json.loads(index_path.read_text())
-        except (OSError, ValueError):
-            index = None
-    if index is not None and index.get("key") == key:
-        bad = index["bad"]
-        if bad and not skip_bad:
-            raise _bad_files_error(bad, source.image_dir)
+    cached = _read_cache(img_path, mask_path, index_path, key, (channels, resolution, resolution), with_masks, log)
+    if cached is not None:
+        images, masks, index = cached
+        info = dict(index["info"], from_cache=True, cache=str(img_path))
+    else:
+        images, masks, kept, stats = _decode_all(source, resolution, channels, fit, with_masks)
+        if stats.color_to_gray:
+            log(f"note: {stats.color_to_gray} colour image(s) converted to grayscale (luminance) for img_channels=1")
+        index = {"key": key, "files": kept, "bad": stats.bad, "source": str(source.image_dir),
+                 "info": {"sizes": stats.sizes, "modes": stats.modes, "resized": stats.resized,
+                          "color_to_gray": stats.color_to_gray}}
+        if kept:   # cached even when some files are bad, so a rerun with --skip_bad starts at once
+            _atomic_save(img_path, lambda f: np.save(f, images))
+            if with_masks:
+                _atomic_save(mask_path, lambda f: np.save(f, masks))
+            _atomic_save(index_path, lambda f: f.write(json.dumps(index, indent=1).encode()))  # written last
+        info = dict(index["info"], from_cache=False, cache=str(img_path))
+    bad = index["bad"]
+    if bad and not skip_bad:
+        raise _bad_files_error(bad, source.image_dir)
+    if bad:
+        log(f"warning: skipping {len(bad)} unreadable image(s): {_first(b[0] for b in bad)}")
+    if not index["files"]:
+        raise DataError(f"{source.image_dir}: none of the {len(source.files)} images could be read")
+    return images, masks, index["files"], info
+
+
+def _read_cache(img_path: Path, mask_path: Path, index_path: Path, key: str, shape: tuple, with_masks: bool, log):
+    """(images, masks, index) from a cache entry that matches key, else None (missing, stale or damaged)."""
+    if not (index_path.is_file() and img_path.is_file() and (mask_path.is_file() or not with_masks)):
+        return None
+    try:
+        index = json.loads(index_path.read_text())
+        if index.get("key") != key:
+            return None
         images = np.load(img_path)
         masks = np.load(mask_path) if with_masks else None
-        if images.shape == (len(index["files"]), channels, resolution, resolution):
-            return images, masks, index["files"], dict(index["info"], from_cache=True, cache=str(img_path))
-        log(f"note: cache {img_path} has an unexpected shape; rebuilding it")
-
-    images, masks, kept, stats = _decode_all(source, resolution, channels, fit, with_masks, log)
-    if stats.bad and not skip_bad:
-        raise _bad_files_error(stats.bad, source.image_dir)
-    if stats.bad:
-        log(f"warning: skipping {len(stats.bad)} unreadable image(s): {_first(b[0] for b in stats.bad)}")
-    if not kept:
-        raise DataError(f"{source.image_dir}: none of the {len(source.files)} images could be read")
-    if stats.color_to_gray:
-        log(f"note: {stats.color_to_gray} colour image(s) converted to grayscale (luminance) for img_channels=1")
-    info = {"sizes": stats.sizes, "modes": stats.modes, "resized": stats.resized,
-            "color_to_gray": stats.color_to_gray}
-    _atomic_save(img_path, lambda f: np.save(f, images))
-    if with_masks:
-        _atomic_save(mask_path, lambda f: np.save(f, masks))
-    index = {"key": key, "files": kept, "bad": stats.bad, "info": info, "source": str(source.image_dir)}
-    _atomic_save(index_path, lambda f: f.write(json.dumps(index, indent=1).encode()))  # written last
-    return images, masks, kept, dict(info, from_cache=False, cache=str(img_path))
+    except (OSError, ValueError, EOFError):
+        log(f"note: the cache {img_path} is damaged; decoding again")
+        return None
+    n = len(index["files"])
+    if images.shape != (n, *shape) or (with_masks and masks.shape != (n, *shape[1:])):
+        log(f"note: the cache {img_path} has an unexpected shape; decoding again")
+        return None
+    return images, masks, index
 
 
-def _decode_all(source: Source, resolution: int, channels: int, fit: str, with_masks: bool, log):
+def _decode_all(source: Source, resolution: int, channels: int, fit: str, with_masks: bool):
+    """Decode every file (and mask); unreadable ones are collected in stats.bad, not raised."""
     from tqdm import tqdm
     stats = DecodeStats()
     n = len(source.files)
     images = np.empty((n, channels, resolution, resolution), dtype=np.uint8)
     masks = np.empty((n, resolution, resolution), dtype=np.uint8) if with_masks else None
-    kept, rows = [], []
+    kept = []
     for i, f in enumerate(tqdm(source.files, desc=f"decoding {source.name}", unit="img", disable=n < 500,
                                file=sys.stderr)):
         try:

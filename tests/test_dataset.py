@@ -193,6 +193,9 @@ def test_a_bad_file_stops_the_run_with_its_name(oasis, kind, reason):
     assert any("skipping 1 unreadable" in n for n in notes)
     with pytest.raises(DataError, match="1 unreadable"):        # the cache remembers the bad file
         load(oasis)
+    notes = []
+    assert load(oasis, skip_bad=True, log=notes.append).info["from_cache"]
+    assert any("skipping 1 unreadable" in n for n in notes)     # and the warning comes every run
 
 
 def test_many_bad_files_are_counted_and_the_first_named(tmp_path):
@@ -248,11 +251,18 @@ def test_cache_is_rebuilt_when_the_source_changes(oasis):
     assert load(oasis).info["from_cache"]                       # and the 32 px entry is still there
 
 
-def test_a_damaged_cache_index_is_rebuilt(oasis):
+@pytest.mark.parametrize("damage", ["index", "array"])
+def test_a_damaged_cache_is_rebuilt(oasis, damage):
     ds = load(oasis)
-    Path(ds.info["cache"]).with_suffix(".json").write_text("{not json")
-    again = load(oasis)
+    target = Path(ds.info["cache"])
+    if damage == "index":
+        target.with_suffix(".json").write_text("{not json")
+    else:
+        target.write_bytes(target.read_bytes()[:100])           # a truncated .npy
+    notes = []
+    again = load(oasis, log=notes.append)
     assert not again.info["from_cache"]
+    assert damage == "index" or any("damaged" in n for n in notes)
     np.testing.assert_array_equal(again.images, ds.images)
 
 
