@@ -1,0 +1,291 @@
+"""Every training hyperparameter, in one typed dataclass with named presets and a strict command line.
+
+Owns: the TrainConfig fields (each with its comment, which `--help` prints), the presets, parsing of
+`--key=value` / `--key value` / `--preset NAME`, and the checks that reject impossible settings with one
+line. Does not own what the settings do (train.py, dataset.py, modules.py).
+
+    python train.py --preset oasis256 --data /path/to/oasis --batch=32
+"""
+
+import dataclasses
+import io
+import json
+import math
+import re
+import sys
+import tokenize
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    # Run
+    preset: str = "demo"                # named starting point: demo | oasis256 | paper256
+    data: str = ""                      # OASIS folder (with keras_png_slices_*) or image folder; "" = demo data
+    split: str = "train"                # OASIS split to train on
+    outdir: str = "runs"                # parent of the numbered run folders
+    resume: str = ""                    # checkpoint file or run folder to continue exactly
+    seed: int = 0                       # seeds networks, latents, data order and noise
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
+    kimg: float = 40.0                  # training length in thousands of real images shown to D
+    tick_kimg: float = 4.0              # progress is logged, plotted and checkpointed per tick of this many kimg
+    snap: int = 10                      # ticks between snapshots and image grids (0 = only at the end)
+    checkpoint_minutes: float = 10.0    # also rewrite checkpoint.pt at the first tick this long after the last
+    dry_run: bool = False               # print the resolved config and parameter counts, then exit
+    # Data
+    resolution: int = 64                # training resolution (power of two); images are resized to it
+    img_channels: int = 1               # 1 = grayscale MRI, 3 = RGB
+    mirror: bool = True                 # add left-right flipped copies of the training images
+    fit: str = "crop"                   # non-square images: crop (centre) or pad (zeros)
+    skip_bad: bool = False              # skip unreadable images with a warning instead of stopping
+    cache_dir: str = ""                 # decoded-image cache; "" = <data>/.cache
+    # Networks
+    z_dim: int = 512                    # latent z width
+    w_dim: int = 512                    # intermediate latent w width
+    mapping_layers: int = 2             # mapping-network depth (8 in the paper, 2 in the official auto config)
+    channel_base: int = 4096            # channels at resolution r = min(channel_base // r, channel_max)
+    channel_max: int = 128              # upper bound on channels per layer
+    mbstd_group: int = 4                # minibatch-stddev group size
+    # Optimisation
+    batch: int = 16                     # total batch over all GPUs
+    lr: float = 0.0025                  # Adam learning rate of G and D (before the lazy-regularization correction)
+    betas: str = "0,0.99"               # Adam beta1,beta2 (before the lazy-regularization correction)
+    r1_gamma: float = 0.0               # R1 weight; 0 = the auto rule 0.0002 * resolution^2 / batch
+    r1_interval: int = 16               # D steps between lazy R1 penalties
+    pl_weight: float = 2.0              # path-length regularization weight
+    pl_interval: int = 4                # G steps between lazy path-length penalties
+    pl_batch_shrink: int = 2            # path-length batch = batch / this
+    pl_decay: float = 0.01              # decay of the running mean path length
+    style_mixing: float = 0.9           # probability of mixing two latents at a random crossover
+    ema_kimg: float = 0.0               # G EMA half-life in kimg; 0 = the auto rule batch * 10 / 32
+    ema_rampup: float = 0.05            # EMA half-life limited to cur_kimg * this (0 = no ramp-up)
+    mixed_precision: str = "auto"       # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    conv_clamp: float = 256.0           # activation clamp used with bf16
+    max_nonfinite: int = 10             # non-finite steps in a row before the run stops
+    # Augmentation (augment.py)
+    aug: str = "noaug"                  # noaug | ada | fixed
+    p: float = 0.0                      # augmentation probability (initial value for ada)
+    ada_target: float = 0.6             # ADA target for E[sign(D(real))]
+    ada_interval: int = 4               # D steps between ADA updates
+    ada_kimg: float = 500.0             # images (in kimg) for p to move from 0 to 1
+    # Outputs
+    grid: str = "8x4"                   # image grid columns x rows for reals.png / fakes*.png
+
+    def resolved_r1_gamma(self) -> float:
+        """Official auto rule: gamma = 0.0002 * r^2 / batch (SPEC.md)."""
+        return self.r1_gamma if self.r1_gamma > 0 else 0.0002 * self.resolution ** 2 / self.batch
+
+    def resolved_ema_kimg(self) -> float:
+        """Official auto rule: ema_kimg = batch * 10 / 32."""
+        return self.ema_kimg if self.ema_kimg > 0 else self.batch * 10 / 32
+
+    def adam_betas(self):
+        return tuple(float(b) for b in self.betas.split(","))
+
+    def grid_size(self):
+        cols, rows = (int(v) for v in self.grid.lower().split("x"))
+        return cols, rows
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+
+PRESETS = {
+    # Trains on the built-in demo data on a 2-core CPU in about 15 minutes (64 px, small networks).
+    "demo": dict(resolution=64, channel_base=4096, channel_max=128, mapping_layers=2, batch=16, mbstd_group=4,
+                 kimg=40, tick_kimg=4, snap=2, ema_kimg=0.0, ema_rampup=0.05, mirror=True, grid="8x4"),
+    # The official "auto" configuration for 256 px on one GPU (SPEC.md): fmaps 0.5, batch 16, gamma 0.8192,
+    # ema 5 kimg with ramp-up 0.05, 2 mapping layers.
+    "oasis256": dict(resolution=256, channel_base=16384, channel_max=512, mapping_layers=2, batch=16, mbstd_group=4,
+                     lr=0.0025, r1_gamma=0.0, ema_kimg=0.0, ema_rampup=0.05, kimg=25000, tick_kimg=4, snap=50,
+                     mirror=True, grid="8x4"),
+    # The paper's 256 px configuration (StyleGAN2-ADA "paper256").
+    "paper256": dict(resolution=256, channel_base=16384, channel_max=512, mapping_layers=8, batch=64, mbstd_group=8,
+                     lr=0.0025, r1_gamma=1.0, ema_kimg=20.0, ema_rampup=0.0, kimg=25000, tick_kimg=4, snap=50,
+                     mirror=True, grid="8x4"),
+}
+
+
+class ConfigError(ValueError):
+    """An option the user gave that cannot work, as one line."""
+
+
+def field_comments() -> dict:
+    """{field name: its trailing comment in this file}, for --help."""
+    source = open(__file__, encoding="utf-8").read()
+    comments, in_class = {}, False
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        line = tok.line
+        if line.startswith("class TrainConfig"):
+            in_class = True
+        elif in_class and line.startswith("    def "):
+            break
+        if in_class and tok.type == tokenize.COMMENT and not line.lstrip().startswith("#"):
+            m = re.match(r"\s+(\w+):", line)
+            if m:
+                comments[m.group(1)] = tok.string.lstrip("# ").strip()
+    return comments
+
+
+def help_text() -> str:
+    comments = field_comments()
+    lines = ["usage: python train.py [--preset NAME] [--key=value | --key value] ...", "",
+             f"presets: {', '.join(PRESETS)} (default demo); a preset sets some keys, your options override it.", "",
+             "options (values of the demo preset):"]
+    demo = TrainConfig(**PRESETS["demo"])
+    for f in dataclasses.fields(TrainConfig):
+        default = getattr(demo, f.name)
+        shown = repr(default) if isinstance(default, str) else str(default)
+        lines.append(f"  --{f.name:<20} {_type_name(f.type):<6} {shown:<12} {comments.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+def _type_name(t) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+def _convert(name: str, kind, text: str):
+    if kind is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--{name} expects true or false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"--{name} expects {'an integer' if kind is int else 'a number' if kind is float else kind.__name__}"
+                          f", got {text!r}") from None
+
+
+def parse_args(argv) -> TrainConfig:
+    """argv (without the program name) -> a validated TrainConfig. Raises ConfigError (one line)."""
+    given = parse_given(argv)
+    preset = given.get("preset", "demo")
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = dataclasses.replace(TrainConfig(**dict(PRESETS[preset], preset=preset)), **given)
+    for f in dataclasses.fields(cfg):                       # presets write 40 where a float is meant
+        if f.type is float:
+            setattr(cfg, f.name, float(getattr(cfg, f.name)))
+    validate(cfg)
+    return cfg
+
+
+def parse_given(argv) -> dict:
+    """The options given on the command line, typed: {key: value}. Raises ConfigError (one line)."""
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    given, i = {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; options look like --key=value (see --help)")
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in types:
+            close = [k for k in types if k.startswith(key[:3])]
+            hint = f" (did you mean {', '.join('--' + c for c in close[:3])}?)" if close else ""
+            raise ConfigError(f"unknown option --{key}{hint}; see --help for the list")
+        if not eq:
+            if types[key] is bool and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+                value = "true"
+            elif i + 1 < len(argv):
+                i += 1
+                value = argv[i]
+            else:
+                raise ConfigError(f"--{key} needs a value")
+        given[key] = _convert(key, types[key], value)
+        i += 1
+    return given
+
+
+ARCHITECTURE_KEYS = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max")
+
+
+def resume_config(saved: dict, given: dict) -> TrainConfig:
+    """The config of a resumed run: the checkpoint's, with the options given now on top. Options that
+    would change the networks' shapes are refused."""
+    cfg = from_dict(saved)
+    changed = [k for k in ARCHITECTURE_KEYS if k in given and given[k] != getattr(cfg, k)]
+    if changed:
+        raise ConfigError(f"--{changed[0]} cannot change when resuming (the checkpoint has "
+                          f"{changed[0]}={getattr(cfg, changed[0])}); start a new run instead")
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if k != "preset"})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Reject impossible combinations with one line that names the option."""
+    r = cfg.resolution
+    if r < 8 or r & (r - 1):
+        raise ConfigError(f"--resolution must be a power of two >= 8 (e.g. 64, 128, 256), got {r}")
+    if cfg.img_channels not in (1, 3):
+        raise ConfigError(f"--img_channels must be 1 or 3, got {cfg.img_channels}")
+    if cfg.batch < 1 or cfg.batch % world_size:
+        raise ConfigError(f"--batch={cfg.batch} must be a positive multiple of the number of GPUs ({world_size})")
+    batch_gpu = cfg.batch // world_size
+    group = min(cfg.mbstd_group, batch_gpu)
+    if cfg.mbstd_group < 1 or batch_gpu % group:
+        raise ConfigError(f"--batch={cfg.batch} gives {batch_gpu} images per GPU, which the minibatch-stddev "
+                          f"group of {group} (--mbstd_group) does not divide")
+    if cfg.pl_weight > 0 and batch_gpu // cfg.pl_batch_shrink < 1:
+        raise ConfigError(f"--pl_batch_shrink={cfg.pl_batch_shrink} leaves no images for path-length "
+                          f"regularization at {batch_gpu} images per GPU")
+    if min(cfg.channel_base // r, cfg.channel_max) < 1:
+        raise ConfigError(f"--channel_base={cfg.channel_base} gives no channels at {r} px; use >= {r}")
+    positive = {"kimg": cfg.kimg, "tick_kimg": cfg.tick_kimg, "lr": cfg.lr, "r1_interval": cfg.r1_interval,
+                "pl_interval": cfg.pl_interval, "pl_batch_shrink": cfg.pl_batch_shrink, "z_dim": cfg.z_dim,
+                "w_dim": cfg.w_dim, "mapping_layers": cfg.mapping_layers, "max_nonfinite": cfg.max_nonfinite,
+                "ada_interval": cfg.ada_interval, "ada_kimg": cfg.ada_kimg}
+    for name, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"--{name} must be > 0, got {value}")
+    for name, value in {"snap": cfg.snap, "r1_gamma": cfg.r1_gamma, "pl_weight": cfg.pl_weight,
+                        "ema_kimg": cfg.ema_kimg, "ema_rampup": cfg.ema_rampup,
+                        "checkpoint_minutes": cfg.checkpoint_minutes}.items():
+        if value < 0:
+            raise ConfigError(f"--{name} must be >= 0, got {value}")
+    if not 0 <= cfg.style_mixing <= 1 or not 0 <= cfg.p <= 1:
+        raise ConfigError("--style_mixing and --p are probabilities in [0, 1]")
+    if cfg.mixed_precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"--mixed_precision must be auto, bf16 or fp32, got {cfg.mixed_precision!r}")
+    if cfg.aug not in ("noaug", "ada", "fixed"):
+        raise ConfigError(f"--aug must be noaug, ada or fixed, got {cfg.aug!r}")
+    if cfg.fit not in ("crop", "pad"):
+        raise ConfigError(f"--fit must be crop or pad, got {cfg.fit!r}")
+    try:
+        betas = cfg.adam_betas()
+        assert len(betas) == 2 and all(0 <= b < 1 for b in betas)
+    except (ValueError, AssertionError):
+        raise ConfigError(f"--betas must be two numbers in [0, 1) like 0,0.99, got {cfg.betas!r}") from None
+    try:
+        cols, rows = cfg.grid_size()
+        assert cols > 0 and rows > 0
+    except (ValueError, AssertionError):
+        raise ConfigError(f"--grid must look like 8x4 (columns x rows), got {cfg.grid!r}") from None
+    if not math.isfinite(cfg.kimg):
+        raise ConfigError("--kimg must be finite")
+
+
+def from_dict(values: dict) -> TrainConfig:
+    """A TrainConfig from a saved config.json / checkpoint (unknown keys are refused)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"saved config has unknown keys {sorted(unknown)}; was it written by another version?")
+    return TrainConfig(**values)
+
+
+def main(argv=None) -> TrainConfig:
+    """Parse sys.argv for a program: --help prints the options; errors print one line and exit 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(help_text())
+        raise SystemExit(0)
+    try:
+        return parse_args(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
