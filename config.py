@@ -8,6 +8,7 @@ line. Does not own what the settings do (train.py, dataset.py, modules.py).
 """
 
 import dataclasses
+import difflib
 import io
 import json
 import math
@@ -184,7 +185,7 @@ def parse_given(argv) -> dict:
         key, eq, value = arg[2:].partition("=")
         key = key.replace("-", "_")
         if key not in types:
-            close = [k for k in types if k.startswith(key[:3])]
+            close = difflib.get_close_matches(key, list(types), n=3)
             hint = f" (did you mean {', '.join('--' + c for c in close[:3])}?)" if close else ""
             raise ConfigError(f"unknown option --{key}{hint}; see --help for the list")
         if not eq:

@@ -215,7 +215,8 @@ class Trainer:
         self.augment_pipe = make_augment_pipe(cfg, device)
         self.ada_p = cfg.p
         self.cur_nimg, self.batch_idx, self.tick = 0, 0, 0
-        self.nonfinite_total, self.nonfinite_run = 0, 0
+        self.nonfinite_total = 0
+        self.nonfinite_run = {}                                       # phase -> non-finite steps in a row
         self.data = data
         self.sampler = dataset.InfiniteSampler(len(data), seed=cfg.seed, rank=rank, world_size=world_size) \
             if data is not None else None
@@ -240,6 +241,9 @@ class Trainer:
             self.pl_step()
         update_ema(self.G_ema, self.G, ema_beta(self.cfg.batch, self.cfg.resolved_ema_kimg(), self.cfg.ema_rampup,
                                                 self.cur_nimg))
+        # w_avg moved with each rank's own batches; its update is linear in the batch means, so the
+        # rank average equals tracking the global batch.
+        all_reduce_mean_([self.G.mapping.w_avg], self.world_size)
         self.cur_nimg += self.cfg.batch
         self.batch_idx += 1
         if self.cfg.aug == "ada" and self.batch_idx % self.cfg.ada_interval == 0:
@@ -321,15 +325,15 @@ class Trainer:
         if not bool(finite):
             opt.zero_grad(set_to_none=True)
             self.nonfinite_total += 1
-            self.nonfinite_run += 1
-            if self.nonfinite_run >= self.cfg.max_nonfinite:
+            self.nonfinite_run[phase] = self.nonfinite_run.get(phase, 0) + 1
+            if self.nonfinite_run[phase] >= self.cfg.max_nonfinite:
                 raise TrainingStopped(
-                    f"{self.nonfinite_run} non-finite steps in a row (last in the {phase} step at "
+                    f"{self.nonfinite_run[phase]} non-finite steps in a row (last in the {phase} step at "
                     f"kimg {self.cur_nimg / 1000:.1f}, step {self.batch_idx}); try a lower --lr, a larger "
                     f"--r1_gamma or --mixed_precision=fp32; the last good checkpoint.pt is kept")
             return False
         opt.step()
-        self.nonfinite_run = 0
+        self.nonfinite_run[phase] = 0
         return True
 
     def ada_update(self) -> None:
@@ -379,7 +383,7 @@ class Trainer:
         self._ada_sum.copy_(state["ada_sum"])
         self._ada_count = state["ada_count"]
         self.cur_nimg, self.batch_idx, self.tick = state["cur_nimg"], state["batch_idx"], state["tick"]
-        self.nonfinite_total, self.nonfinite_run = state["nonfinite_total"], state["nonfinite_run"]
+        self.nonfinite_total, self.nonfinite_run = state["nonfinite_total"], dict(state["nonfinite_run"])
         self.sampler.load_state_dict(state["sampler"])
         rng = state["rng"]
         if state["world_size"] == self.world_size:

@@ -1,0 +1,343 @@
+"""The training loop (train.py) and its configuration (config.py), on tiny CPU configs."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import config
+import dataset
+import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """20 small random grayscale PNGs."""
+    root = tmp_path_factory.mktemp("train_data") / "imgs"
+    root.mkdir()
+    for i in range(20):
+        pixels = (np.random.default_rng(i).random((16, 16)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"{i:02d}.png")
+    return root
+
+
+def tiny_args(images: Path, outdir: Path, **extra) -> list:
+    args = dict(data=images, outdir=outdir, resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16,
+                batch=4, tick_kimg=0.04, snap=2, checkpoint_minutes=0, grid="4x2")
+    args.update(extra)
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+def run_train(args) -> Path:
+    cfg = config.parse_args(args)
+    return train.train(cfg, config.parse_given(args))
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    for net in ("G", "D", "G_ema"):
+        for name in a[net]:
+            assert torch.equal(a[net][name], b[net][name]), f"{net}.{name} differs"
+    assert a["cur_nimg"] == b["cur_nimg"]
+    assert torch.equal(a["pl_mean"], b["pl_mean"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses and penalties against hand-computed values
+
+def test_logistic_losses():
+    torch.testing.assert_close(train.g_nonsaturating_loss(torch.tensor([0.0, 2.0])),
+                               torch.tensor([math.log(2), math.log(1 + math.exp(-2))]))
+    torch.testing.assert_close(train.d_logistic_loss(torch.tensor([1.0]), torch.tensor([-1.0])),
+                               torch.tensor([2 * math.log(1 + math.exp(-1))]))
+
+
+def test_r1_penalty_of_a_linear_discriminator():
+    w = torch.randn(1, 1, 4, 4)
+    x = torch.randn(3, 1, 4, 4, requires_grad=True)
+    logits = (x * w).sum(dim=[1, 2, 3])                    # grad_x D(x) = w for every sample
+    torch.testing.assert_close(train.r1_penalty(x, logits), w.square().sum().expand(3))
+
+
+def test_path_length_of_a_scaled_identity_generator():
+    ws = torch.randn(2, 1, 16, requires_grad=True)         # num_ws 1, w_dim 16 = 4x4 pixels
+    img = 3.0 * ws[:, 0].reshape(2, 1, 4, 4)
+    torch.manual_seed(5)
+    lengths = train.path_lengths(img, ws)
+    torch.manual_seed(5)
+    y = torch.randn(2, 1, 4, 4) / 4                        # the same noise: N(0, I) / sqrt(H W)
+    torch.testing.assert_close(lengths, 3.0 * y.square().sum(dim=[1, 2, 3]).sqrt())
+
+
+def test_path_length_penalty_and_running_mean():
+    penalty, a = train.path_length_penalty(torch.tensor([1.0, 3.0]), torch.tensor(0.0), 0.01)
+    assert a.item() == pytest.approx(0.02)                 # lerp(0, mean 2, 0.01)
+    torch.testing.assert_close(penalty, torch.tensor([0.98 ** 2, 2.98 ** 2]))
+
+
+def test_lazy_regularization_adam_correction():
+    lr, betas = train.lazy_adam_hparams(0.0025, (0.0, 0.99), 16)
+    assert lr == pytest.approx(0.0025 * 16 / 17)
+    assert betas == pytest.approx((0.0, 0.99 ** (16 / 17)))
+    assert train.lazy_adam_hparams(0.002, (0.0, 0.99), 4)[0] == pytest.approx(0.002 * 0.8)
+
+
+def test_ema_beta_and_update():
+    assert train.ema_beta(16, 10, 0.05, 1000) == pytest.approx(0.5 ** (16 / 50))     # ramped: min(10000, 50)
+    assert train.ema_beta(16, 10, 0.0, 1000) == pytest.approx(0.5 ** (16 / 10000))
+    G = torch.nn.Linear(3, 2)
+    G.register_buffer("w_avg", torch.ones(2))
+    G_ema = torch.nn.Linear(3, 2)
+    G_ema.register_buffer("w_avg", torch.zeros(2))
+    expected = G.weight.detach().lerp(G_ema.weight.detach(), 0.9)
+    train.update_ema(G_ema, G, 0.9)
+    torch.testing.assert_close(G_ema.weight, expected)
+    torch.testing.assert_close(G_ema.w_avg, torch.ones(2))                      # buffers are copied
+
+
+def test_ada_adjustment():
+    assert train.ada_adjust(0.1, 0.8, 0.6, 16, 4, 500) == pytest.approx(0.1 + 64 / 500_000)
+    assert train.ada_adjust(0.1, 0.2, 0.6, 16, 4, 500) == pytest.approx(0.1 - 64 / 500_000)
+    assert train.ada_adjust(0.0, 0.2, 0.6, 16, 4, 500) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+def make_trainer(images, **extra):
+    cfg = config.parse_args(tiny_args(images, "unused", **extra))
+    data = dataset.ImageDataset(images, resolution=16, mirror=cfg.mirror, log=lambda m: None)
+    return train.Trainer(cfg, torch.device("cpu"), data=data, log=lambda m: None)
+
+
+def test_lazy_intervals_and_optimizer_settings(images, monkeypatch):
+    trainer = make_trainer(images)
+    calls = {"r1": [], "pl": []}
+    real_r1, real_pl = trainer.r1_step, trainer.pl_step
+    monkeypatch.setattr(trainer, "r1_step", lambda reals: (calls["r1"].append(trainer.batch_idx), real_r1(reals)))
+    monkeypatch.setattr(trainer, "pl_step", lambda: (calls["pl"].append(trainer.batch_idx), real_pl()))
+    for _ in range(17):
+        trainer.step()
+    assert calls["r1"] == [0, 16] and calls["pl"] == [0, 4, 8, 12, 16]
+    assert trainer.cur_nimg == 17 * 4
+    d_group, g_group = trainer.opt_D.param_groups[0], trainer.opt_G.param_groups[0]
+    assert d_group["lr"] == pytest.approx(0.0025 * 16 / 17) and g_group["lr"] == pytest.approx(0.0025 * 4 / 5)
+    assert d_group["betas"][1] == pytest.approx(0.99 ** (16 / 17)) and d_group["eps"] == 1e-8
+    assert trainer.r1_gamma == pytest.approx(0.0002 * 16 ** 2 / 4)            # the auto rule
+    assert trainer.pl_mean.item() > 0
+    assert trainer.G.mapping.w_avg.abs().sum() > 0                            # w_avg is tracked
+
+
+def test_a_few_ticks_write_every_file(images, tmp_path):
+    run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.12))
+    assert run_dir.name == "00000-demo"
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "log.jsonl", "reals.png", "fakes000000.png", "losses.png", "checkpoint.pt"} <= names
+    assert "fakes0000.080.png" in names and "snapshot-0000.080.pt" in names       # snap=2 ticks
+    assert "fakes0000.120.png" in names                                          # and at the end
+    assert json.loads((run_dir / "config.json").read_text())["resolution"] == 16
+    records = train.read_log(run_dir / "log.jsonl")
+    assert [r["tick"] for r in records] == [1, 2, 3]
+    for key in ("kimg", "seconds", "sec_per_kimg", "images_per_s", "loss_G", "loss_D", "r1_penalty",
+                "pl_penalty", "ada_p", "peak_mem_gb", "nonfinite_skipped"):
+        assert key in records[0], key
+    state = weights(run_dir / "checkpoint.pt")
+    assert state["config"]["resolution"] == 16 and state["cur_nimg"] == 120
+    assert {"G", "D", "G_ema", "opt_G", "opt_D", "pl_mean", "ada_p", "rng", "sampler", "tick"} <= set(state)
+    with Image.open(run_dir / "fakes0000.120.png") as im:
+        assert im.size == (4 * 16, 2 * 16)
+    again = run_train(tiny_args(images, tmp_path / "runs", kimg=0.04))
+    assert again.name == "00001-demo"                                            # never reuses a folder
+
+
+def test_resume_is_bit_exact_in_process(images, tmp_path):
+    full = run_train(tiny_args(images, tmp_path / "runs", kimg=0.2))
+    part = run_train(tiny_args(images, tmp_path / "runs", kimg=0.1))
+    resumed = run_train([f"--resume={part}", "--kimg=0.2"])
+    assert resumed == part
+    assert_same_weights(weights(full / "checkpoint.pt"), weights(part / "checkpoint.pt"))
+    events = [json.loads(line).get("event") for line in (part / "log.jsonl").read_text().splitlines()]
+    assert events.count("resume") == 1
+
+
+def _wait_for_ticks(log_path: Path, ticks: int, proc, timeout=120):
+    start = time.time()
+    while time.time() - start < timeout:
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before it could be interrupted: {proc.stderr.read()}")
+        if log_path.is_file() and len(train.read_log(log_path)) >= ticks:
+            return
+        time.sleep(0.05)
+    pytest.fail("training did not reach the tick in time")
+
+
+@pytest.mark.parametrize("how", ["kill -9", "SIGINT"])
+def test_interrupted_run_resumes_bit_exact(images, tmp_path, how):
+    args = tiny_args(images, tmp_path / "runs", kimg=0.8)
+    reference = run_train(args)
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "runs" / "00001-demo"
+    _wait_for_ticks(run_dir / "log.jsonl", 3, proc)
+    proc.send_signal(signal.SIGKILL if how == "kill -9" else signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    if how == "SIGINT":
+        assert proc.returncode == 130 and "checkpoint saved" in stderr and "--resume" in stderr
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    stopped_at = weights(run_dir / "checkpoint.pt")["cur_nimg"]
+    assert 0 < stopped_at < 800
+    result = subprocess.run([sys.executable, "train.py", f"--resume={run_dir}"], cwd=REPO, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert_same_weights(weights(reference / "checkpoint.pt"), weights(run_dir / "checkpoint.pt"))
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "x": torch.ones(3)})
+
+    def crash(obj, f, *args, **kw):
+        Path(f).write_bytes(b"half a file")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "x": torch.zeros(3)})
+    assert torch.equal(train.load_checkpoint(path)["x"], torch.ones(3))      # the old one is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]         # no temporary left behind
+
+
+def test_bad_checkpoints_are_refused_clearly(tmp_path):
+    import argparse
+    torch.save({"format": train.CHECKPOINT_FORMAT, "obj": argparse.Namespace(a=1)}, tmp_path / "pickled.pt")
+    with pytest.raises(train.TrainingStopped, match="holds pickled Python objects, which are refused"):
+        train.load_checkpoint(tmp_path / "pickled.pt")
+    torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
+    with pytest.raises(train.TrainingStopped, match="not a checkpoint of this project"):
+        train.load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(train.TrainingStopped, match="unreadable or truncated checkpoint"):
+        train.load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(train.TrainingStopped, match="no such checkpoint"):
+        train.load_checkpoint(tmp_path / "missing")
+
+
+def test_nonfinite_steps_are_skipped_then_stop_the_run(images, tmp_path, monkeypatch):
+    trainer = make_trainer(images, max_nonfinite=3)
+    trainer.step()
+    before = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+    monkeypatch.setattr(train, "d_logistic_loss", lambda r, f: (r + f) * float("nan"))
+    trainer.step()                                        # D step skipped, G step still taken
+    assert trainer.nonfinite_total == 1
+    for k, v in trainer.D.state_dict().items():
+        assert torch.equal(v, before[k]), f"D.{k} changed by a non-finite step"
+    trainer.step()
+    with pytest.raises(train.TrainingStopped, match=r"3 non-finite steps in a row \(last in the D step at kimg "
+                                                    r"0.0, step 3\); try a lower --lr"):
+        trainer.step()
+
+
+def test_a_run_that_goes_nonfinite_keeps_its_last_checkpoint(images, tmp_path, monkeypatch):
+    real = train.d_logistic_loss
+    calls = []
+
+    def nan_after_two_ticks(r, f):
+        calls.append(1)
+        return real(r, f) if len(calls) <= 20 else (r + f) * float("nan")
+    monkeypatch.setattr(train, "d_logistic_loss", nan_after_two_ticks)
+    args = tiny_args(images, tmp_path / "runs", kimg=0.4, max_nonfinite=4)
+    assert train.main(args) == 1
+    run_dir = tmp_path / "runs" / "00000-demo"
+    state = weights(run_dir / "checkpoint.pt")
+    assert state["cur_nimg"] == 80 and all(torch.isfinite(v).all() for v in state["G"].values())
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=REPO, capture_output=True, text=True)
+
+
+def test_config_presets_and_override_forms():
+    cfg = config.parse_args(["--preset", "oasis256", "--batch=32", "--kimg", "100", "--mirror"])
+    assert (cfg.resolution, cfg.batch, cfg.kimg, cfg.mirror, cfg.mapping_layers) == (256, 32, 100.0, True, 2)
+    auto = config.parse_args(["--preset=oasis256"])
+    assert auto.resolved_r1_gamma() == pytest.approx(0.8192) and auto.resolved_ema_kimg() == pytest.approx(5)
+    paper = config.parse_args(["--preset=paper256"])
+    assert (paper.batch, paper.mbstd_group, paper.resolved_r1_gamma(), paper.resolved_ema_kimg(),
+            paper.mapping_layers) == (64, 8, 1.0, 20.0, 8)
+    assert config.parse_args([]).preset == "demo"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--bacth=8"], "unknown option --bacth (did you mean --batch?); see --help"),
+    (["--batch=eight"], "--batch expects an integer, got 'eight'"),
+    (["--lr=fast"], "--lr expects a number, got 'fast'"),
+    (["--batch=6"], "--batch=6 gives 6 images per GPU, which the minibatch-stddev group of 4"),
+    (["--resolution=100"], "--resolution must be a power of two >= 8"),
+    (["--preset=huge"], "unknown preset 'huge'; choose one of demo, oasis256, paper256"),
+    (["--mixed_precision=fp16"], "--mixed_precision must be auto, bf16 or fp32"),
+    (["--kimg"], "--kimg needs a value"),
+])
+def test_config_errors_are_one_line_with_exit_code_2(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_help_lists_every_field_with_its_comment():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for name in ("preset", "data", "outdir", "resume", "resolution", "kimg", "batch", "channel_base",
+                 "channel_max", "mapping_layers", "seed", "device", "snap", "aug", "p"):
+        assert f"--{name} " in result.stdout
+    assert "training length in thousands of real images shown to D" in result.stdout
+
+
+def test_dry_run_prints_config_and_parameter_counts():
+    result = run_cli("--preset=paper256", "--img_channels=1", "--dry_run")
+    assert result.returncode == 0, result.stderr
+    assert '"batch": 64' in result.stdout
+    assert "G 24,762,452 parameters, D 24,000,961 parameters, num_ws 14" in result.stdout
+
+
+def test_resume_refuses_a_different_architecture(images, tmp_path):
+    run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.04))
+    with pytest.raises(config.ConfigError, match=r"--channel_max cannot change when resuming"):
+        run_train([f"--resume={run_dir}", "--channel_max=32"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Two processes with the gloo backend
+
+def test_two_process_gloo_run_stays_in_sync(images, tmp_path):
+    args = tiny_args(images, tmp_path / "runs", kimg=0.08, batch=8, snap=1, mbstd_group=4)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "train.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dirs = list((tmp_path / "runs").iterdir())
+    assert len(run_dirs) == 1                                   # only rank 0 writes
+    records = train.read_log(run_dirs[0] / "log.jsonl")
+    assert [r["tick"] for r in records] == [1, 2]
+    assert all(r["ranks_in_sync"] for r in records)
+    state = weights(run_dirs[0] / "checkpoint.pt")
+    assert state["world_size"] == 2 and len(state["rng"]["cpu"]) == 2
+    assert state["cur_nimg"] == 80
