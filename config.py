@@ -28,9 +28,9 @@ class TrainConfig:
     resume: str = ""                    # checkpoint file or run folder to continue exactly
     seed: int = 0                       # seeds networks, latents, data order and noise
     device: str = "auto"                # auto | cpu | cuda | cuda:N
-    kimg: float = 40.0                  # training length in thousands of real images shown to D
-    tick_kimg: float = 4.0              # progress is logged, plotted and checkpointed per tick of this many kimg
-    snap: int = 10                      # ticks between snapshots and image grids (0 = only at the end)
+    kimg: float = 24.0                  # training length in thousands of real images shown to D
+    tick_kimg: float = 2.0              # progress is logged, plotted and checkpointed per tick of this many kimg
+    snap: int = 3                       # ticks between snapshots and image grids (0 = only at the end)
     checkpoint_minutes: float = 10.0    # also rewrite checkpoint.pt at the first tick this long after the last
     dry_run: bool = False               # print the resolved config and parameter counts, then exit
     # Data
@@ -44,8 +44,8 @@ class TrainConfig:
     z_dim: int = 512                    # latent z width
     w_dim: int = 512                    # intermediate latent w width
     mapping_layers: int = 2             # mapping-network depth (8 in the paper, 2 in the official auto config)
-    channel_base: int = 4096            # channels at resolution r = min(channel_base // r, channel_max)
-    channel_max: int = 128              # upper bound on channels per layer
+    channel_base: int = 2048            # channels at resolution r = min(channel_base // r, channel_max)
+    channel_max: int = 64               # upper bound on channels per layer
     mbstd_group: int = 4                # minibatch-stddev group size
     # Optimisation
     batch: int = 16                     # total batch over all GPUs
@@ -92,9 +92,9 @@ class TrainConfig:
 
 
 PRESETS = {
-    # Trains on the built-in demo data on a 2-core CPU in about 15 minutes (64 px, small networks).
-    "demo": dict(resolution=64, channel_base=4096, channel_max=128, mapping_layers=2, batch=16, mbstd_group=4,
-                 kimg=40, tick_kimg=4, snap=2, ema_kimg=0.0, ema_rampup=0.05, mirror=True, grid="8x4"),
+    # Trains on the built-in demo data on a 2-core CPU in about 15 minutes (64 px, small networks, 24 kimg).
+    "demo": dict(resolution=64, channel_base=2048, channel_max=64, mapping_layers=2, batch=16, mbstd_group=4,
+                 kimg=24, tick_kimg=2, snap=3, ema_kimg=0.0, ema_rampup=0.05, mirror=True, grid="8x4"),
     # The official "auto" configuration for 256 px on one GPU (SPEC.md): fmaps 0.5, batch 16, gamma 0.8192,
     # ema 5 kimg with ramp-up 0.05, 2 mapping layers.
     "oasis256": dict(resolution=256, channel_base=16384, channel_max=512, mapping_layers=2, batch=16, mbstd_group=4,
