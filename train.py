@@ -536,6 +536,9 @@ class StopFlag:
 def resolve_resume(resume: str, given: dict):
     """(the checkpoint's config with the options given now on top, the state, the run folder)."""
     state = load_checkpoint(resume)
+    if "opt_G" not in state:
+        raise TrainingStopped(f"--resume {resume}: a snapshot keeps the networks but not the optimizer state, so "
+                              f"it cannot continue exactly; resume from the run folder's checkpoint.pt")
     cfg = config_lib.resume_config(state["config"], dict(given, resume=resume))
     path = Path(resume)
     return cfg, state, path if path.is_dir() else path.parent

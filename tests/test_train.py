@@ -318,10 +318,12 @@ def test_dry_run_prints_config_and_parameter_counts():
     assert "G 24,762,452 parameters, D 24,000,961 parameters, num_ws 14" in result.stdout
 
 
-def test_resume_refuses_a_different_architecture(images, tmp_path):
-    run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.04))
+def test_resume_refuses_a_different_architecture_or_a_snapshot(images, tmp_path):
+    run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.08))
     with pytest.raises(config.ConfigError, match=r"--channel_max cannot change when resuming"):
         run_train([f"--resume={run_dir}", "--channel_max=32"])
+    with pytest.raises(train.TrainingStopped, match=r"a snapshot keeps the networks but not the optimizer state"):
+        run_train([f"--resume={run_dir / 'snapshot-0000.080.pt'}"])
 
 
 # ----------------------------------------------------------------------------------------------
