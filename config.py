@@ -64,8 +64,9 @@ class TrainConfig:
     conv_clamp: float = 256.0           # activation clamp used with bf16
     max_nonfinite: int = 10             # non-finite steps in a row before the run stops
     # Augmentation (augment.py)
-    aug: str = "noaug"                  # noaug | ada | fixed
-    p: float = 0.0                      # augmentation probability (initial value for ada)
+    aug: str = "ada"                    # ada (p adapts) | fixed (p stays) | noaug
+    aug_pipe: str = "bgc"               # transform groups: b blit, g geometry, c colour, f filter, n noise, o cutout
+    p: float = 0.0                      # augmentation probability (the starting value for ada)
     ada_target: float = 0.6             # ADA target for E[sign(D(real))]
     ada_interval: int = 4               # D steps between ADA updates
     ada_kimg: float = 500.0             # images (in kimg) for p to move from 0 to 1
@@ -253,7 +254,9 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     if cfg.mixed_precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"--mixed_precision must be auto, bf16 or fp32, got {cfg.mixed_precision!r}")
     if cfg.aug not in ("noaug", "ada", "fixed"):
-        raise ConfigError(f"--aug must be noaug, ada or fixed, got {cfg.aug!r}")
+        raise ConfigError(f"--aug must be ada, fixed or noaug, got {cfg.aug!r}")
+    if not cfg.aug_pipe or set(cfg.aug_pipe) - set("bgcfno"):
+        raise ConfigError(f"--aug_pipe must use the letters b, g, c, f, n, o (e.g. bgc), got {cfg.aug_pipe!r}")
     if cfg.fit not in ("crop", "pad"):
         raise ConfigError(f"--fit must be crop or pad, got {cfg.fit!r}")
     try:

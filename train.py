@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+import augment
 import config as config_lib
 import dataset
 from modules import Discriminator, Generator, count_params
@@ -263,8 +264,10 @@ class Trainer:
         return img.float(), ws
 
     def run_D(self, img: torch.Tensor) -> torch.Tensor:
+        """D's logits for images, augmented first (every image D sees, the R1 pass included)."""
         if self.augment_pipe is not None and self.ada_p > 0:
-            img = self.augment_pipe(img, self.ada_p)
+            self.augment_pipe.p = self.ada_p
+            img = self.augment_pipe(img)
         with self.autocast():
             return self.D(img).float()                                # [N, 1]
 
@@ -397,15 +400,10 @@ class Trainer:
 
 
 def make_augment_pipe(cfg: config_lib.TrainConfig, device: torch.device):
-    """The augmentation pipeline for --aug (augment.py), or None for noaug."""
+    """The augmentation pipe for --aug=ada|fixed (augment.py), or None for noaug."""
     if cfg.aug == "noaug":
         return None
-    try:
-        import augment
-    except ImportError:
-        raise TrainingStopped(f"--aug={cfg.aug} needs augment.py, which is not part of this version yet; "
-                              f"use --aug=noaug") from None
-    return augment.AugmentPipe(img_channels=cfg.img_channels).to(device)
+    return augment.AugmentPipe(img_channels=cfg.img_channels, pipeline=cfg.aug_pipe, p=cfg.p).to(device)
 
 
 # ----------------------------------------------------------------------------------------------
