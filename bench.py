@@ -3,6 +3,7 @@ modules.py (the networks) and dataset.py (decoding, the cache and batch serving)
 
     python bench.py networks --resolution 256 --batch 16 --device cuda
     python bench.py data --images 10000 --resolution 256 --batch 32
+    python bench.py augment --resolution 256 --batch 32
 
 `networks`: generation and one forward+backward pass of G and D (the core of a training step,
 without regularizers, augmentation or data). `data`: first-time decode of a folder of PNG slices into
@@ -123,6 +124,47 @@ def bench_data(args) -> None:
         print(f"| serving {what}, batch {args.batch}, x-flip on | {rate:,.0f} img/s |")
 
 
+def bench_augment(args) -> None:
+    """Cost of the augmentation pipe on a batch against one full training iteration (oasis256 networks,
+    same batch, lazy R1 and path length amortized), on the same device."""
+    import augment
+    import config
+    import train
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    images = torch.rand(args.batch, 1, args.resolution, args.resolution, device=device) * 2 - 1
+    rows = []
+    for p in (0.2, 0.5, 1.0):
+        pipe = augment.AugmentPipe(img_channels=1, pipeline=args.pipeline, p=p).to(device)
+        rows.append((p, timed(lambda: pipe(images), args.iters, args.warmup, device)))
+    cfg = config.parse_args(["--preset=oasis256", f"--resolution={args.resolution}", f"--batch={args.batch}",
+                             f"--mbstd_group={min(4, args.batch)}", "--aug=noaug"])
+
+    class Batch:                                     # a stand-in data set: the same random batch
+        def __len__(self):
+            return args.batch
+
+        def batch(self, idx, device=None):
+            return images
+    trainer = train.Trainer(cfg, device, data=Batch(), log=lambda m: None)
+    phase = {"D": lambda: trainer.d_step(images), "R1": lambda: trainer.r1_step(images),
+             "G": trainer.g_step, "PL": trainer.pl_step}
+    cost = {k: timed(fn, args.step_iters, args.step_warmup, device) for k, fn in phase.items()}
+    step_s = cost["D"] + cost["G"] + cost["R1"] / cfg.r1_interval + cost["PL"] / cfg.pl_interval
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"device: {name} | torch {torch.__version__} | batch {args.batch} at {args.resolution} px, pipeline "
+          f"{args.pipeline}; training iteration (oasis256 networks, {'bf16' if trainer.amp_dtype else 'fp32'}): "
+          f"D {cost['D'] * 1e3:.0f} ms, G {cost['G'] * 1e3:.0f} ms, R1 {cost['R1'] * 1e3:.0f} ms / "
+          f"{cfg.r1_interval}, PL {cost['PL'] * 1e3:.0f} ms / {cfg.pl_interval} = {step_s * 1e3:.0f} ms")
+    print("| p | augment ms per batch | share of a training iteration |")
+    print("|---:|---:|---:|")
+    for p, sec in rows:
+        # D sees the pipe twice per D step (reals and fakes) and once per G step.
+        print(f"| {p} | {sec * 1e3:.1f} | {3 * sec / step_s:.1%} (3 calls per iteration) |")
+
+
 def bench_networks_cli(args, parser) -> None:
     for p in args.precision.split(","):
         if p not in ("fp32", "bf16"):
@@ -178,8 +220,19 @@ def main(argv=None):
     data.add_argument("--resolution", type=int, default=256, help="decode resolution")
     data.add_argument("--batch", type=int, default=32, help="images per served batch")
     data.add_argument("--workdir", default=None, help="where the temporary copies go (default: system temp)")
+    aug = sub.add_parser("augment", help="cost of the augmentation pipe against a training iteration")
+    aug.add_argument("--resolution", type=int, default=256, help="image resolution")
+    aug.add_argument("--batch", type=int, default=32, help="images per batch")
+    aug.add_argument("--pipeline", default="bgc", help="transform groups")
+    aug.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
+    aug.add_argument("--iters", type=int, default=8, help="timed iterations")
+    aug.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
+    aug.add_argument("--step_iters", type=int, default=1, help="timed calls of each training phase")
+    aug.add_argument("--step_warmup", type=int, default=0, help="untimed calls of each training phase first")
     args = top.parse_args(argv)
-    if args.what == "networks":
+    if args.what == "augment":
+        bench_augment(args)
+    elif args.what == "networks":
         bench_networks_cli(args, net)
     else:
         import dataset

@@ -60,3 +60,11 @@ def test_bench_data_on_a_small_folder(tmp_path, capsys):
     assert "| first-time decode into the cache |" in out and "| later start from the cache |" in out
     assert out.count(" img/s") == 3
     assert [p.name for p in tmp_path.iterdir()] == ["src"]        # the temporary copies are gone
+
+
+def test_bench_augment_on_a_tiny_config(capsys):
+    bench.main(["augment", "--device", "cpu", "--resolution", "16", "--batch", "4", "--iters", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert "training iteration (oasis256 networks, fp32)" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 0.") or line.startswith("| 1.")]
+    assert len(rows) == 3 and all("% (3 calls per iteration)" in r for r in rows)
