@@ -1,0 +1,191 @@
+"""Image-quality and privacy metrics for generated slices, each a pure, batched torch function.
+
+Owns: SSIM (numerically the same as scikit-image's Gaussian-weighted SSIM), MS-SSIM, the nearest-real
+SSIM search with a cheap prefilter, diversity and memorization statistics, and FID / KID from feature
+statistics. Does not own feature extraction or file handling (predict.py).
+
+Images are [N, C, H, W] with values in [0, 1].
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+SSIM_K1, SSIM_K2 = 0.01, 0.03              # Wang et al. 2004, eq. 7-9
+SSIM_SIGMA, SSIM_TRUNCATE = 1.5, 3.5       # Gaussian window: sigma 1.5, radius int(3.5 * 1.5 + 0.5) = 5
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)   # Wang et al. 2003, five scales
+
+
+def _gaussian_window(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE, dtype=torch.float64, device=None):
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    w = torch.exp(-0.5 * (x / sigma) ** 2)
+    return w / w.sum()                                                        # [2r + 1]
+
+
+def _pad_symmetric(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Pad H and W by r mirroring the edge pixel too (scipy.ndimage mode 'reflect': d c b a | a b c d)."""
+    x = torch.cat([x[..., :r, :].flip(-2), x, x[..., -r:, :].flip(-2)], dim=-2)
+    return torch.cat([x[..., :r].flip(-1), x, x[..., -r:].flip(-1)], dim=-1)
+
+
+def _filter(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filtering of every channel, same size out. [N, C, H, W]"""
+    n, c, h, wd = x.shape
+    r = (w.shape[0] - 1) // 2
+    y = _pad_symmetric(x.reshape(n * c, 1, h, wd), r)
+    y = F.conv2d(y, w.to(x.dtype)[None, None, None, :])
+    y = F.conv2d(y, w.to(x.dtype)[None, None, :, None])
+    return y.reshape(n, c, h, wd)
+
+
+def _ssim_maps(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0):
+    """(SSIM map, contrast-structure map), both [N, C, H, W]."""
+    w = _gaussian_window(dtype=a.dtype, device=a.device)
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    ux, uy = _filter(a, w), _filter(b, w)
+    vx = _filter(a * a, w) - ux * ux
+    vy = _filter(b * b, w) - uy * uy
+    vxy = _filter(a * b, w) - ux * uy
+    cs = (2 * vxy + c2) / (vx + vy + c2)
+    return (2 * ux * uy + c1) / (ux * ux + uy * uy + c1) * cs, cs
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"ssim needs two batches of the same shape [N, C, H, W], got {list(a.shape)} and "
+                         f"{list(b.shape)}")
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-pair SSIM [N] of two batches [N, C, H, W] in [0, data_range]; equal to
+    skimage.metrics.structural_similarity(a, b, data_range=1, gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False) (mean over channels; the 5-pixel border is left out of the mean)."""
+    _check_pair(a, b)
+    r = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+    if min(a.shape[-2:]) <= 2 * r:
+        raise ValueError(f"ssim needs images larger than {2 * r} px, got {list(a.shape[-2:])}")
+    s, _ = _ssim_maps(a, b, data_range)
+    return s[..., r:-r, r:-r].mean(dim=[1, 2, 3])
+
+
+def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, weights=MS_SSIM_WEIGHTS) -> torch.Tensor:
+    """Per-pair multi-scale SSIM [N] (Wang et al. 2003): contrast-structure at each scale, full SSIM at the
+    coarsest, 2x2 average pooling between scales. Fewer scales (renormalized weights) for small images."""
+    _check_pair(a, b)
+    r = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+    scales = len(weights)
+    while scales > 1 and min(a.shape[-2:]) // 2 ** (scales - 1) <= 2 * r:
+        scales -= 1
+    w = torch.tensor(weights[:scales], dtype=a.dtype, device=a.device)
+    w = w / w.sum()
+    values = []
+    for k in range(scales):
+        s, cs = _ssim_maps(a, b, data_range)
+        m = s if k == scales - 1 else cs                                      # full SSIM only at the coarsest
+        if min(m.shape[-2:]) > 2 * r:
+            m = m[..., r:-r, r:-r]
+        values.append(m.mean(dim=[1, 2, 3]))
+        if k < scales - 1:
+            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+    values = torch.stack(values, dim=1).clamp(min=0)                          # [N, scales]
+    return (values ** w).prod(dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Nearest neighbours, diversity, memorization
+
+def nearest_ssim(queries: torch.Tensor, references: torch.Tensor, candidates: int = 16, prefilter_px: int = 32,
+                 batch: int = 256):
+    """For each query, its highest SSIM over the references and that reference's index: ([N], [N]).
+
+    A prefilter ranks all references by the L2 distance of prefilter_px-sized average-pooled copies and
+    keeps the `candidates` closest; exact SSIM is computed on those only. candidates=None searches all.
+    """
+    n, m = queries.shape[0], references.shape[0]
+    best = torch.full((n,), -float("inf"), dtype=queries.dtype, device=queries.device)
+    index = torch.zeros(n, dtype=torch.long, device=queries.device)
+    if candidates is None or candidates >= m:
+        cand = torch.arange(m, device=queries.device).expand(n, m)
+    else:
+        small_q = _pooled(queries, prefilter_px)
+        small_r = _pooled(references, prefilter_px)
+        cand = torch.cdist(small_q, small_r).topk(candidates, dim=1, largest=False).indices   # [N, K]
+    k = cand.shape[1]
+    for start in range(0, n * k, batch):                                      # flat (query, candidate) pairs
+        flat = torch.arange(start, min(start + batch, n * k), device=queries.device)
+        qi, ri = flat // k, cand.flatten()[flat]
+        scores = ssim(queries[qi], references[ri])
+        improved = scores > best[qi]
+        # Several pairs of one query can be in a batch: keep the best of them.
+        for q, s, r in zip(qi[improved].tolist(), scores[improved].tolist(), ri[improved].tolist()):
+            if s > best[q]:
+                best[q], index[q] = s, r
+    return best, index
+
+
+def _pooled(x: torch.Tensor, size: int) -> torch.Tensor:
+    return F.adaptive_avg_pool2d(x, min(size, x.shape[-1])).flatten(1)
+
+
+def pairwise_diversity(images: torch.Tensor, pairs: int = 500, seed: int = 0, use_ms_ssim: bool = False) -> float:
+    """Mean SSIM (or MS-SSIM) over random pairs of distinct images: lower means more diverse."""
+    n = images.shape[0]
+    if n < 2:
+        raise ValueError("diversity needs at least two images")
+    g = torch.Generator().manual_seed(seed)
+    i = torch.randint(0, n, (pairs,), generator=g)
+    j = (i + torch.randint(1, n, (pairs,), generator=g)) % n                  # never the same image
+    metric = ms_ssim if use_ms_ssim else ssim
+    return torch.cat([metric(images[i[s:s + 64]], images[j[s:s + 64]]) for s in range(0, pairs, 64)]).mean().item()
+
+
+def memorization_share(generated_nearest: torch.Tensor, heldout_nearest: torch.Tensor) -> float:
+    """Share of generated images closer (higher nearest-training SSIM) to some training image than any
+    held-out real image is to the training set."""
+    return (generated_nearest > heldout_nearest.max()).float().mean().item()
+
+
+# ----------------------------------------------------------------------------------------------
+# FID and KID from features
+
+def feature_stats(features: torch.Tensor):
+    """(mean [D], covariance [D, D]) of features [N, D], in float64."""
+    f = features.double()
+    mu = f.mean(dim=0)
+    return mu, torch.cov(f.T)
+
+
+def fid_from_stats(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+    """Frechet distance ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al. 2017). The trace of
+    the matrix square root is taken from the eigenvalues of S1^(1/2) S2 S1^(1/2), which is symmetric."""
+    mu1, mu2, sigma1, sigma2 = mu1.double(), mu2.double(), sigma1.double(), sigma2.double()
+    evals, evecs = torch.linalg.eigh(sigma1)
+    root1 = evecs @ torch.diag(evals.clamp(min=0).sqrt()) @ evecs.T
+    middle = torch.linalg.eigvalsh(root1 @ sigma2 @ root1).clamp(min=0).sqrt().sum()
+    return ((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * middle).item()
+
+
+def fid(features1: torch.Tensor, features2: torch.Tensor) -> float:
+    return fid_from_stats(*feature_stats(features1), *feature_stats(features2))
+
+
+def kid(features1: torch.Tensor, features2: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
+        seed: int = 0) -> float:
+    """Kernel inception distance (Binkowski et al. 2018): the unbiased MMD^2 with the kernel
+    k(x, y) = (x.y / d + 1)^3, averaged over random subsets."""
+    x, y = features1.double(), features2.double()
+    d = x.shape[1]
+    m = min(subset_size, x.shape[0], y.shape[0])
+    if m < 2:
+        raise ValueError("kid needs at least two feature vectors on each side")
+    g = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for _ in range(subsets):
+        a = x[torch.randperm(x.shape[0], generator=g)[:m]]
+        b = y[torch.randperm(y.shape[0], generator=g)[:m]]
+        kxx, kyy, kxy = (a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3
+        total += ((kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+                  - 2 * kxy.mean()).item()
+    return total / subsets
