@@ -64,7 +64,7 @@ def _reflect_index(i: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(i >= size, period - i, i)
 
 
-def _matrix(rows, device) -> torch.Tensor:
+def _matrix(rows) -> torch.Tensor:
     """Stack per-sample rows of python/tensor entries into [N, D, D]."""
     return torch.stack([torch.stack(list(r), dim=-1) for r in rows], dim=-2)
 
@@ -163,19 +163,19 @@ class AugmentPipe(nn.Module):
         one, zero = torch.ones(n, device=device), torch.zeros(n, device=device)
         if "scale" in self.enabled:
             s = torch.exp2(torch.randn(n, device=device) * self.scale_std * self._chosen(x, self.p))
-            G_inv = G_inv @ _matrix([[1 / s, zero, zero], [zero, 1 / s, zero], [zero, zero, one]], device)
+            G_inv = G_inv @ _matrix([[1 / s, zero, zero], [zero, 1 / s, zero], [zero, zero, one]])
         p_rot = 1 - math.sqrt(max(1 - self.p, 0))     # applied twice: P(any rotation) = p
         for stage in ("pre", "post"):
             if "rotate" in self.enabled:
                 theta = (torch.rand(n, device=device) * 2 - 1) * math.pi * self.rotate_max * self._chosen(x, p_rot)
                 c, s = torch.cos(-theta), torch.sin(-theta)
-                G_inv = G_inv @ _matrix([[c, -s, zero], [s, c, zero], [zero, zero, one]], device)
+                G_inv = G_inv @ _matrix([[c, -s, zero], [s, c, zero], [zero, zero, one]])
             if stage == "pre" and "aniso" in self.enabled:
                 s = torch.exp2(torch.randn(n, device=device) * self.aniso_std * self._chosen(x, self.p))
-                G_inv = G_inv @ _matrix([[1 / s, zero, zero], [zero, s, zero], [zero, zero, one]], device)
+                G_inv = G_inv @ _matrix([[1 / s, zero, zero], [zero, s, zero], [zero, zero, one]])
         if "xfrac" in self.enabled:
             t = torch.randn(n, 2, device=device) * self.xfrac_std * self._chosen(x, self.p)[:, None]
-            G_inv = G_inv @ _matrix([[one, zero, -t[:, 0]], [zero, one, -t[:, 1]], [zero, zero, one]], device)
+            G_inv = G_inv @ _matrix([[one, zero, -t[:, 0]], [zero, one, -t[:, 1]], [zero, zero, one]])
         if G_inv is eye:
             return x
         moved = (G_inv - eye).abs().flatten(1).amax(dim=1) > 0
