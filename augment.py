@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modules import conv2d, conv_transpose2d   # convolutions with fast second-order gradients (R1)
+
 GROUPS = {
     "b": ("xflip", "rotate90", "xint"),
     "g": ("scale", "rotate", "aniso", "xfrac"),
@@ -49,11 +51,11 @@ def _sep_conv(x: torch.Tensor, f: torch.Tensor, stride: int = 1, transpose: bool
     fx = f.to(x.dtype)[None, None, None, :]
     fy = f.to(x.dtype)[None, None, :, None]
     if transpose:
-        x = F.conv_transpose2d(x, fx * 2, stride=(1, 2), padding=(0, pad))
-        x = F.conv_transpose2d(x, fy * 2, stride=(2, 1), padding=(pad, 0))
+        x = conv_transpose2d(x, fx * 2, stride=(1, 2), padding=(0, pad))
+        x = conv_transpose2d(x, fy * 2, stride=(2, 1), padding=(pad, 0))
     else:
-        x = F.conv2d(x, fx, stride=(1, stride))
-        x = F.conv2d(x, fy, stride=(stride, 1))
+        x = conv2d(x, fx, stride=(1, stride))
+        x = conv2d(x, fy, stride=(stride, 1))
     return x.reshape(n, c, *x.shape[-2:])
 
 
@@ -238,8 +240,8 @@ class AugmentPipe(nn.Module):
         pad = taps // 2
         y = F.pad(x, (pad, pad, pad, pad), mode="reflect").reshape(1, n * c, size + 2 * pad, size + 2 * pad)
         k = h.repeat_interleave(c, dim=0)                                          # [N*C, taps]
-        y = F.conv2d(y, k[:, None, None, :], groups=n * c)
-        y = F.conv2d(y, k[:, None, :, None], groups=n * c)
+        y = conv2d(y, k[:, None, None, :], groups=n * c)
+        y = conv2d(y, k[:, None, :, None], groups=n * c)
         return y.reshape(n, c, size, size)
 
     # -- o: cutout --------------------------------------------------------------------------------

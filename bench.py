@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import modules
 from modules import Discriminator, Generator, count_params
 
 
@@ -165,6 +166,122 @@ def bench_augment(args) -> None:
         print(f"| {p} | {sec * 1e3:.1f} | {3 * sec / step_s:.1%} (3 calls per iteration) |")
 
 
+class StandIn:
+    """A data set that serves one fixed random batch: training speed without the data loader (whose own
+    throughput `bench.py data` measures)."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def batch(self, idx, device=None):
+        return self.images
+
+
+def count_flops(fn) -> int:
+    """Floating-point operations of one call of fn: convolutions and matrix products, forward and
+    backward, with the formulas of torch.utils.flop_counter (elementwise work is not counted). Its
+    FlopCounterMode is not used because its module hooks do not support torch.autograd.grad."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Counter(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                Counter.total += formula(*args, **(kwargs or {}), out_val=out)
+            return out
+
+    with Counter():
+        fn()
+    return Counter.total
+
+
+def matmul_peak_tflops(device: torch.device, n: int = 8192, iters: int = 20) -> float:
+    """Measured bf16 dense matmul throughput: the practical peak that MFU is taken against."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    sec = timed(lambda: a @ b, iters, 3, device)
+    return 2 * n ** 3 / sec / 1e12
+
+
+def training_phases(trainer, reals: torch.Tensor) -> dict:
+    """One callable per phase of a training iteration, as Trainer.step runs them."""
+    return {"D": lambda: trainer.d_step(reals), "R1": lambda: trainer.r1_step(reals),
+            "G": trainer.g_step, "PL": trainer.pl_step}
+
+
+def bench_train_once(cfg, device: torch.device, args) -> dict:
+    import train
+    reals = torch.rand(cfg.batch, cfg.img_channels, cfg.resolution, cfg.resolution, device=device) * 2 - 1
+    trainer = train.Trainer(cfg, device, data=StandIn(reals), log=lambda m: None)
+    trainer.ada_p = args.p if cfg.aug != "noaug" else 0.0
+    rates = {"D": 1, "G": 1, "R1": 1 / cfg.r1_interval, "PL": 1 / cfg.pl_interval}
+    phases = training_phases(trainer, reals)
+    flops = {k: count_flops(fn) for k, fn in phases.items()}
+    g_fwd = count_flops(lambda: trainer.G_ema(torch.randn(1, cfg.z_dim, device=device)))
+    d_fwd = count_flops(lambda: trainer.D(reals[:1]))
+    cost = {k: timed(fn, args.phase_iters, args.warmup, device) for k, fn in phases.items()}
+    aug_ms = 0.0
+    if trainer.augment_pipe is not None and trainer.ada_p > 0:
+        trainer.augment_pipe.p = trainer.ada_p
+        aug_ms = timed(lambda: trainer.augment_pipe(reals), args.phase_iters, args.warmup, device) * 1e3
+    step_s = timed(trainer.step, args.iters, args.warmup, device)       # the real loop, no syncs added
+    flops_img = sum(flops[k] * rates[k] for k in flops) / cfg.batch
+    out = {"img_s": cfg.batch / step_s, "s_kimg": step_s * 1000 / cfg.batch,
+           "ms": {k: v * 1e3 for k, v in cost.items()}, "aug_ms": aug_ms,
+           "flops_img": flops_img, "g_fwd": g_fwd, "d_fwd": d_fwd,
+           "tflops": flops_img * cfg.batch / step_s / 1e12,
+           "peak_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")}
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        for name in args.profile.split(","):
+            with profile(activities=acts) as prof:
+                phases[name]()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+            key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            print(f"profile of one {name} call:\n{prof.key_averages().table(sort_by=key, row_limit=12)}")
+    return out
+
+
+def bench_train(args, parser) -> None:
+    """Training throughput of a preset: phase split, steady images/s, FLOPs, TFLOP/s and MFU."""
+    import config
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    try:
+        cfg = config.parse_args([f"--preset={args.preset}", *args.set])
+    except config.ConfigError as e:
+        parser.error(str(e))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU {platform.processor() or platform.machine()} ({len(os.sched_getaffinity(0))} cores)"
+    peak = matmul_peak_tflops(device) if device.type == "cuda" else None
+    print(f"device: {name} | torch {torch.__version__} | preset {args.preset} {' '.join(args.set)} | "
+          f"{cfg.resolution} px, batch {cfg.batch}, aug {cfg.aug} at p={args.p}, "
+          f"precision {cfg.mixed_precision}" + (f" | measured bf16 matmul peak {peak:.0f} TFLOP/s" if peak else ""))
+    print("| conv gradients | img/s | s/kimg | D ms | G ms | R1 ms | PL ms | aug ms | GFLOP/img | TFLOP/s | MFU | peak GiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for impl in args.conv_impl.split(","):
+        with modules.conv_impl(impl):
+            r = bench_train_once(cfg, device, args)
+        ms = r["ms"]
+        mfu = f"{r['tflops'] / peak:.1%}" if peak else "-"
+        print(f"| {impl} | {r['img_s']:.1f} | {r['s_kimg']:.2f} | {ms['D']:.0f} | {ms['G']:.0f} | {ms['R1']:.0f} "
+              f"| {ms['PL']:.0f} | {r['aug_ms']:.0f} | {r['flops_img'] / 1e9:.1f} | {r['tflops']:.2f} | {mfu} "
+              f"| {'-' if r['peak_gib'] != r['peak_gib'] else format(r['peak_gib'], '.1f')} |", flush=True)
+    print(f"FLOPs per image: G forward {r['g_fwd'] / 1e9:.2f} G, D forward {r['d_fwd'] / 1e9:.2f} G, "
+          f"training image (D + G steps, R1 / {cfg.r1_interval}, PL / {cfg.pl_interval}) {r['flops_img'] / 1e9:.1f} G")
+
+
 def bench_networks_cli(args, parser) -> None:
     for p in args.precision.split(","):
         if p not in ("fp32", "bf16"):
@@ -229,8 +346,24 @@ def main(argv=None):
     aug.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     aug.add_argument("--step_iters", type=int, default=1, help="timed calls of each training phase")
     aug.add_argument("--step_warmup", type=int, default=0, help="untimed calls of each training phase first")
-    args = top.parse_args(argv)
-    if args.what == "augment":
+    tr = sub.add_parser("train", help="training throughput of a preset: phases, images/s, FLOPs, MFU; "
+                        "other --key=value options override the config as in train.py")
+    tr.add_argument("--preset", default="oasis256" if torch.cuda.is_available() else "demo", help="config preset")
+    tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
+    tr.add_argument("--p", type=float, default=0.2, help="augmentation probability held during the run")
+    tr.add_argument("--conv_impl", default="regrad", help="comma list of regrad, torch (modules.conv_impl)")
+    tr.add_argument("--iters", type=int, default=32, help="timed training iterations (a multiple of 16 "
+                    "keeps the lazy-regularizer mix exact)")
+    tr.add_argument("--phase_iters", type=int, default=3, help="timed calls of each phase alone")
+    tr.add_argument("--warmup", type=int, default=3, help="untimed calls first")
+    tr.add_argument("--profile", default="", help="comma list of phases (D,R1,G,PL) to profile once")
+    args, extra = top.parse_known_args(argv)
+    if extra and args.what != "train":
+        top.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.set = extra                                # train: any other --key=value is a config override
+    if args.what == "train":
+        bench_train(args, tr)
+    elif args.what == "augment":
         bench_augment(args)
     elif args.what == "networks":
         bench_networks_cli(args, net)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import modules
 
 from modules import (Conv2dLayer, Discriminator, FullyConnectedLayer, Generator, SynthesisLayer, conv2d_resample,
                      count_params, downsample2d, fir_kernel, minibatch_stddev, modulated_conv2d, upsample2d)
@@ -393,3 +394,75 @@ def test_bad_shapes_are_refused():
         Generator(img_resolution=16, mapping_layers=0)
     with pytest.raises(ValueError, match=r"mbstd_group_size must be >= 1, got 0"):
         Discriminator(img_resolution=16, mbstd_group_size=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Convolutions with regrouped higher-order gradients
+
+CONV_CASES = [  # (transpose, in_ch, out_ch, k, stride, padding, groups, size)
+    (False, 4, 6, 3, 1, 1, 1, 7),
+    (False, 4, 6, 3, 2, 0, 2, 8),
+    (False, 3, 3, 4, 2, 1, 3, 9),        # depthwise FIR-style downsampling, odd size
+    (True, 4, 6, 3, 2, 0, 1, 5),
+    (True, 4, 4, 4, 2, 1, 4, 6),         # depthwise x2 upsampling
+    (True, 6, 4, 3, 2, 0, 2, 4),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_regrad_conv_matches_torch_to_third_order(case):
+    transpose, i, o, k, s, p, g, size = case
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, i, size, size, dtype=torch.float64, generator=gen, requires_grad=True)
+    w_shape = (i, o // g, k, k) if transpose else (o, i // g, k, k)
+    w = torch.randn(*w_shape, dtype=torch.float64, generator=gen, requires_grad=True)
+
+    def run(impl):
+        with modules.conv_impl(impl):
+            op = modules.conv_transpose2d if transpose else modules.conv2d
+            y = op(x, w, stride=s, padding=p, groups=g)
+            gx, gw = torch.autograd.grad(y.square().sum(), [x, w], create_graph=True)
+            gx2, gw2 = torch.autograd.grad(gx.sin().sum() + gw.square().sum(), [x, w], create_graph=True)
+            gx3, gw3 = torch.autograd.grad(gx2.square().sum() + gw2.cos().sum(), [x, w])
+        return [y, gx, gw, gx2, gw2, gx3, gw3]
+
+    for a, b in zip(run("regrad"), run("torch")):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    with modules.conv_impl("regrad"):
+        op = modules.conv_transpose2d if transpose else modules.conv2d
+        assert torch.autograd.gradgradcheck(lambda a, b: op(a, b, stride=s, padding=p, groups=g), (x, w))
+
+
+def test_regrad_r1_and_path_length_equal_torch():
+    """The two second-order regularizers through whole networks: same values and parameter gradients."""
+    torch.manual_seed(0)
+    G = Generator(z_dim=8, w_dim=8, img_resolution=16, img_channels=1, mapping_layers=2,
+                  channel_base=64, channel_max=8).double()
+    D = Discriminator(img_resolution=16, img_channels=1, channel_base=64, channel_max=8, mbstd_group_size=2).double()
+    reals = torch.randn(4, 1, 16, 16, dtype=torch.float64)
+    ws = G.mapping(torch.randn(2, 8, dtype=torch.float64))
+
+    def grads(impl):
+        with modules.conv_impl(impl):
+            x = reals.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(D(x).sum(), [x], create_graph=True)
+            r1 = g.square().sum()
+            w = ws.detach().requires_grad_(True)
+            img = G.synthesis(w, noise_mode="const")
+            (gw,) = torch.autograd.grad((img * torch.ones_like(img)).sum(), [w], create_graph=True)
+            pl = gw.square().sum()
+            params = list(D.parameters()) + list(G.synthesis.parameters())
+            return [r1, pl] + list(torch.autograd.grad(r1 + pl, params, allow_unused=True))
+
+    for a, b in zip(grads("regrad"), grads("torch")):
+        if a is None or b is None:
+            assert a is None and b is None
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_conv_impl_rejects_unknown_name():
+    with pytest.raises(ValueError, match="conv_impl"):
+        with modules.conv_impl("cudnn"):
+            pass
