@@ -33,6 +33,7 @@ from modules import Discriminator, Generator, count_params
 
 CHECKPOINT_FORMAT = "stylegan2-mri-checkpoint"
 CHECKPOINT_VERSION = 1
+HEALTH_CHECK_INTERVAL = 4      # iterations between host reads of the non-finite counters (ADA reads at 4 too)
 
 
 class TrainingStopped(RuntimeError):
@@ -210,14 +211,17 @@ class Trainer:
         betas = cfg.adam_betas()
         g_lr, g_betas = lazy_adam_hparams(cfg.lr, betas, cfg.pl_interval) if cfg.pl_weight > 0 else (cfg.lr, betas)
         d_lr, d_betas = lazy_adam_hparams(cfg.lr, betas, cfg.r1_interval) if self.r1_gamma > 0 else (cfg.lr, betas)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=g_lr, betas=g_betas, eps=1e-8)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8)
+        # fused Adam can skip a step on a device-side flag (found_inf): no host sync per step.
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=g_lr, betas=g_betas, eps=1e-8, fused=True)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8, fused=True)
         self.pl_mean = torch.zeros([], device=device)
         self.augment_pipe = make_augment_pipe(cfg, device)
         self.ada_p = cfg.p
         self.cur_nimg, self.batch_idx, self.tick = 0, 0, 0
-        self.nonfinite_total = 0
+        # Non-finite bookkeeping stays on the device; check_nonfinite() reads it every few iterations.
+        self.nonfinite_total = torch.zeros([], dtype=torch.long, device=device)
         self.nonfinite_run = {}                                       # phase -> non-finite steps in a row
+        self.nonfinite_stop = {}                                      # phase -> step that hit max_nonfinite, or -1
         self.data = data
         self.sampler = dataset.InfiniteSampler(len(data), seed=cfg.seed, rank=rank, world_size=world_size) \
             if data is not None else None
@@ -249,6 +253,8 @@ class Trainer:
         self.batch_idx += 1
         if self.cfg.aug == "ada" and self.batch_idx % self.cfg.ada_interval == 0:
             self.ada_update()
+        if self.batch_idx % HEALTH_CHECK_INTERVAL == 0:
+            self.check_nonfinite()
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -310,34 +316,42 @@ class Trainer:
         penalty = (lengths - a).square()
         self.record("pl_penalty", penalty.mean())
         loss = penalty.mean() * self.cfg.pl_weight * self.cfg.pl_interval
-        if self.optimize(self.G, self.opt_G, loss, "PL"):
-            self.pl_mean.copy_(a.detach())
+        taken = self.optimize(self.G, self.opt_G, loss, "PL")
+        self.pl_mean.copy_(torch.where(taken, a.detach(), self.pl_mean))
 
-    def optimize(self, module, opt, loss: torch.Tensor, phase: str) -> bool:
+    def optimize(self, module, opt, loss: torch.Tensor, phase: str) -> torch.Tensor:
         """Backward, average gradients over ranks, and step, unless the loss or a gradient is not
-        finite: then the step is skipped and counted. Returns whether the step was taken."""
+        finite: then the step is skipped and counted. Returns whether the step was taken, as a device
+        flag: nothing here waits for the GPU."""
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        params = [p for p in module.parameters() if p.grad is not None]
-        all_reduce_mean_([p.grad for p in params], self.world_size)
-        finite = torch.isfinite(loss.detach()) & torch.stack([torch.isfinite(p.grad).all() for p in params]).all()
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        all_reduce_mean_(grads, self.world_size)
+        finite = torch.isfinite(loss.detach()) & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
         if self.world_size > 1:
             flag = finite.float()
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
             finite = flag > 0
-        if not bool(finite):
-            opt.zero_grad(set_to_none=True)
-            self.nonfinite_total += 1
-            self.nonfinite_run[phase] = self.nonfinite_run.get(phase, 0) + 1
-            if self.nonfinite_run[phase] >= self.cfg.max_nonfinite:
-                raise TrainingStopped(
-                    f"{self.nonfinite_run[phase]} non-finite steps in a row (last in the {phase} step at "
-                    f"kimg {self.cur_nimg / 1000:.1f}, step {self.batch_idx}); try a lower --lr, a larger "
-                    f"--r1_gamma or --mixed_precision=fp32; the last good checkpoint.pt is kept")
-            return False
+        opt.found_inf = (~finite).float()                            # fused Adam leaves everything as it was
         opt.step()
-        self.nonfinite_run[phase] = 0
-        return True
+        bad = (~finite).long()
+        run = (self.nonfinite_run.get(phase, 0) + 1) * bad
+        stop = self.nonfinite_stop.get(phase, torch.full([], -1, dtype=torch.long, device=self.device))
+        self.nonfinite_stop[phase] = torch.where((stop < 0) & (run >= self.cfg.max_nonfinite),
+                                                 torch.full_like(stop, self.batch_idx), stop)
+        self.nonfinite_run[phase] = run
+        self.nonfinite_total += bad
+        return finite
+
+    def check_nonfinite(self) -> None:
+        """Stop the run if some phase had max_nonfinite non-finite steps in a row (reads the device)."""
+        for phase, step in self.nonfinite_stop.items():
+            step = int(step)
+            if step >= 0:
+                raise TrainingStopped(
+                    f"{self.cfg.max_nonfinite} non-finite steps in a row (last in the {phase} step at "
+                    f"kimg {step * self.cfg.batch / 1000:.1f}, step {step}); try a lower --lr, a larger "
+                    f"--r1_gamma or --mixed_precision=fp32; the last good checkpoint.pt is kept")
 
     def ada_update(self) -> None:
         stat = torch.stack([self._ada_sum, torch.tensor(float(self._ada_count), device=self.device)])
@@ -370,7 +384,8 @@ class Trainer:
             "pl_mean": self.pl_mean.detach().cpu(), "ada_p": float(self.ada_p),
             "ada_sum": self._ada_sum.detach().cpu(), "ada_count": self._ada_count,
             "cur_nimg": self.cur_nimg, "batch_idx": self.batch_idx, "tick": self.tick,
-            "nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
+            "nonfinite_total": int(self.nonfinite_total),
+            "nonfinite_run": {k: int(v) for k, v in self.nonfinite_run.items()},
             "sampler": self.sampler.state_dict(), "world_size": self.world_size,
             "rng": gather_rng_states(self.device, self.world_size),
         }
@@ -386,7 +401,8 @@ class Trainer:
         self._ada_sum.copy_(state["ada_sum"])
         self._ada_count = state["ada_count"]
         self.cur_nimg, self.batch_idx, self.tick = state["cur_nimg"], state["batch_idx"], state["tick"]
-        self.nonfinite_total, self.nonfinite_run = state["nonfinite_total"], dict(state["nonfinite_run"])
+        self.nonfinite_total.fill_(state["nonfinite_total"])
+        self.nonfinite_run = {k: torch.tensor(v, device=self.device) for k, v in state["nonfinite_run"].items()}
         self.sampler.load_state_dict(state["sampler"])
         rng = state["rng"]
         if state["world_size"] == self.world_size:
@@ -650,6 +666,11 @@ def run_loop(trainer: Trainer, run_dir: Path, z_grid: torch.Tensor, is_main: boo
         if not (done or tick_end or interrupted):
             continue
         if tick_end or done:
+            try:
+                trainer.check_nonfinite()                            # before anything is written
+            except TrainingStopped as e:
+                bar.close()
+                raise TrainingStopped(f"{e}: {run_dir / 'checkpoint.pt'}") from None
             trainer.tick += 1 if trainer.cur_nimg > tick_start_nimg else 0
             stats = trainer.pop_stats()
             seconds = time.time() - tick_start_time
@@ -659,7 +680,7 @@ def run_loop(trainer: Trainer, run_dir: Path, z_grid: torch.Tensor, is_main: boo
                       "sec_per_kimg": round(seconds / max(images / 1000, 1e-9), 3),
                       "images_per_s": round(images / max(seconds, 1e-9), 2), **stats,
                       "pl_mean": trainer.pl_mean.item(), "ada_p": trainer.ada_p,
-                      "nonfinite_skipped": trainer.nonfinite_total, "peak_mem_gb": round(peak_memory_gb(device), 3),
+                      "nonfinite_skipped": int(trainer.nonfinite_total), "peak_mem_gb": round(peak_memory_gb(device), 3),
                       "time": time.time()}
             if snapshot:
                 record["ranks_in_sync"] = check_ranks_in_sync({"G": trainer.G, "D": trainer.D}, world_size)

@@ -248,9 +248,12 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(images, tmp_path, monkeyp
     for k, v in trainer.D.state_dict().items():
         assert torch.equal(v, before[k]), f"D.{k} changed by a non-finite step"
     trainer.step()
+    trainer.check_nonfinite()                             # 2 in a row: still going
+    assert train.HEALTH_CHECK_INTERVAL == 4 and trainer.batch_idx == 3
     with pytest.raises(train.TrainingStopped, match=r"3 non-finite steps in a row \(last in the D step at kimg "
                                                     r"0.0, step 3\); try a lower --lr"):
-        trainer.step()
+        trainer.step()                                    # the 3rd in a row; step 4 reads the counters
+    assert trainer.nonfinite_total == 3                   # the G steps stayed finite and were taken
 
 
 def test_a_run_that_goes_nonfinite_keeps_its_last_checkpoint(images, tmp_path, monkeypatch):
