@@ -282,6 +282,67 @@ def bench_train(args, parser) -> None:
           f"training image (D + G steps, R1 / {cfg.r1_interval}, PL / {cfg.pl_interval}) {r['flops_img'] / 1e9:.1f} G")
 
 
+def demo_slices(data, split: str, resolution: int = 256) -> torch.Tensor:
+    """float [N, 1, R, R] in [0, 1] from the demo data (built if missing) or --data."""
+    import dataset
+    ds = dataset.ImageDataset(data or dataset.ensure_demo(), split=split, resolution=resolution, log=lambda m: None)
+    return torch.from_numpy(ds.images).float() / 255
+
+
+def jittered(images: torch.Tensor, count: int, seed: int, shift: int = 8) -> torch.Tensor:
+    """`count` distinct images from a smaller set: cycled, randomly x-flipped and rolled by up to +-shift px."""
+    g = torch.Generator().manual_seed(seed)
+    out = images[torch.arange(count) % len(images)].clone()
+    flip = torch.rand(count, generator=g) < 0.5
+    out[flip] = out[flip].flip(-1)
+    shifts = torch.randint(-shift, shift + 1, (count, 2), generator=g)
+    for i in range(count):
+        out[i] = out[i].roll(tuple(shifts[i].tolist()), dims=(-2, -1))
+    return out
+
+
+def bench_ssim(args) -> None:
+    """metrics.ssim against a scikit-image loop, and the nearest-real search at scale with its miss rate."""
+    import metrics
+    from skimage.metrics import structural_similarity
+    device = torch.device(args.device)
+    train_slices, held = demo_slices(args.data, "train"), demo_slices(args.data, "validate")
+    a, b = train_slices[:args.pairs], train_slices.roll(1, 0)[:args.pairs]
+    start = time.perf_counter()
+    ref = [structural_similarity(x[0].double().numpy(), y[0].double().numpy(), data_range=1, gaussian_weights=True,
+                                 sigma=1.5, use_sample_covariance=False) for x, y in zip(a, b)]
+    sk_s = (time.perf_counter() - start) / len(ref)
+    ad, bd = a.to(device), b.to(device)
+    torch_s = timed(lambda: torch.cat([metrics.ssim(ad[i:i + 64], bd[i:i + 64]) for i in range(0, len(ad), 64)]),
+                    3, 1, device) / len(ad)
+    err = (metrics.ssim(a.double(), b.double()) - torch.tensor(ref, dtype=torch.float64)).abs().max().item()
+    queries = jittered(held, args.queries, seed=1).to(device)
+    references = jittered(train_slices, args.references, seed=2).to(device)
+    start = time.perf_counter()
+    best, index = metrics.nearest_ssim(queries, references, candidates=args.candidates)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    search_s = time.perf_counter() - start
+    q = queries[:args.miss_queries]                              # exhaustive search on a subset: the true best
+    start = time.perf_counter()
+    true_best, true_index = metrics.nearest_ssim(q, references, candidates=None)
+    exhaustive_s = (time.perf_counter() - start) / len(q) * len(queries)
+    missed = best[:len(q)] < true_best - 1e-6
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU {platform.processor() or platform.machine()} ({len(os.sched_getaffinity(0))} cores)"
+    print(f"device: {name} | torch {torch.__version__} | 256x256 demo slices")
+    print("| measurement | result |")
+    print("|---|---:|")
+    print(f"| scikit-image structural_similarity, one pair at a time (float64) | {1 / sk_s:,.0f} pairs/s |")
+    print(f"| metrics.ssim, batches of 64 (float32) | {1 / torch_s:,.0f} pairs/s ({sk_s / torch_s:.0f}x) |")
+    print(f"| largest difference from scikit-image (float64, {len(ref)} pairs) | {err:.1e} |")
+    print(f"| nearest-real SSIM, {len(queries):,} x {len(references):,}, prefilter {args.candidates} candidates "
+          f"| {search_s:.1f} s |")
+    print(f"| the same without prefilter (extrapolated from {len(q)} queries) | {exhaustive_s:,.0f} s |")
+    print(f"| prefilter missed the true nearest ({len(q)} queries searched exhaustively) | {int(missed.sum())} of "
+          f"{len(q)}; largest SSIM shortfall {(true_best - best[:len(q)]).max().item():.4f} |")
+
+
 def bench_networks_cli(args, parser) -> None:
     for p in args.precision.split(","):
         if p not in ("fp32", "bf16"):
@@ -357,12 +418,22 @@ def main(argv=None):
     tr.add_argument("--phase_iters", type=int, default=3, help="timed calls of each phase alone")
     tr.add_argument("--warmup", type=int, default=3, help="untimed calls first")
     tr.add_argument("--profile", default="", help="comma list of phases (D,R1,G,PL) to profile once")
+    sim = sub.add_parser("ssim", help="metrics.ssim against scikit-image; nearest-real search at scale")
+    sim.add_argument("--data", default=None, help="slices (default: the demo data, built if missing)")
+    sim.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
+    sim.add_argument("--pairs", type=int, default=256, help="pairs for the SSIM speed comparison")
+    sim.add_argument("--queries", type=int, default=1000, help="query slices (jittered held-out demo slices)")
+    sim.add_argument("--references", type=int, default=10000, help="reference slices (jittered training slices)")
+    sim.add_argument("--candidates", type=int, default=16, help="prefilter candidates per query")
+    sim.add_argument("--miss_queries", type=int, default=8, help="queries also searched exhaustively")
     args, extra = top.parse_known_args(argv)
     if extra and args.what != "train":
         top.error(f"unrecognized arguments: {' '.join(extra)}")
     args.set = extra                                # train: any other --key=value is a config override
     if args.what == "train":
         bench_train(args, tr)
+    elif args.what == "ssim":
+        bench_ssim(args)
     elif args.what == "augment":
         bench_augment(args)
     elif args.what == "networks":

@@ -62,6 +62,7 @@ class TrainConfig:
     ema_rampup: float = 0.05            # EMA half-life limited to cur_kimg * this (0 = no ramp-up)
     mixed_precision: str = "auto"       # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     conv_clamp: float = 256.0           # activation clamp used with bf16
+    channels_last: bool = True          # NHWC memory layout for G, D and images (faster convolutions)
     max_nonfinite: int = 10             # non-finite steps in a row before the run stops
     # Augmentation (augment.py)
     aug: str = "ada"                    # ada (p adapts) | fixed (p stays) | noaug

@@ -34,9 +34,12 @@ def _filter(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian filtering of every channel, same size out. [N, C, H, W]"""
     n, c, h, wd = x.shape
     r = (w.shape[0] - 1) // 2
-    y = _pad_symmetric(x.reshape(n * c, 1, h, wd), r)
-    y = F.conv2d(y, w.to(x.dtype)[None, None, None, :])
-    y = F.conv2d(y, w.to(x.dtype)[None, None, :, None])
+    # Every image as its own channel of one depthwise conv: 5x faster on the CPU than a batch of
+    # single-channel convs (bench.py ssim).
+    y = _pad_symmetric(x.reshape(1, n * c, h, wd), r)
+    k = w.to(x.dtype)
+    y = F.conv2d(y, k[None, None, None, :].expand(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(y, k[None, None, :, None].expand(n * c, 1, -1, 1), groups=n * c)
     return y.reshape(n, c, h, wd)
 
 
@@ -104,8 +107,6 @@ def nearest_ssim(queries: torch.Tensor, references: torch.Tensor, candidates: in
     keeps the `candidates` closest; exact SSIM is computed on those only. candidates=None searches all.
     """
     n, m = queries.shape[0], references.shape[0]
-    best = torch.full((n,), -float("inf"), dtype=queries.dtype, device=queries.device)
-    index = torch.zeros(n, dtype=torch.long, device=queries.device)
     if candidates is None or candidates >= m:
         cand = torch.arange(m, device=queries.device).expand(n, m)
     else:
@@ -113,16 +114,13 @@ def nearest_ssim(queries: torch.Tensor, references: torch.Tensor, candidates: in
         small_r = _pooled(references, prefilter_px)
         cand = torch.cdist(small_q, small_r).topk(candidates, dim=1, largest=False).indices   # [N, K]
     k = cand.shape[1]
-    for start in range(0, n * k, batch):                                      # flat (query, candidate) pairs
+    flat_cand = cand.flatten()                                                # [N*K] (query, candidate) pairs
+    scores = torch.empty(n * k, dtype=queries.dtype, device=queries.device)
+    for start in range(0, n * k, batch):
         flat = torch.arange(start, min(start + batch, n * k), device=queries.device)
-        qi, ri = flat // k, cand.flatten()[flat]
-        scores = ssim(queries[qi], references[ri])
-        improved = scores > best[qi]
-        # Several pairs of one query can be in a batch: keep the best of them.
-        for q, s, r in zip(qi[improved].tolist(), scores[improved].tolist(), ri[improved].tolist()):
-            if s > best[q]:
-                best[q], index[q] = s, r
-    return best, index
+        scores[flat] = ssim(queries[flat // k], references[flat_cand[flat]])
+    best, pos = scores.view(n, k).max(dim=1)
+    return best, cand.gather(1, pos[:, None])[:, 0]
 
 
 def _pooled(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -206,7 +206,9 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if mp == "bf16" else None
         torch.manual_seed(cfg.seed)                            # same initial networks on every rank
         self.G, self.D = build_networks(cfg, conv_clamp=cfg.conv_clamp if self.amp_dtype else None)
-        self.G, self.D = self.G.to(device).train(), self.D.to(device).train()
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.G = self.G.to(device, memory_format=self.memory_format).train()
+        self.D = self.D.to(device, memory_format=self.memory_format).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         betas = cfg.adam_betas()
         g_lr, g_betas = lazy_adam_hparams(cfg.lr, betas, cfg.pl_interval) if cfg.pl_weight > 0 else (cfg.lr, betas)
@@ -238,6 +240,7 @@ class Trainer:
 
     def step(self) -> None:
         reals = self.data.batch(self.sampler.next(self.batch_gpu), device=self.device)  # [B, C, R, R] in [-1, 1]
+        reals = reals.contiguous(memory_format=self.memory_format)
         self.d_step(reals)
         if self.r1_gamma > 0 and self.batch_idx % self.cfg.r1_interval == 0:
             self.r1_step(reals)

@@ -1,0 +1,487 @@
+"""Sampling and scoring a trained generator: slices per seed, latent walks, style-mixing figures, and
+scores against real slices.
+
+Owns: rebuilding G_ema from a checkpoint, seed -> z, generation, interpolation, style mixing, reading the
+real splits to score against, Inception features for FID / KID, and the output files. Does not own the
+metrics' mathematics (metrics.py), the networks (modules.py), checkpoints (train.py) or decoding (dataset.py).
+
+    python predict.py --checkpoint runs/00000-demo                    # seeds 0-15: seed0000.png ... grid.png
+    python predict.py --checkpoint runs/00000-demo/snapshot-000012.pt --seeds 0-9,20 --trunc 0.7
+    python predict.py --checkpoint runs/00000-demo --interpolate --seeds 0-3 --frames 24
+    python predict.py --checkpoint runs/00000-demo --style-mix --row-seeds 0-3 --col-seeds 4-7
+    python predict.py --checkpoint runs/00000-demo --score --real data/demo [--inception FILE]
+
+--checkpoint is a checkpoint file or a run folder (its checkpoint.pt, else its highest-kimg snapshot).
+Output goes to <folder of the checkpoint>/predict unless --outdir is given; only this program's own names
+there are rewritten (seed<NNNN>.png, grid.png, frame<NNNN>.png, interpolation.gif, stylemix-<band>.png,
+scores.json, closest_pairs.png). Seed s gives z = np.random.RandomState(s).randn(1, z_dim), as in the
+official StyleGAN2-ADA tools; with --noise-mode random each image is made alone, torch seeded by its seed.
+--score: the reference is the train split; the held-out baseline is validate (else test), or a random 10 %
+(seed 0) of a plain image folder. FID / KID need --inception inception-2015-12-05.pt, the TorchScript
+Inception-v3 of the StyleGAN2-ADA metrics; nothing is downloaded.
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import config as config_lib
+import dataset
+import metrics
+import modules
+import train
+
+GRID_MAX = 64                           # grid.png shows at most the first 64 images (8 x 8)
+GIF_FRAME_MS = 40                       # 25 frames per second
+HOLDOUT_SHARE, HOLDOUT_SEED = 0.1, 0    # plain image folder: share of it held out as the real baseline
+CLOSEST_PAIRS = 8                       # generated / real pairs in closest_pairs.png
+DIVERSITY_PAIRS = 500                   # random pairs for the SSIM / MS-SSIM diversity
+MAX_SEEDS = 1_000_000                   # a typo like 0-99999999 should not fill the memory
+INCEPTION_RES = 299                     # Inception-v3 input size (Szegedy et al. 2016)
+DEFAULTS = dict(seeds="0-15", walk_seeds="0-3", frames=24, row_seeds="0-3", col_seeds="4-7", num=1000)
+
+
+class PredictError(ValueError):
+    """A wrong option or input, as one line that names it."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeds, checkpoint, generation
+
+def parse_seeds(text: str, option: str = "--seeds") -> list:
+    """'0-9,20,30-32' -> [0, ..., 9, 20, 30, 31, 32]: inclusive ranges and single seeds, order kept."""
+    seeds = []
+    for part in str(text).split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise PredictError(f"{option} {text!r}: {part.strip()!r} is not a seed or a range like 0-9 "
+                               f"(integers >= 0, ranges and lists like 0-9,20,30-32)")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise PredictError(f"{option} {text!r}: the range {lo}-{hi} runs backwards; write {hi}-{lo}")
+        if hi >= 2 ** 32:
+            raise PredictError(f"{option} {text!r}: seeds must be below 2^32, got {hi}")
+        if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+            raise PredictError(f"{option} {text!r}: more than {MAX_SEEDS:,} seeds")
+        seeds += range(lo, hi + 1)
+    return seeds
+
+
+def z_from_seed(seed: int, z_dim: int) -> torch.Tensor:
+    """The official tools' latent of a seed: np.random.RandomState(seed).randn(1, z_dim). [1, z_dim]"""
+    return torch.from_numpy(np.random.RandomState(seed).randn(1, z_dim)).float()
+
+
+def resolve_checkpoint(path) -> Path:
+    """A checkpoint file as given, or a run folder's checkpoint.pt, else its highest-kimg snapshot."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "checkpoint.pt").is_file():
+            return path / "checkpoint.pt"
+        snaps = [(float(m.group(1)), p) for p in path.glob("snapshot-*.pt")
+                 if (m := re.fullmatch(r"snapshot-(\d+(?:\.\d+)?)\.pt", p.name))]
+        if not snaps:
+            raise PredictError(f"--checkpoint {path}: no checkpoint.pt or snapshot-<kimg>.pt in this folder")
+        return max(snaps)[1]
+    if not path.is_file():
+        raise PredictError(f"--checkpoint {path}: no such file or folder; give a checkpoint file or its run folder")
+    return path
+
+
+def load_generator(path: Path, device: torch.device):
+    """(G_ema in eval mode on device, its TrainConfig, the checkpoint state). Bad files: one-line errors."""
+    state = train.load_checkpoint(path)                 # TrainingStopped for missing / truncated / foreign / pickled
+    try:
+        cfg = config_lib.from_dict(state["config"])
+        G, _ = train.build_networks(cfg)                # fp32 inference: no conv_clamp
+        G.load_state_dict(state["G_ema"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PredictError(f"{path}: the generator cannot be rebuilt from it ({type(e).__name__}: {reason}); "
+                           f"was it written by another version of train.py?") from None
+    return G.eval().requires_grad_(False).to(device), cfg, state
+
+
+@torch.no_grad()
+def seeds_to_ws(G, seeds, psi: float = 1.0, device="cpu", batch: int = 16) -> torch.Tensor:
+    z = torch.cat([z_from_seed(s, G.z_dim) for s in seeds]).to(device)               # [N, z_dim]
+    return torch.cat([G.mapping(zb, truncation_psi=psi) for zb in z.split(batch)])    # [N, num_ws, w_dim]
+
+
+@torch.no_grad()
+def synthesize(G, ws: torch.Tensor, noise_mode: str = "const", batch: int = 16, noise_seeds=None) -> torch.Tensor:
+    """ws [N, num_ws, w_dim] -> uint8 images [N, C, R, R] on the CPU. noise_mode "random" makes one image
+    at a time with torch seeded by noise_seeds[i] (the global RNG is restored afterwards)."""
+    if noise_mode != "random":
+        return torch.cat([dataset.to_uint8(G.synthesis(wb, noise_mode=noise_mode)).cpu() for wb in ws.split(batch)])
+    devices = list(range(torch.cuda.device_count())) if ws.device.type == "cuda" else []
+    images = []
+    for w, seed in zip(ws, noise_seeds):
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            images.append(dataset.to_uint8(G.synthesis(w[None], noise_mode="random")).cpu())
+    return torch.cat(images)
+
+
+def generate(G, seeds, psi: float = 1.0, noise_mode: str = "const", device="cpu", batch: int = 16) -> torch.Tensor:
+    """One uint8 image [C, R, R] per seed: [N, C, R, R]."""
+    return synthesize(G, seeds_to_ws(G, seeds, psi, device, batch), noise_mode, batch, noise_seeds=seeds)
+
+
+def interpolation_ws(G, seeds, frames: int, psi: float = 1.0, device="cpu", batch: int = 16) -> torch.Tensor:
+    """A closed walk through the seeds' w in order and back to the first, `frames` per segment (its end
+    left to the next). Linear in W, as the StyleGAN papers interpolate in W (W is not a sphere, unlike Z).
+    [len(seeds) * frames, num_ws, w_dim]"""
+    ws = seeds_to_ws(G, seeds, psi, device, batch)                                    # [K, num_ws, w_dim]
+    t = torch.arange(frames, dtype=ws.dtype, device=ws.device) / frames              # [F]
+    a, b = ws[:, None], ws.roll(-1, dims=0)[:, None]                                  # seed k -> seed k + 1
+    return (a + (b - a) * t[None, :, None, None]).flatten(0, 1)                       # [K * F, num_ws, w_dim]
+
+
+def style_bands(num_ws: int) -> dict:
+    """{band: (first, end) ws indices}. The ws of resolution 2^k are 2(k - 2) and 2(k - 2) + 1 (the StyleGAN
+    paper's layer numbering, fig. 3): coarse = 4-8 px, middle = 16-32 px, fine = 64 px and up. Bands a
+    small generator does not have are left out."""
+    first = lambda res: 2 * (int(math.log2(res)) - 2)                                # noqa: E731
+    bands = {"coarse": (first(4), first(16)), "middle": (first(16), first(64)), "fine": (first(64), num_ws)}
+    return {name: (lo, min(hi, num_ws)) for name, (lo, hi) in bands.items() if lo < num_ws}
+
+
+def style_mix_grid(G, row_seeds, col_seeds, layers, psi: float = 1.0, noise_mode: str = "const", device="cpu",
+                   batch: int = 16) -> torch.Tensor:
+    """Tiles of the style-mixing figure, row-major, uint8 [(rows + 1) * (cols + 1), C, R, R]: a blank corner,
+    the column seeds' images on top, each row seed's image at the left of its row, and in each cell the row
+    seed's ws with the column seed's ws at layers [first, end)."""
+    first, end = layers
+    row_ws, col_ws = seeds_to_ws(G, row_seeds, psi, device, batch), seeds_to_ws(G, col_seeds, psi, device, batch)
+    mixed = row_ws[:, None].repeat(1, len(col_seeds), 1, 1)                           # [rows, cols, num_ws, w_dim]
+    mixed[:, :, first:end] = col_ws[None, :, first:end]
+    cells = synthesize(G, mixed.flatten(0, 1), noise_mode, batch, [s for s in row_seeds for _ in col_seeds])
+    rows = synthesize(G, row_ws, noise_mode, batch, row_seeds)
+    tops = synthesize(G, col_ws, noise_mode, batch, col_seeds)
+    tiles = [torch.zeros_like(tops[:1]), tops]
+    for i in range(len(row_seeds)):
+        tiles += [rows[i:i + 1], cells[i * len(col_seeds):(i + 1) * len(col_seeds)]]
+    return torch.cat(tiles)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring against real slices
+
+def load_real(path, cfg: config_lib.TrainConfig, max_real: int = None, log=None):
+    """(reference uint8 [M, C, R, R], its file names, held-out uint8 [H, C, R, R], a description), at the
+    generator's resolution. The reference is the train split (or the plain folder), capped at max_real by a
+    seeded random choice; the held-out baseline is validate (else test), else a random 10 % of it."""
+    root = Path(path)
+    if not root.is_dir():
+        raise PredictError(f"--real {root}: no such folder; give an OASIS folder (keras_png_slices_*) or a folder "
+                           f"of images")
+    splits = [s for s in ("validate", "test") if (root / f"{dataset.OASIS_PREFIX}{s}").is_dir()]
+    try:
+        sets = [dataset.ImageDataset(root, split=s, resolution=cfg.resolution, img_channels=cfg.img_channels,
+                                     fit=cfg.fit, log=log) for s in ["train"] + splits[:1]]
+    except dataset.DataError as e:                       # dataset.py words its errors for train.py's --data
+        raise PredictError(str(e).replace("--data", "--real")) from None
+    reference, names = torch.from_numpy(sets[0].images), list(sets[0].files)
+    if splits:
+        heldout, held_name = torch.from_numpy(sets[1].images), f"{splits[0]} split"
+    else:
+        if len(reference) < 3:
+            raise PredictError(f"--real {root}: {len(reference)} image(s); scoring needs at least 3 (a reference "
+                               f"and a held-out share)")
+        perm = torch.from_numpy(np.random.default_rng(HOLDOUT_SEED).permutation(len(reference)))
+        n_held = max(1, round(HOLDOUT_SHARE * len(reference)))
+        hold, keep = perm[:n_held].sort().values, perm[n_held:].sort().values
+        heldout, reference, names = reference[hold], reference[keep], [names[i] for i in keep]
+        held_name = f"random {HOLDOUT_SHARE:.0%} of {sets[0].source.name} (seed {HOLDOUT_SEED})"
+    if max_real and len(reference) > max_real:
+        keep = torch.from_numpy(np.sort(np.random.default_rng(0).choice(len(reference), max_real, replace=False)))
+        reference, names = reference[keep], [names[i] for i in keep]
+    info = {"reference": sets[0].source.name, "reference_images": len(reference), "heldout": held_name,
+            "heldout_images": len(heldout)}
+    return reference, names, heldout, info
+
+
+def load_inception(path, device: torch.device):
+    path = Path(path)
+    if not path.is_file():
+        raise PredictError(f"--inception {path}: no such file")
+    try:
+        with warnings.catch_warnings():              # torch.jit is deprecated, but it is the standard file's format
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location=device).eval()
+    except (RuntimeError, ValueError, OSError):
+        raise PredictError(f"--inception {path}: not a TorchScript file; give inception-2015-12-05.pt, the "
+                           f"TorchScript Inception-v3 of the StyleGAN2-ADA metrics") from None
+
+
+@torch.no_grad()
+def inception_features(model, images: torch.Tensor, batch: int = 64, device="cpu") -> torch.Tensor:
+    """uint8 images [N, C, H, W] -> features [N, D] from model(x, return_features=True), where x is float in
+    the uint8 range [0, 255], [B, 3, 299, 299] (grayscale repeated to three channels, bilinear resize)."""
+    features = []
+    for chunk in images.split(batch):
+        x = chunk.to(device, torch.float32)
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)                                                  # [B, 3, H, W]
+        if x.shape[-2:] != (INCEPTION_RES, INCEPTION_RES):
+            x = F.interpolate(x, size=(INCEPTION_RES, INCEPTION_RES), mode="bilinear", align_corners=False)
+        f = model(x, return_features=True)
+        if f.ndim != 2 or f.shape[0] != x.shape[0]:
+            raise PredictError(f"--inception: the model returned features of shape {list(f.shape)}, not [N, D]")
+        features.append(f.double().cpu())
+    return torch.cat(features)
+
+
+def score(generated: torch.Tensor, reference: torch.Tensor, heldout: torch.Tensor, features=None,
+          pairs: int = DIVERSITY_PAIRS) -> dict:
+    """Scores of generated slices against real ones; images float [N, C, R, R] in [0, 1]. features: optional
+    (generated [N, D], reference [M, D]) for FID and KID. "closest" lists (generated index, reference index,
+    SSIM) of the closest pairs, closest first."""
+    gen_near, gen_index = metrics.nearest_ssim(generated, reference)
+    held_near, _ = metrics.nearest_ssim(heldout, reference)
+    median = lambda x: float(np.median(x.cpu().numpy()))                             # noqa: E731
+    out = {"nearest_ssim_mean": gen_near.mean().item(), "nearest_ssim_median": median(gen_near),
+           "heldout_nearest_ssim_mean": held_near.mean().item(), "heldout_nearest_ssim_median": median(held_near),
+           "diversity_ssim": metrics.pairwise_diversity(generated, pairs),
+           "real_diversity_ssim": metrics.pairwise_diversity(reference, pairs),
+           "diversity_ms_ssim": metrics.pairwise_diversity(generated, pairs, use_ms_ssim=True),
+           "real_diversity_ms_ssim": metrics.pairwise_diversity(reference, pairs, use_ms_ssim=True),
+           "memorization_share": metrics.memorization_share(gen_near, held_near)}
+    if features is not None:
+        out["fid"], out["kid"] = metrics.fid(*features), metrics.kid(*features)
+    order = gen_near.argsort(descending=True)[:CLOSEST_PAIRS].tolist()
+    out["closest"] = [(i, int(gen_index[i]), gen_near[i].item()) for i in order]
+    return out
+
+
+def format_table(scores: dict) -> str:
+    rows = [("nearest-real SSIM, mean", "nearest_ssim_mean", "heldout_nearest_ssim_mean"),
+            ("nearest-real SSIM, median", "nearest_ssim_median", "heldout_nearest_ssim_median"),
+            ("diversity: SSIM of pairs", "diversity_ssim", "real_diversity_ssim"),
+            ("diversity: MS-SSIM of pairs", "diversity_ms_ssim", "real_diversity_ms_ssim"),
+            ("memorization share", "memorization_share", None), ("FID", "fid", None), ("KID", "kid", None)]
+    cell = lambda key: f"{scores[key]:.4f}" if key in scores else ""                 # noqa: E731
+    lines = [f"{'':<28} {'generated':>10} {'real':>10}"]
+    lines += [f"{label:<28} {cell(g):>10} {cell(r):>10}" for label, g, r in rows if g in scores]
+    lines.append("real: held-out slices against the training slices (nearest), training pairs (diversity)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: PNG, GIF, figures, JSON, each written to a temporary name and renamed
+
+def _pil(image: torch.Tensor) -> Image.Image:
+    """uint8 [C, H, W] -> an 8-bit grayscale (C = 1) or RGB Pillow image."""
+    return Image.fromarray(image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy())
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    _atomic(path, lambda tmp: _pil(image).save(tmp, format="PNG"))
+
+
+def save_tiles(tiles: torch.Tensor, path: Path, cols: int) -> None:
+    train.save_grid(dataset.to_float(tiles), path, cols)       # uint8 -> [-1, 1] -> uint8 is exact
+
+
+def save_gif(frames: torch.Tensor, path: Path) -> None:
+    images = [_pil(f) for f in frames]
+    _atomic(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                             duration=GIF_FRAME_MS, loop=0))
+
+
+def save_closest_pairs(generated: torch.Tensor, reference: torch.Tensor, closest, seeds, names, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, len(closest), figsize=(1.8 * len(closest), 4.8), squeeze=False)
+    for j, (g, r, s) in enumerate(closest):
+        for ax, image, title in ((axes[0, j], generated[g], f"seed {seeds[g]}\nSSIM {s:.3f}"),
+                                 (axes[1, j], reference[r], Path(names[r]).name.replace(".nii.png", "")[-20:])):
+            ax.imshow(np.asarray(_pil(image)), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    fig.suptitle("closest pairs by SSIM: generated (top), training slice (bottom)", fontsize=9)
+    fig.tight_layout()
+    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):                                  # one line, not usage + message
+        raise PredictError(f"{message} (see python predict.py --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="predict.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, or a run folder (its latest checkpoint)")
+    p.add_argument("--seeds", help="seeds like 0-9,20,30-32 (default 0-15; --interpolate 0-3; --score 0..num-1)")
+    p.add_argument("--trunc", type=float, default=1.0, help="truncation psi (1 = off; 0.5-0.7 trades variety "
+                                                             "for typicality)")
+    p.add_argument("--noise-mode", default="const", choices=modules.NOISE_MODES, help="per-pixel noise (default const)")
+    p.add_argument("--outdir", help="output folder (default <folder of the checkpoint>/predict)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: cuda if visible")
+    p.add_argument("--batch", type=int, default=16, help="images per forward pass (default 16)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--interpolate", action="store_true", help="latent walk: frame<NNNN>.png and interpolation.gif")
+    mode.add_argument("--style-mix", action="store_true", help="style-mixing figures stylemix-<band>.png")
+    mode.add_argument("--score", action="store_true", help="scores.json and closest_pairs.png against --real")
+    p.add_argument("--frames", type=int, help="--interpolate: frames per pair of seeds (default 24)")
+    p.add_argument("--row-seeds", help="--style-mix: seeds of the rows (default 0-3)")
+    p.add_argument("--col-seeds", help="--style-mix: seeds whose layers are swapped in (default 4-7)")
+    p.add_argument("--real", help="--score: OASIS folder or folder of images")
+    p.add_argument("--num", type=int, help="--score: generated images, seeds 0..num-1 (default 1000)")
+    p.add_argument("--max-real", type=int, help="--score: cap on the training slices used (default all)")
+    p.add_argument("--inception", help="--score: inception-2015-12-05.pt (TorchScript) to add FID and KID")
+    return p
+
+
+MODE_OPTIONS = {"frames": "interpolate", "row_seeds": "style_mix", "col_seeds": "style_mix", "real": "score",
+                "num": "score", "max_real": "score", "inception": "score"}
+
+
+def check_args(args) -> None:
+    for option, mode in MODE_OPTIONS.items():
+        if getattr(args, option) is not None and not getattr(args, mode):
+            raise PredictError(f"--{option.replace('_', '-')} is used only with --{mode.replace('_', '-')}")
+    if args.num is not None and args.seeds is not None:
+        raise PredictError("--num and --seeds both choose the generated images; give one of them")
+    if args.style_mix and args.seeds is not None:
+        raise PredictError("--style-mix takes --row-seeds and --col-seeds, not --seeds")
+    if args.score and args.real is None:
+        raise PredictError("--score needs --real PATH: an OASIS folder (keras_png_slices_*) or a folder of images")
+    if not math.isfinite(args.trunc):
+        raise PredictError(f"--trunc must be a finite number (1 = no truncation), got {args.trunc}")
+    for option, value, least in (("batch", args.batch, 1), ("frames", args.frames, 1), ("num", args.num, 2),
+                                 ("max-real", args.max_real, 2)):
+        if value is not None and value < least:
+            raise PredictError(f"--{option} must be >= {least}, got {value}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise PredictError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
+
+
+def make_outdir(outdir: Path) -> Path:
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PredictError(f"--outdir {outdir}: cannot create it ({e.strerror})") from None
+    return outdir
+
+
+def write_images(G, seeds, outdir: Path, **gen) -> str:
+    images = generate(G, seeds, **gen)
+    make_outdir(outdir)
+    for s, image in zip(seeds, images):
+        save_png(image, outdir / f"seed{s:04d}.png")
+    shown = min(len(seeds), GRID_MAX)
+    save_tiles(images[:shown], outdir / "grid.png", math.ceil(math.sqrt(shown)))
+    return f"{len(seeds)} images seed{seeds[0]:04d}.png ... and grid.png (the first {shown})"
+
+
+def write_walk(G, seeds, frames: int, outdir: Path, psi, noise_mode, device, batch) -> str:
+    ws = interpolation_ws(G, seeds, frames, psi, device, batch)
+    images = synthesize(G, ws, noise_mode, batch, noise_seeds=[seeds[0]] * len(ws))  # one noise along the walk
+    for old in make_outdir(outdir).glob("frame*.png"):        # a longer earlier walk's frames would mix in
+        if re.fullmatch(r"frame\d{4,}\.png", old.name) and int(old.stem[5:]) >= len(images):
+            old.unlink()
+    for i, image in enumerate(images):
+        save_png(image, outdir / f"frame{i:04d}.png")
+    save_gif(images, outdir / "interpolation.gif")
+    return f"{len(images)} frames frame0000.png ... and interpolation.gif"
+
+
+def write_style_mix(G, rows, cols, outdir: Path, **gen) -> str:
+    bands = style_bands(G.num_ws)
+    make_outdir(outdir)
+    for name, layers in bands.items():
+        save_tiles(style_mix_grid(G, rows, cols, layers, **gen), outdir / f"stylemix-{name}.png", len(cols) + 1)
+    missing = "" if "fine" in bands else f" (a {G.img_resolution} px generator has no fine, 64 px+, layers)"
+    return ", ".join(f"stylemix-{b}.png (ws {lo}-{hi - 1})" for b, (lo, hi) in bands.items()) + missing
+
+
+def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode, device, batch) -> str:
+    """Everything is read and checked before the first image is generated."""
+    model = load_inception(args.inception, device) if args.inception else None
+    reference, names, heldout, info = load_real(args.real, cfg, args.max_real, log=lambda m: print(m, file=sys.stderr))
+    generated = generate(G, seeds, psi, noise_mode, device, batch)
+    features = None
+    if model is not None:
+        features = (inception_features(model, generated, batch, device),
+                    inception_features(model, reference, batch, device))
+    unit = lambda x: x.to(device, torch.float32) / 255                                # noqa: E731
+    scores = score(unit(generated), unit(reference), unit(heldout), features)
+    closest = scores.pop("closest")
+    save_closest_pairs(generated, reference, closest, seeds, names, make_outdir(outdir) / "closest_pairs.png")
+    result = {**about, "real": str(args.real), **info, "num_generated": len(seeds),
+              "seeds": args.seeds or f"0-{len(seeds) - 1}", "trunc": psi, "noise_mode": noise_mode, **scores,
+              "closest_pairs": [{"seed": seeds[g], "real": names[r], "ssim": s} for g, r, s in closest]}
+    _atomic(outdir / "scores.json", lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
+    print(format_table(scores))
+    if model is None:
+        print("FID/KID skipped: pass --inception inception-2015-12-05.pt (TorchScript Inception-v3) to add them")
+    return "scores.json and closest_pairs.png"
+
+
+def run(args) -> None:
+    check_args(args)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    default = DEFAULTS["walk_seeds"] if args.interpolate else DEFAULTS["seeds"]
+    seeds = parse_seeds(args.seeds if args.seeds is not None else default)
+    if args.score and args.seeds is None:
+        seeds = list(range(args.num or DEFAULTS["num"]))
+    if len(seeds) < 2 and (args.interpolate or args.score):
+        raise PredictError(f"--{'interpolate' if args.interpolate else 'score'} needs at least two seeds, "
+                           f"got --seeds {args.seeds}")
+    rows = parse_seeds(args.row_seeds or DEFAULTS["row_seeds"], "--row-seeds")
+    cols = parse_seeds(args.col_seeds or DEFAULTS["col_seeds"], "--col-seeds")
+    ckpt = resolve_checkpoint(args.checkpoint)
+    G, cfg, state = load_generator(ckpt, device)
+    outdir = Path(args.outdir) if args.outdir else ckpt.parent / "predict"
+    gen = dict(psi=args.trunc, noise_mode=args.noise_mode, device=device, batch=args.batch)
+    if args.interpolate:
+        wrote = write_walk(G, seeds, args.frames or DEFAULTS["frames"], outdir, **gen)
+    elif args.style_mix:
+        wrote = write_style_mix(G, rows, cols, outdir, **gen)
+    elif args.score:
+        about = {"checkpoint": str(ckpt), "kimg": state.get("cur_nimg", 0) / 1000}
+        wrote = write_scores(G, cfg, seeds, args, outdir, about, **gen)
+    else:
+        wrote = write_images(G, seeds, outdir, **gen)
+    print(f"wrote {wrote} ({G.img_resolution}x{G.img_resolution} px) to {outdir}")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        run(build_parser().parse_args(argv))
+    except (PredictError, train.TrainingStopped, dataset.DataError, config_lib.ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
