@@ -226,13 +226,15 @@ def bench_train_once(cfg, device: torch.device, args) -> dict:
     flops = {k: count_flops(fn) for k, fn in phases.items()}
     g_fwd = count_flops(lambda: trainer.G_ema(torch.randn(1, cfg.z_dim, device=device)))
     d_fwd = count_flops(lambda: trainer.D(reals[:1]))
+    flops_img = sum(flops[k] * rates[k] for k in flops) / cfg.batch
+    if args.flops_only:
+        return {"flops_img": flops_img, "g_fwd": g_fwd, "d_fwd": d_fwd}
     cost = {k: timed(fn, args.phase_iters, args.warmup, device) for k, fn in phases.items()}
     aug_ms = 0.0
     if trainer.augment_pipe is not None and trainer.ada_p > 0:
         trainer.augment_pipe.p = trainer.ada_p
         aug_ms = timed(lambda: trainer.augment_pipe(reals), args.phase_iters, args.warmup, device) * 1e3
     step_s = timed(trainer.step, args.iters, args.warmup, device)       # the real loop, no syncs added
-    flops_img = sum(flops[k] * rates[k] for k in flops) / cfg.batch
     out = {"img_s": cfg.batch / step_s, "s_kimg": step_s * 1000 / cfg.batch,
            "ms": {k: v * 1e3 for k, v in cost.items()}, "aug_ms": aug_ms,
            "flops_img": flops_img, "g_fwd": g_fwd, "d_fwd": d_fwd,
@@ -268,6 +270,11 @@ def bench_train(args, parser) -> None:
     print(f"device: {name} | torch {torch.__version__} | preset {args.preset} {' '.join(args.set)} | "
           f"{cfg.resolution} px, batch {cfg.batch}, aug {cfg.aug} at p={args.p}, "
           f"precision {cfg.mixed_precision}" + (f" | measured bf16 matmul peak {peak:.0f} TFLOP/s" if peak else ""))
+    if args.flops_only:
+        r = bench_train_once(cfg, device, args)
+        print(f"FLOPs per image: G forward {r['g_fwd'] / 1e9:.2f} G, D forward {r['d_fwd'] / 1e9:.2f} G, training "
+              f"image (D + G steps, R1 / {cfg.r1_interval}, PL / {cfg.pl_interval}) {r['flops_img'] / 1e9:.1f} G")
+        return
     print("| conv gradients | img/s | s/kimg | D ms | G ms | R1 ms | PL ms | aug ms | GFLOP/img | TFLOP/s | MFU | peak GiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for impl in args.conv_impl.split(","):
@@ -276,7 +283,7 @@ def bench_train(args, parser) -> None:
         ms = r["ms"]
         mfu = f"{r['tflops'] / peak:.1%}" if peak else "-"
         print(f"| {impl} | {r['img_s']:.1f} | {r['s_kimg']:.2f} | {ms['D']:.0f} | {ms['G']:.0f} | {ms['R1']:.0f} "
-              f"| {ms['PL']:.0f} | {r['aug_ms']:.0f} | {r['flops_img'] / 1e9:.1f} | {r['tflops']:.2f} | {mfu} "
+              f"| {ms['PL']:.0f} | {r['aug_ms']:.0f} | {r['flops_img'] / 1e9:.3g} | {r['tflops']:.3g} | {mfu} "
               f"| {'-' if r['peak_gib'] != r['peak_gib'] else format(r['peak_gib'], '.1f')} |", flush=True)
     print(f"FLOPs per image: G forward {r['g_fwd'] / 1e9:.2f} G, D forward {r['d_fwd'] / 1e9:.2f} G, "
           f"training image (D + G steps, R1 / {cfg.r1_interval}, PL / {cfg.pl_interval}) {r['flops_img'] / 1e9:.1f} G")
@@ -417,6 +424,7 @@ def main(argv=None):
                     "keeps the lazy-regularizer mix exact)")
     tr.add_argument("--phase_iters", type=int, default=3, help="timed calls of each phase alone")
     tr.add_argument("--warmup", type=int, default=3, help="untimed calls first")
+    tr.add_argument("--flops_only", action="store_true", help="count FLOPs per image and stop (no timing)")
     tr.add_argument("--profile", default="", help="comma list of phases (D,R1,G,PL) to profile once")
     sim = sub.add_parser("ssim", help="metrics.ssim against scikit-image; nearest-real search at scale")
     sim.add_argument("--data", default=None, help="slices (default: the demo data, built if missing)")

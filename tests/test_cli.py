@@ -68,3 +68,23 @@ def test_bench_augment_on_a_tiny_config(capsys):
     assert "training iteration (oasis256 networks, fp32)" in out
     rows = [line for line in out.splitlines() if line.startswith("| 0.") or line.startswith("| 1.")]
     assert len(rows) == 3 and all("% (3 calls per iteration)" in r for r in rows)
+
+
+def test_bench_train_on_a_tiny_config(capsys):
+    bench.main(["train", "--device", "cpu", "--preset", "demo", "--resolution=16", "--channel_base=256",
+                "--channel_max=16", "--batch=4", "--conv_impl", "regrad,torch", "--iters", "2",
+                "--phase_iters", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| regrad") or line.startswith("| torch")]
+    assert len(rows) == 2
+    for row in rows:
+        img_s, gflop = float(row[2]), float(row[10])
+        assert img_s > 0 and gflop > 0
+    assert "FLOPs per image: G forward" in out
+
+
+def test_bench_train_rejects_a_bad_override(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["train", "--device", "cpu", "--resolution=48"])
+    assert exit_info.value.code == 2
+    assert "--resolution must be a power of two" in capsys.readouterr().err
