@@ -129,7 +129,9 @@ def load_checkpoint(path) -> dict:
         raise TrainingStopped(f"{path}: holds pickled Python objects, which are refused (loading them could run "
                               f"code); only this project's plain-tensor checkpoints can be resumed") from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise TrainingStopped(f"{path}: unreadable or truncated checkpoint ({e}); try the previous snapshot") from None
+        reason = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
+        raise TrainingStopped(f"{path}: unreadable or truncated checkpoint ({reason}); try the previous snapshot") \
+            from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TrainingStopped(f"{path}: not a checkpoint of this project (no '{CHECKPOINT_FORMAT}' marker)")
     return state
