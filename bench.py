@@ -1,14 +1,17 @@
 """Speed measurements, on whatever machine this runs on. Owns timing only; what it times lives in
-modules.py (the networks) and dataset.py (decoding, the cache and batch serving).
+modules.py (the networks), train.py (a training iteration), augment.py, dataset.py and metrics.py.
 
     python bench.py networks --resolution 256 --batch 16 --device cuda
+    python bench.py train --preset oasis256 --conv_impl torch,regrad --profile R1,PL
     python bench.py data --images 10000 --resolution 256 --batch 32
     python bench.py augment --resolution 256 --batch 32
+    python bench.py ssim --queries 1000 --references 10000
 
-`networks`: generation and one forward+backward pass of G and D (the core of a training step,
-without regularizers, augmentation or data). `data`: first-time decode of a folder of PNG slices into
-the cache, a later start from the cache, and batches served from it. Full training throughput will
-be measured once the training loop exists.
+`networks`: generation and one forward+backward pass of G and D (no regularizers, augmentation or data).
+`train`: a preset's training iteration: phase split, steady images/s, FLOPs per image, TFLOP/s and, on a
+GPU, MFU against a measured bf16 matmul peak; other --key=value options override the config. `data`:
+first-time decode into the cache, a later start from it, and batch serving. `augment`: the pipe against
+a training iteration. `ssim`: metrics.ssim against scikit-image, and the nearest-real search at scale.
 """
 
 import argparse
