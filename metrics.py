@@ -109,27 +109,36 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, weights=M
 # Nearest neighbours, diversity, memorization
 
 def nearest_ssim(queries: torch.Tensor, references: torch.Tensor, candidates: int = 16, prefilter_px: int = 32,
-                 batch: int = 256):
+                 shortlist: int = 256, coarse_px: int = 64, batch: int = 256):
     """For each query, its highest SSIM over the references and that reference's index: ([N], [N]).
 
-    A prefilter ranks all references by the L2 distance of prefilter_px-sized average-pooled copies and
-    keeps the `candidates` closest; exact SSIM is computed on those only. candidates=None searches all.
+    Three stages: all references ranked by the L2 distance of prefilter_px-sized average-pooled copies
+    (the `shortlist` closest kept), those ranked by SSIM of coarse_px-sized copies (the `candidates` best
+    kept), and exact SSIM on those. candidates=None searches all references exactly.
     """
-    n, m = queries.shape[0], references.shape[0]
+    n, m, size = queries.shape[0], references.shape[0], queries.shape[-1]
     if candidates is None or candidates >= m:
         cand = torch.arange(m, device=queries.device).expand(n, m)
     else:
-        small_q = _pooled(queries, prefilter_px)
-        small_r = _pooled(references, prefilter_px)
-        cand = torch.cdist(small_q, small_r).topk(candidates, dim=1, largest=False).indices   # [N, K]
-    k = cand.shape[1]
+        small_q, small_r = _pooled(queries, prefilter_px), _pooled(references, prefilter_px)
+        cand = torch.cdist(small_q, small_r).topk(min(shortlist, m), dim=1, largest=False).indices  # [N, S]
+        if cand.shape[1] > candidates:
+            f = max(1, size // coarse_px)
+            coarse = _pair_ssim(F.avg_pool2d(queries, f), F.avg_pool2d(references, f), cand, batch)
+            cand = cand.gather(1, coarse.topk(candidates, dim=1).indices)                          # [N, K]
+    best, pos = _pair_ssim(queries, references, cand, batch).max(dim=1)
+    return best, cand.gather(1, pos[:, None])[:, 0]
+
+
+def _pair_ssim(queries: torch.Tensor, references: torch.Tensor, cand: torch.Tensor, batch: int) -> torch.Tensor:
+    """SSIM of each query with each of its candidate references. cand [N, K] -> [N, K]"""
+    n, k = cand.shape
     flat_cand = cand.flatten()                                                # [N*K] (query, candidate) pairs
     scores = torch.empty(n * k, dtype=queries.dtype, device=queries.device)
     for start in range(0, n * k, batch):
         flat = torch.arange(start, min(start + batch, n * k), device=queries.device)
         scores[flat] = ssim(queries[flat // k], references[flat_cand[flat]])
-    best, pos = scores.view(n, k).max(dim=1)
-    return best, cand.gather(1, pos[:, None])[:, 0]
+    return scores.view(n, k)
 
 
 def _pooled(x: torch.Tensor, size: int) -> torch.Tensor:
