@@ -14,10 +14,10 @@ first-time decode into the cache, a later start from it, and batch serving. `aug
 a training iteration. `ssim`: metrics.ssim against scikit-image, and the nearest-real search at scale.
 """
 
-import argparse
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import config
+import dataset
 import modules
 from modules import Discriminator, Generator, count_params
 
@@ -88,7 +90,6 @@ def bench_networks(G, D, batch: int, device: torch.device, precision: str, fused
 
 def bench_data(args) -> None:
     """First-time decode, cached start and batch serving, on copies of the demo (or --data) slices."""
-    import dataset
     source = dataset.find_source(args.data or dataset.ensure_demo(), "train")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         folder = Path(tmp) / "slices"
@@ -132,9 +133,8 @@ def bench_augment(args) -> None:
     """Cost of the augmentation pipe on a batch against one full training iteration (oasis256 networks,
     same batch, lazy R1 and path length amortized), on the same device."""
     import augment
-    import config
     import train
-    device = torch.device(args.device)
+    device = config.resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
@@ -256,17 +256,13 @@ def bench_train_once(cfg, device: torch.device, args) -> dict:
     return out
 
 
-def bench_train(args, parser) -> None:
+def bench_train(args) -> None:
     """Training throughput of a preset: phase split, steady images/s, FLOPs, TFLOP/s and MFU."""
-    import config
-    device = torch.device(args.device)
+    device = config.resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    try:
-        cfg = config.parse_args([f"--preset={args.preset}", *args.set])
-    except config.ConfigError as e:
-        parser.error(str(e))
+    cfg = config.parse_args([f"--preset={args.preset}", *args.set])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU {platform.processor() or platform.machine()} ({len(os.sched_getaffinity(0))} cores)"
     peak = matmul_peak_tflops(device) if device.type == "cuda" else None
@@ -294,7 +290,6 @@ def bench_train(args, parser) -> None:
 
 def demo_slices(data, split: str, resolution: int = 256) -> torch.Tensor:
     """float [N, 1, R, R] in [0, 1] from the demo data (built if missing) or --data."""
-    import dataset
     ds = dataset.ImageDataset(data or dataset.ensure_demo(), split=split, resolution=resolution, log=lambda m: None)
     return torch.from_numpy(ds.images).float() / 255
 
@@ -315,7 +310,7 @@ def bench_ssim(args) -> None:
     """metrics.ssim against a scikit-image loop, and the nearest-real search at scale with its miss rate."""
     import metrics
     from skimage.metrics import structural_similarity
-    device = torch.device(args.device)
+    device = config.resolve_device(args.device)
     train_slices, held = demo_slices(args.data, "train"), demo_slices(args.data, "validate")
     a, b = train_slices[:args.pairs], train_slices.roll(1, 0)[:args.pairs]
     start = time.perf_counter()
@@ -353,29 +348,27 @@ def bench_ssim(args) -> None:
           f"{len(q)}; largest SSIM shortfall {(true_best - best[:len(q)]).max().item():.4f} |")
 
 
-def bench_networks_cli(args, parser) -> None:
+def bench_networks_cli(args) -> None:
     for p in args.precision.split(","):
         if p not in ("fp32", "bf16"):
-            parser.error(f"--precision: unknown value {p!r}; use fp32 and/or bf16")
+            raise config.ConfigError(f"--precision: unknown value {p!r}; use fp32 and/or bf16")
     for m in args.modconv.split(","):
         if m not in ("fused", "unfused"):
-            parser.error(f"--modconv: unknown value {m!r}; use fused and/or unfused")
-    device = torch.device(args.device)
+            raise config.ConfigError(f"--modconv: unknown value {m!r}; use fused and/or unfused")
+    device = config.resolve_device(args.device)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            parser.error("--device cuda: no CUDA device is visible; use --device cpu")
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     try:
         conv_clamp = 256 if "bf16" in args.precision else None
-        G = Generator(img_resolution=args.resolution, img_channels=args.channels, mapping_layers=args.mapping_layers,
+        G = Generator(img_resolution=args.resolution, img_channels=args.img_channels, mapping_layers=args.mapping_layers,
                       channel_base=args.channel_base, channel_max=args.channel_max, conv_clamp=conv_clamp).to(device)
-        D = Discriminator(img_resolution=args.resolution, img_channels=args.channels, channel_base=args.channel_base,
+        D = Discriminator(img_resolution=args.resolution, img_channels=args.img_channels, channel_base=args.channel_base,
                           channel_max=args.channel_max, conv_clamp=conv_clamp).to(device)
     except ValueError as e:
-        parser.error(str(e))
+        raise config.ConfigError(str(e)) from None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"device: {name} | torch {torch.__version__} | {args.resolution} px x{args.channels}, batch {args.batch}, "
+    print(f"device: {name} | torch {torch.__version__} | {args.resolution} px x{args.img_channels}, batch {args.batch}, "
           f"G {count_params(G):,} / D {count_params(D):,} params, conv_clamp {conv_clamp}"
           f"{', TF32 allowed for fp32' if device.type == 'cuda' else ''}")
     print("| precision | modconv | generation img/s | G+D fwd+bwd img/s | peak GiB (fwd+bwd) | G error vs fp64 |")
@@ -388,16 +381,29 @@ def bench_networks_cli(args, parser) -> None:
 
 
 def main(argv=None):
-    top = argparse.ArgumentParser(description="Speed measurements (see the module docstring).")
+    """Exit codes: 0, 1 for bad data (one line), 2 for a usage error (one line)."""
+    try:
+        run(argv)
+    except config.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except dataset.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> config.Parser:
+    top = config.Parser(prog="bench.py", description="Speed measurements (see the module docstring).")
     sub = top.add_subparsers(dest="what", required=True)
     net = sub.add_parser("networks", help="G and D: generation and fwd+bwd throughput, memory, bf16 error")
     net.add_argument("--resolution", type=int, default=256, help="image resolution")
-    net.add_argument("--channels", type=int, default=1, help="image channels")
+    net.add_argument("--img_channels", "--channels", type=int, default=1, help="image channels")
     net.add_argument("--batch", type=int, default=16, help="images per step")
     net.add_argument("--channel_base", type=int, default=16384, help="channel scale")
     net.add_argument("--channel_max", type=int, default=512, help="max channels")
     net.add_argument("--mapping_layers", type=int, default=2, help="mapping-network depth")
-    net.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
+    net.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     net.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16")
     net.add_argument("--modconv", default="fused,unfused", help="comma list of fused, unfused")
     net.add_argument("--iters", type=int, default=20, help="timed iterations")
@@ -412,7 +418,7 @@ def main(argv=None):
     aug.add_argument("--resolution", type=int, default=256, help="image resolution")
     aug.add_argument("--batch", type=int, default=32, help="images per batch")
     aug.add_argument("--pipeline", default="bgc", help="transform groups")
-    aug.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
+    aug.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     aug.add_argument("--iters", type=int, default=8, help="timed iterations")
     aug.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     aug.add_argument("--step_iters", type=int, default=1, help="timed calls of each training phase")
@@ -420,7 +426,7 @@ def main(argv=None):
     tr = sub.add_parser("train", help="training throughput of a preset: phases, images/s, FLOPs, MFU; "
                         "other --key=value options override the config as in train.py")
     tr.add_argument("--preset", default="oasis256" if torch.cuda.is_available() else "demo", help="config preset")
-    tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
+    tr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     tr.add_argument("--p", type=float, default=0.2, help="augmentation probability held during the run")
     tr.add_argument("--conv_impl", default="regrad", help="comma list of regrad, torch (modules.conv_impl)")
     tr.add_argument("--iters", type=int, default=32, help="timed training iterations (a multiple of 16 "
@@ -431,31 +437,32 @@ def main(argv=None):
     tr.add_argument("--profile", default="", help="comma list of phases (D,R1,G,PL) to profile once")
     sim = sub.add_parser("ssim", help="metrics.ssim against scikit-image; nearest-real search at scale")
     sim.add_argument("--data", default=None, help="slices (default: the demo data, built if missing)")
-    sim.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
+    sim.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sim.add_argument("--pairs", type=int, default=256, help="pairs for the SSIM speed comparison")
     sim.add_argument("--queries", type=int, default=1000, help="query slices (jittered held-out demo slices)")
     sim.add_argument("--references", type=int, default=10000, help="reference slices (jittered training slices)")
     sim.add_argument("--candidates", type=int, default=16, help="prefilter candidates per query")
     sim.add_argument("--miss_queries", type=int, default=8, help="queries also searched exhaustively")
+    return top
+
+
+def run(argv=None) -> None:
+    top = build_parser()
     args, extra = top.parse_known_args(argv)
     if extra and args.what != "train":
         top.error(f"unrecognized arguments: {' '.join(extra)}")
     args.set = extra                                # train: any other --key=value is a config override
     if args.what == "train":
-        bench_train(args, tr)
+        bench_train(args)
     elif args.what == "ssim":
         bench_ssim(args)
     elif args.what == "augment":
         bench_augment(args)
     elif args.what == "networks":
-        bench_networks_cli(args, net)
+        bench_networks_cli(args)
     else:
-        import dataset
-        try:
-            bench_data(args)
-        except dataset.DataError as e:
-            data.exit(2, f"error: {e}\n")
+        bench_data(args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

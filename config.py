@@ -2,11 +2,14 @@
 
 Owns: the TrainConfig fields (each with its comment, which `--help` prints), the presets, parsing of
 `--key=value` / `--key value` / `--preset NAME`, and the checks that reject impossible settings with one
-line. Does not own what the settings do (train.py, dataset.py, modules.py).
+line. Also owns the command-line style every program shares: options spelled with underscores (hyphens are
+accepted as aliases), one-line usage errors with exit code 2 (`Parser`), and the device rule
+(`resolve_device`). Does not own what the settings do (train.py, dataset.py, modules.py).
 
     python train.py --preset oasis256 --data /path/to/oasis --batch=32
 """
 
+import argparse
 import dataclasses
 import difflib
 import io
@@ -16,6 +19,7 @@ import re
 import sys
 import tokenize
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -26,7 +30,8 @@ class TrainConfig:
     split: str = "train"                # OASIS split to train on
     outdir: str = "runs"                # parent of the numbered run folders
     resume: str = ""                    # checkpoint file or run folder to continue exactly
-    seed: int = 0                       # seeds networks, latents, data order and noise
+    seed: int = 0                       # seeds the networks' initial weights and the data order; process k of n
+                                        # draws its latents and noise from seed * n + k
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     kimg: float = 24.0                  # training length in thousands of real images shown to D
     tick_kimg: float = 2.0              # progress is logged, plotted and checkpointed per tick of this many kimg
@@ -233,7 +238,7 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     if cfg.mbstd_group < 1 or batch_gpu % group:
         raise ConfigError(f"--batch={cfg.batch} gives {batch_gpu} images per GPU, which the minibatch-stddev "
                           f"group of {group} (--mbstd_group) does not divide")
-    if cfg.pl_weight > 0 and batch_gpu // cfg.pl_batch_shrink < 1:
+    if cfg.pl_weight > 0 and cfg.pl_batch_shrink > 0 and batch_gpu // cfg.pl_batch_shrink < 1:
         raise ConfigError(f"--pl_batch_shrink={cfg.pl_batch_shrink} leaves no images for path-length "
                           f"regularization at {batch_gpu} images per GPU")
     if min(cfg.channel_base // r, cfg.channel_max) < 1:
@@ -262,16 +267,30 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"--fit must be crop or pad, got {cfg.fit!r}")
     try:
         betas = cfg.adam_betas()
-        assert len(betas) == 2 and all(0 <= b < 1 for b in betas)
-    except (ValueError, AssertionError):
-        raise ConfigError(f"--betas must be two numbers in [0, 1) like 0,0.99, got {cfg.betas!r}") from None
+    except ValueError:
+        betas = ()
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ConfigError(f"--betas must be two numbers in [0, 1) like 0,0.99, got {cfg.betas!r}")
     try:
         cols, rows = cfg.grid_size()
-        assert cols > 0 and rows > 0
-    except (ValueError, AssertionError):
-        raise ConfigError(f"--grid must look like 8x4 (columns x rows), got {cfg.grid!r}") from None
-    if not math.isfinite(cfg.kimg):
-        raise ConfigError("--kimg must be finite")
+    except ValueError:
+        cols = rows = 0
+    if cols < 1 or rows < 1:
+        raise ConfigError(f"--grid must look like 8x4 (columns x rows), got {cfg.grid!r}")
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.type is float and not math.isfinite(value):
+            raise ConfigError(f"--{f.name} must be a finite number, got {value}")
+    if cfg.seed < 0 or cfg.seed >= 2 ** 31:
+        raise ConfigError(f"--seed must be in [0, 2^31), got {cfg.seed}")
+    if not 0 < cfg.pl_decay <= 1:
+        raise ConfigError(f"--pl_decay must be in (0, 1], got {cfg.pl_decay}")
+    if cfg.lr > 1:
+        raise ConfigError(f"--lr={cfg.lr} is far above any working Adam rate (0.0025 is the default); use <= 1")
+    parse_device(cfg.device)
+    if cfg.cache_dir and Path(cfg.cache_dir).exists() and not Path(cfg.cache_dir).is_dir():
+        raise ConfigError(f"--cache_dir {cfg.cache_dir}: is a file, not a folder; give a folder (or leave it "
+                          f"empty for <data>/.cache)")
 
 
 def from_dict(values: dict) -> TrainConfig:
@@ -283,14 +302,55 @@ def from_dict(values: dict) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def main(argv=None) -> TrainConfig:
-    """Parse sys.argv for a program: --help prints the options; errors print one line and exit 2."""
-    argv = sys.argv[1:] if argv is None else argv
-    if "--help" in argv or "-h" in argv:
-        print(help_text())
-        raise SystemExit(0)
-    try:
-        return parse_args(argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+# ----------------------------------------------------------------------------------------------
+# The command-line style shared by train.py, predict.py, dataset.py, bench.py and modules.py
+
+def normalize_argv(argv) -> list:
+    """--noise-mode=x -> --noise_mode=x: underscores are the spelling, hyphens an accepted alias."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            key, eq, value = arg[2:].partition("=")
+            arg = "--" + key.replace("-", "_") + eq + value
+        out.append(arg)
+    return out
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's conventions: hyphenated spellings accepted, and a usage error raised as
+    one ConfigError line (the programs print it and exit with code 2) instead of usage text."""
+
+    def parse_args(self, args=None, namespace=None):
+        return super().parse_args(normalize_argv(sys.argv[1:] if args is None else args), namespace)
+
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(normalize_argv(sys.argv[1:] if args is None else args), namespace)
+
+    def error(self, message):
+        raise ConfigError(f"{message} (see python {self.prog.split()[0]} --help)")
+
+
+def parse_device(text: str):
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> (type, index or None); anything else is a ConfigError."""
+    m = re.fullmatch(r"(auto|cpu|cuda)(?::(\d+))?", str(text))
+    if not m or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise ConfigError(f"--device {text!r}: use auto, cpu, cuda or cuda:N")
+    return m.group(1), int(m.group(2)) if m.group(2) is not None else None
+
+
+def resolve_device(text: str = "auto", local_rank: int = 0):
+    """The device rule of every program: auto = cuda:<local rank> when a GPU is visible, else cpu; cuda = the
+    local rank's GPU; cuda:N as given. A GPU that is not there is a ConfigError naming --device."""
+    import torch
+    kind, index = parse_device(text)
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {text}: no CUDA GPU is visible; use --device cpu or auto")
+    index = local_rank if index is None else index
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {text}: only {torch.cuda.device_count()} GPU(s) are visible (cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1})")
+    return torch.device("cuda", index)

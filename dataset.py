@@ -2,19 +2,20 @@
 cache and served as batches; plus the built-in demo data made from the MNI152 brain template.
 
 Owns: finding images (and their tissue masks), decoding and resizing them, the cache, the batch
-sampler's data order, `python dataset.py check|demo|figure`. Does not own augmentation (augment.py)
-or anything about models and training (modules.py, train.py).
+sampler's data order, `python dataset.py check|demo|figure`. Every file it writes goes through
+runs.atomic_write. Does not own augmentation (augment.py) or anything about models and training
+(modules.py, train.py).
 
     python dataset.py check --data PATH [--resolution 256]     # what a training run would see
     python dataset.py demo --out data/demo                      # build the demo data (about 20 s)
     python dataset.py figure --data data/demo --out picture/demo_slices.png
 """
 
-import argparse
+import errno
 import functools
 import hashlib
+import io
 import json
-import math
 import os
 import sys
 import tempfile
@@ -26,13 +27,16 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+import config as config_lib
 import modules
+import runs
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "validate", "test")
 OASIS_PREFIX = "keras_png_slices_"              # keras_png_slices_{split}, keras_png_slices_seg_{split}
 MASK_LEVELS = (0, 85, 170, 255)                 # background, CSF, grey matter, white matter
-CACHE_VERSION = 1                               # bump when the decoded format changes
+CACHE_VERSION = 2                               # bump when the decoded format or the index changes
+DIGEST_SIZE = 16                                # bytes of the BLAKE2b digests of files and cached arrays
 FITS = ("crop", "pad")
 DEFAULT_DATA = Path("data/demo")                # where train.py builds the demo data when no --data is given
 
@@ -204,29 +208,72 @@ def fit_square(im: Image.Image, fit: str, fill=0) -> Image.Image:
     return canvas
 
 
-def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image, turning every failure into a DataError naming the file."""
+def read_file(path: Path) -> bytes:
+    """The bytes of an image file, or a DataError naming it: missing, a broken symbolic link or a loop of
+    them, unreadable, empty."""
     try:
-        if path.stat().st_size == 0:
-            raise DataError(f"{path}: empty file (0 bytes)")
-        with Image.open(path) as im:
-            im.load()                                    # decode now: truncated files fail here
-            if im.width == 0 or im.height == 0:
-                raise DataError(f"{path}: image of zero size")
-            return im.copy()
+        data = path.read_bytes()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError(f"{path}: a symbolic link loop (it never reaches a file)") from None
+        if e.errno == errno.ENOENT and path.is_symlink():
+            raise DataError(f"{path}: a broken symbolic link (its target {os.readlink(path)} does not exist)") from None
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not data:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    return data
+
+
+def file_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).hexdigest()
+
+
+def open_image(path: Path, data: bytes = None) -> Image.Image:
+    """Open and fully decode an image (from data, the file's bytes, when given), turning every failure into
+    a DataError naming the file. Images above Pillow's decompression-bomb limit and float images holding
+    NaN or inf are refused."""
+    data = read_file(path) if data is None else data
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)   # above the limit: refuse
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()                                # decode now: truncated files fail here
+                if im.width == 0 or im.height == 0:
+                    raise DataError(f"{path}: image of zero size")
+                im = im.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{path}: too large to decode safely ({_header_size(data)} pixels, above Pillow's limit of "
+                        f"{Image.MAX_IMAGE_PIXELS} that guards against decompression bombs); shrink or remove it") \
+            from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file (unreadable by Pillow)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(f"{path}: corrupt or truncated image ({e})") from None
+    if im.mode == "F" and not np.isfinite(np.asarray(im)).all():
+        raise DataError(f"{path}: holds NaN or inf pixels (a float image); fix or remove it")
+    return im
+
+
+def _header_size(data: bytes) -> str:
+    """'W x H' read from the header alone. Nothing is decoded, so Pillow's pixel limit is lifted for this read
+    (it has already refused the image); '?' when even the header cannot be read."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return f"{im.width} x {im.height}"
+    except Exception:                                    # any header problem: the size is only for the message
+        return "?"
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def decode_image(path: Path, resolution: int, channels: int = 1, fit: str = "crop",
-                 stats: DecodeStats = None) -> np.ndarray:
-    """One image file -> uint8 [channels, resolution, resolution]."""
+                 stats: DecodeStats = None, data: bytes = None) -> np.ndarray:
+    """One image file (or its bytes, data) -> uint8 [channels, resolution, resolution]."""
     stats = stats if stats is not None else DecodeStats()
-    im = open_image(path)
+    im = open_image(path, data)
     stats.add(f"{im.width}x{im.height}", stats.sizes)
     stats.add(_mode_label(im), stats.modes)
     im = fit_square(_to_uint8(im, channels, stats), fit)
@@ -237,9 +284,9 @@ def decode_image(path: Path, resolution: int, channels: int = 1, fit: str = "cro
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)    # [C, R, R]
 
 
-def decode_mask(path: Path, resolution: int, fit: str = "crop") -> np.ndarray:
+def decode_mask(path: Path, resolution: int, fit: str = "crop", data: bytes = None) -> np.ndarray:
     """OASIS tissue mask file -> uint8 labels [resolution, resolution] in 0..3 (nearest level of 0/85/170/255)."""
-    im = open_image(path)
+    im = open_image(path, data)
     im = fit_square(_to_uint8(im, 1, DecodeStats()), fit)
     if im.width != resolution:
         im = im.resize((resolution, resolution), Image.NEAREST)   # labels must not be blended
@@ -251,36 +298,38 @@ def decode_mask(path: Path, resolution: int, fit: str = "crop") -> np.ndarray:
 # Decode once: the uint8 cache
 
 def _listing(files, base: Path) -> list:
+    """[relative path, size, mtime_ns, ctime_ns] per file; None for the numbers of a file that cannot be
+    stat'ed (a broken symbolic link or a loop: decoding reports it as a bad file)."""
     out = []
     for f in files:
-        st = f.stat()
-        out.append([f.relative_to(base).as_posix(), st.st_size, st.st_mtime_ns])
+        try:
+            st = f.stat()
+            out.append([f.relative_to(base).as_posix(), st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+        except OSError:
+            out.append([f.relative_to(base).as_posix(), None, None, None])
     return out
 
 
-def _atomic_save(path: Path, write) -> None:
-    """write(file_object) into a temporary file next to path, then rename it over path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def array_digest(a: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=DIGEST_SIZE).hexdigest()
 
 
-def cache_paths(source: Source, cache_dir, resolution: int, channels: int, fit: str, with_masks: bool):
-    """(array file, mask file, index file) of the cache entry for these settings."""
-    if cache_dir is None:
-        cache_dir = source.root / ".cache"
-        if not os.access(source.root, os.W_OK) and not cache_dir.is_dir():
-            cache_dir = Path.home() / ".cache" / "stylegan2-mri"
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+def user_cache_dir() -> Path:
+    """Where the cache goes when the data folder cannot hold it (read-only, shared)."""
+    return Path.home() / ".cache" / "stylegan2-mri"
+
+
+def cache_folders(source: Source, cache_dir) -> list:
+    """Where the cache may live, in the order they are tried: the given cache_dir alone, else <data>/.cache
+    then the per-user cache."""
+    return [Path(cache_dir)] if cache_dir is not None else [source.root / ".cache", user_cache_dir()]
+
+
+def cache_paths(folder: Path, source: Source, resolution: int, channels: int, fit: str, with_masks: bool):
+    """(array file, mask file, index file) of the cache entry for these settings in folder."""
     where = hashlib.sha1(str(source.image_dir.resolve()).encode()).hexdigest()[:8]
     stem = f"{source.name}-{where}-r{resolution}-c{channels}-{fit}{'-seg' if with_masks else ''}"
-    return cache_dir / f"{stem}.npy", cache_dir / f"{stem}-masks.npy", cache_dir / f"{stem}.json"
+    return folder / f"{stem}.npy", folder / f"{stem}-masks.npy", folder / f"{stem}.json"
 
 
 def _bad_files_error(bad: list, where: Path) -> DataError:
@@ -293,32 +342,43 @@ def load_images(source: Source, resolution: int, channels: int = 1, fit: str = "
     """Decoded images of a source, from the cache when it is current, else decoded now and cached.
 
     Returns (images uint8 [N, C, R, R], masks uint8 [N, R, R] or None, kept file names, info dict).
-    The cache is keyed by every file's relative path, size and modification time and by the settings,
-    so any change to the source folder rebuilds it.
+    How far the cache is trusted: its index holds the settings and, for every image and mask file, the
+    relative path, size, mtime, ctime and a BLAKE2b digest of the bytes decoded. When path, size, mtime and
+    ctime all match, the cache is trusted without reading the files (as fast as before). A file whose ctime
+    alone changed (cp -p, rsync -t, chmod, a copied folder) is hashed again and the cache kept only when its
+    bytes are unchanged; any other difference rebuilds the cache. The cached arrays are checked against their
+    digests on every load, so a damaged cache is reported and rebuilt, never used. A cache that cannot be
+    written (read-only folder, full disk) is not fatal: the run trains from the decoded images in memory.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    img_path, mask_path, index_path = cache_paths(source, cache_dir, resolution, channels, fit, with_masks)
-    listing = _listing(source.files, source.image_dir)
-    mask_listing = _listing(source.mask_files, source.mask_dir) if with_masks else []
-    key = hashlib.sha1(json.dumps([CACHE_VERSION, resolution, channels, fit, listing, mask_listing])
-                       .encode()).hexdigest()
-    cached = _read_cache(img_path, mask_path, index_path, key, (channels, resolution, resolution), with_masks, log)
+    settings = [CACHE_VERSION, resolution, channels, fit, with_masks]
+    listing = {"images": _listing(source.files, source.image_dir),
+               "masks": _listing(source.mask_files, source.mask_dir) if with_masks else []}
+    folders = cache_folders(source, cache_dir)
+    shape = (channels, resolution, resolution)
+    cached = None
+    for folder in folders:
+        paths = cache_paths(folder, source, resolution, channels, fit, with_masks)
+        cached = _read_cache(paths, source, settings, listing, shape, with_masks, log)
+        if cached is not None:
+            break
     if cached is not None:
         images, masks, index = cached
-        info = dict(index["info"], from_cache=True, cache=str(img_path))
+        info = dict(index["info"], from_cache=True, cache=str(paths[0]))
     else:
-        images, masks, kept, stats = _decode_all(source, resolution, channels, fit, with_masks)
+        images, masks, kept, stats, digests = _decode_all(source, resolution, channels, fit, with_masks)
         if stats.color_to_gray:
             log(f"note: {stats.color_to_gray} colour image(s) converted to grayscale (luminance) for img_channels=1")
-        index = {"key": key, "files": kept, "bad": stats.bad, "source": str(source.image_dir),
+        index = {"settings": settings, "files": kept, "bad": stats.bad, "source": str(source.image_dir),
+                 "images": [entry + [d] for entry, d in zip(listing["images"], digests["images"])],
+                 "masks": [entry + [d] for entry, d in zip(listing["masks"], digests["masks"])],
+                 "arrays": {"images": array_digest(images), "masks": array_digest(masks) if with_masks else None},
                  "info": {"sizes": stats.sizes, "modes": stats.modes, "resized": stats.resized,
                           "color_to_gray": stats.color_to_gray}}
+        written = None
         if kept:   # cached even when some files are bad, so a rerun with --skip_bad starts at once
-            _atomic_save(img_path, lambda f: np.save(f, images))
-            if with_masks:
-                _atomic_save(mask_path, lambda f: np.save(f, masks))
-            _atomic_save(index_path, lambda f: f.write(json.dumps(index, indent=1).encode()))  # written last
-        info = dict(index["info"], from_cache=False, cache=str(img_path))
+            written = _write_cache(folders, source, resolution, channels, fit, with_masks, images, masks, index, log)
+        info = dict(index["info"], from_cache=False, cache=str(written) if written else None)
     bad = index["bad"]
     if bad and not skip_bad:
         raise _bad_files_error(bad, source.image_dir)
@@ -329,47 +389,134 @@ def load_images(source: Source, resolution: int, channels: int = 1, fit: str = "
     return images, masks, index["files"], info
 
 
-def _read_cache(img_path: Path, mask_path: Path, index_path: Path, key: str, shape: tuple, with_masks: bool, log):
-    """(images, masks, index) from a cache entry that matches key, else None (missing, stale or damaged)."""
-    if not (index_path.is_file() and img_path.is_file() and (mask_path.is_file() or not with_masks)):
+def _first_change(entries, listing: list, base: Path):
+    """(None, files re-hashed) when the files are those a cache index lists, else (the first that differs, _).
+    A file whose ctime alone differs is hashed and counts as changed only when its bytes differ; the ctime
+    of such an unchanged file is updated in its entry, for the caller to save."""
+    if not isinstance(entries, list) or len(entries) != len(listing):
+        return "the set of files", 0
+    rehashed = 0
+    for entry, now in zip(entries, listing):
+        if entry[:3] != now[:3]:
+            return now[0], rehashed
+        if entry[3] != now[3]:                           # replaced with the old size and mtime, or only chmod'ed
+            try:
+                digest = file_digest((base / now[0]).read_bytes())
+            except OSError:
+                return now[0], rehashed
+            if digest != entry[4]:
+                return now[0], rehashed
+            entry[3], rehashed = now[3], rehashed + 1
+    return None, rehashed
+
+
+def _read_cache(paths, source: Source, settings: list, listing: dict, shape: tuple, with_masks: bool, log):
+    """(images, masks, index) from a cache entry built from these very files and settings and whose arrays
+    match their digests, else None (missing, stale or damaged)."""
+    img_path, mask_path, index_path = paths
+    if not index_path.is_file():
         return None
     try:
         index = json.loads(index_path.read_text())
-        if index.get("key") != key:
+        if index.get("settings") != settings:
+            return None
+        changed, rehashed = _first_change(index["images"], listing["images"], source.image_dir)
+        if not changed and with_masks:
+            changed, more = _first_change(index["masks"], listing["masks"], source.mask_dir)
+            rehashed += more
+        if changed:
+            log(f"note: the cache {img_path} is out of date ({changed} changed since it was built)")
             return None
         images = np.load(img_path)
         masks = np.load(mask_path) if with_masks else None
-    except (OSError, ValueError, EOFError):
-        log(f"note: the cache {img_path} is damaged; decoding again")
+        n = len(index["files"])
+        ok_shape = images.shape == (n, *shape) and (not with_masks or masks.shape == (n, *shape[1:]))
+        ok_digest = ok_shape and array_digest(images) == index["arrays"]["images"] and (
+            not with_masks or array_digest(masks) == index["arrays"]["masks"])
+    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, IndexError):
+        log(f"warning: the cache {img_path} is damaged (unreadable); decoding again")
         return None
-    n = len(index["files"])
-    if images.shape != (n, *shape) or (with_masks and masks.shape != (n, *shape[1:])):
-        log(f"note: the cache {img_path} has an unexpected shape; decoding again")
+    if not ok_digest:
+        log(f"warning: the cache {img_path} is damaged (its arrays do not match the digests in its index); "
+            f"decoding again")
         return None
+    if rehashed:                                         # unchanged files with a new ctime: remember it
+        try:
+            runs.write_text(index_path, json.dumps(index))
+        except runs.RunError:
+            pass                                         # only a speed-up for the next start
     return images, masks, index
 
 
+def _save_npy(tmp, array: np.ndarray) -> None:
+    with open(tmp, "wb") as f:                           # np.save(path) would append .npy to the name
+        np.save(f, array)
+
+
+def _make_folder(folder: Path) -> None:
+    """mkdir -p; folders this creates are readable by everyone (0o755), as shared data folders need."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for f in reversed(missing):
+        f.mkdir(exist_ok=True)
+        os.chmod(f, 0o755)
+
+
+def _write_cache(folders: list, source: Source, resolution: int, channels: int, fit: str, with_masks: bool,
+                 images, masks, index: dict, log):
+    """Write the cache entry into the first folder that takes it (the index last, so a half-written entry is
+    never trusted). Returns the array file, or None after one warning line when no folder could hold it."""
+    problems = []
+    for folder in folders:
+        img_path, mask_path, index_path = cache_paths(folder, source, resolution, channels, fit, with_masks)
+        try:
+            try:
+                _make_folder(folder)
+                index_path.unlink(missing_ok=True)
+            except OSError as e:
+                raise runs.write_error(folder, e) from None
+            runs.atomic_write(img_path, lambda tmp: _save_npy(tmp, images))
+            if with_masks:
+                runs.atomic_write(mask_path, lambda tmp: _save_npy(tmp, masks))
+            runs.write_text(index_path, json.dumps(index))
+        except runs.RunError as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            log(f"note: cache not written in {folders[0]} ({problems[0]}); it is in {folder}")
+        return img_path
+    log(f"warning: cache not written: {problems[0]}; training from the decoded images in memory")
+    return None
+
+
 def _decode_all(source: Source, resolution: int, channels: int, fit: str, with_masks: bool):
-    """Decode every file (and mask); unreadable ones are collected in stats.bad, not raised."""
+    """Decode every file (and mask); unreadable ones are collected in stats.bad, not raised.
+    Also returns the BLAKE2b digest of every file's bytes (None where unreadable), for the cache index."""
     from tqdm import tqdm
     stats = DecodeStats()
     n = len(source.files)
     images = np.empty((n, channels, resolution, resolution), dtype=np.uint8)
     masks = np.empty((n, resolution, resolution), dtype=np.uint8) if with_masks else None
-    kept = []
+    kept, digests = [], {"images": [None] * n, "masks": [None] * n if with_masks else []}
     for i, f in enumerate(tqdm(source.files, desc=f"decoding {source.name}", unit="img", disable=n < 500,
                                file=sys.stderr)):
         try:
-            images[len(kept)] = decode_image(f, resolution, channels, fit, stats)
+            data = read_file(f)
+            digests["images"][i] = file_digest(data)
+            images[len(kept)] = decode_image(f, resolution, channels, fit, stats, data)
             if with_masks:
-                masks[len(kept)] = decode_mask(source.mask_files[i], resolution, fit)
+                data = read_file(source.mask_files[i])
+                digests["masks"][i] = file_digest(data)
+                masks[len(kept)] = decode_mask(source.mask_files[i], resolution, fit, data)
         except DataError as e:
             stats.bad.append([f.relative_to(source.image_dir).as_posix(), str(e)])
             continue
         kept.append(f.relative_to(source.image_dir).as_posix())
     images = images[:len(kept)]
     masks = masks[:len(kept)] if with_masks else None
-    return images, masks, kept, stats
+    return images, masks, kept, stats, digests
 
 
 # ----------------------------------------------------------------------------------------------
@@ -443,8 +590,9 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 class InfiniteSampler:
     """Endless stream of dataset indices: each epoch is a permutation drawn from (seed, epoch).
 
-    Resumable: state_dict() is two integers. With world_size > 1 all ranks walk the same stream and
-    rank r takes every world_size-th index, so ranks see disjoint images and stay in step.
+    Resumable: state_dict() is three integers (epoch, position, data-set size). With world_size > 1 all ranks
+    walk the same stream and rank r takes every world_size-th index, so ranks see disjoint images and stay in
+    step.
     """
 
     def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
@@ -475,11 +623,21 @@ class InfiniteSampler:
         return np.concatenate(out)[self.rank::self.world_size]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self.epoch, "position": self.position, "size": self.size}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+    def load_state_dict(self, state: dict):
+        """Continue where state left off: the same data order when the data set has the size it had then.
+        When the size differs (or an older state without it points past the end), the data order restarts
+        at the next epoch with the new size, and a one-line note for the user is returned; else None."""
+        epoch, position, saved = int(state["epoch"]), int(state["position"]), state.get("size")
+        if saved == self.size or (saved is None and position < self.size):
+            self.epoch, self.position = epoch, position
+            self._order = self._permutation()
+            return None
+        self.epoch, self.position = epoch + 1, 0
         self._order = self._permutation()
+        was = f"{int(saved)} -> {self.size}" if saved is not None else f"now {self.size}"
+        return f"the training data changed ({was} images): the data order restarts at epoch {self.epoch}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -552,6 +710,7 @@ def build_demo(out, seed: int = 0, subjects=(24, 4, 4), slices: int = 32, resolu
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".partial-"))
     try:
+        os.chmod(tmp, 0o755)                                      # mkdtemp makes it private (0o700)
         template = _load_mni152()
         slice_z = np.linspace(z_range[0], z_range[1], slices)
         case = 0
@@ -563,11 +722,11 @@ def build_demo(out, seed: int = 0, subjects=(24, 4, 4), slices: int = 32, resolu
                 rng = np.random.default_rng([seed, case])
                 imgs, labels = demo_subject(template, rng, slice_z, resolution)
                 for k in range(slices):
-                    Image.fromarray(imgs[k]).save(tmp / f"{OASIS_PREFIX}{split}" / f"case_{case:03d}_slice_{k}.nii.png")
-                    Image.fromarray(np.asarray(MASK_LEVELS, np.uint8)[labels[k]]).save(
-                        tmp / f"{OASIS_PREFIX}seg_{split}" / f"seg_{case:03d}_slice_{k}.nii.png")
+                    runs.save_png(imgs[k], tmp / f"{OASIS_PREFIX}{split}" / f"case_{case:03d}_slice_{k}.nii.png")
+                    runs.save_png(np.asarray(MASK_LEVELS, np.uint8)[labels[k]],
+                                  tmp / f"{OASIS_PREFIX}seg_{split}" / f"seg_{case:03d}_slice_{k}.nii.png")
             log(f"demo: {split}: {count} subjects x {slices} slices")
-        (tmp / DEMO_MARKER).write_text(json.dumps({
+        runs.write_text(tmp / DEMO_MARKER, json.dumps({
             "what": "demo data derived from the MNI152 2009 template in nilearn; NOT OASIS",
             "seed": seed, "subjects": dict(zip(SPLITS, subjects)), "slices": slices,
             "resolution": resolution, "z_range": list(z_range)}, indent=1))
@@ -647,10 +806,8 @@ def _table(counts: dict) -> str:
 
 def make_figure(data, out, count: int = 6, seed: int = 0) -> Path:
     """Figure of `count` training slices above their tissue masks (for the README)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+    plt = runs.pyplot()
     source = find_source(data, "train", with_masks=True)
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(source.files), size=min(count, len(source.files)), replace=False))
@@ -667,14 +824,29 @@ def make_figure(data, out, count: int = 6, seed: int = 0) -> Path:
                  fontsize=9)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        plt.close(fig)
+        raise runs.write_error(out.parent, e) from None
+    return runs.save_figure(fig, out, dpi=110)
+
+
+def parse_subjects(text: str) -> tuple:
+    """--subjects 24,4,4 -> (24, 4, 4): subjects in train, validate, test; a ConfigError otherwise."""
+    try:
+        subjects = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        subjects = ()
+    if len(subjects) != 3 or min(subjects) < 1:
+        raise config_lib.ConfigError(f"--subjects must be three positive integers like 24,4,4, got {text!r}")
+    return subjects
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Check, build and show training data.")
+    """The command line. Exit codes: 0 done, 1 unusable data or a file that cannot be written, 2 a usage error;
+    every error is one line on stderr."""
+    parser = config_lib.Parser(prog="dataset.py", description="Check, build and show training data.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="report what a training run would see; non-zero exit if unusable")
     p.add_argument("--data", required=True, help="folder with keras_png_slices_* folders, or any image folder")
@@ -688,8 +860,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("figure", help="draw slices beside their masks")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="OASIS-layout folder")
     p.add_argument("--out", default="picture/demo_slices.png", help="PNG to write")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         if args.command == "check":
             lines, problems = check(args.data, args.resolution, args.img_channels, args.skip_bad)
             print("\n".join(lines), flush=True)
@@ -698,15 +870,14 @@ def main(argv=None) -> int:
                 raise DataError(problems[0] + more)
             print("OK: the data can be used for training")
         elif args.command == "demo":
-            try:
-                subjects = tuple(int(x) for x in args.subjects.split(","))
-                assert len(subjects) == 3 and min(subjects) >= 1
-            except (ValueError, AssertionError):
-                raise DataError(f"--subjects must be three positive integers like 24,4,4, got {args.subjects!r}")
+            subjects = parse_subjects(args.subjects)
             print(f"demo data written to {build_demo(args.out, seed=args.seed, subjects=subjects)}")
         else:
             print(f"figure written to {make_figure(args.data, args.out)}")
-    except DataError as e:
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, runs.RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

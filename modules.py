@@ -12,10 +12,10 @@ official release fixes the layer sizes reproduced here (see ../shared/SPEC.md fo
 Run `python modules.py --resolution 256` to print the layer table and parameter counts.
 """
 
-import argparse
 import contextlib
 import contextvars
 import math
+import sys
 from typing import NamedTuple
 
 import torch
@@ -689,27 +689,33 @@ def summary_rows(G: "Generator", D: "Discriminator"):
     yield "D", "epilogue", "[N, 1]", count_params(D.epilogue)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Print the StyleGAN2 G and D layer tables and parameter counts.")
+def main(argv=None) -> int:
+    """Exit codes: 0, or 2 for a usage error (one line)."""
+    import config                                      # the command-line style every program shares
+    parser = config.Parser(prog="modules.py",
+                           description="Print the StyleGAN2 G and D layer tables and parameter counts.")
     parser.add_argument("--resolution", type=int, default=256, help="image resolution (power of two)")
-    parser.add_argument("--channels", type=int, default=1, help="image channels")
+    parser.add_argument("--img_channels", "--channels", type=int, default=1, help="image channels")
     parser.add_argument("--channel_base", type=int, default=16384, help="channel scale")
     parser.add_argument("--channel_max", type=int, default=512, help="max channels per layer")
-    parser.add_argument("--mapping_layers", type=int, default=8, help="mapping-network depth")
-    args = parser.parse_args(argv)
+    parser.add_argument("--mapping_layers", type=int, default=2,
+                        help="mapping-network depth (2 as train.py's presets; 8 in the paper)")
     try:
-        G = Generator(img_resolution=args.resolution, img_channels=args.channels, mapping_layers=args.mapping_layers,
-                      channel_base=args.channel_base, channel_max=args.channel_max)
-        D = Discriminator(img_resolution=args.resolution, img_channels=args.channels,
+        args = parser.parse_args(argv)
+        G = Generator(img_resolution=args.resolution, img_channels=args.img_channels,
+                      mapping_layers=args.mapping_layers, channel_base=args.channel_base, channel_max=args.channel_max)
+        D = Discriminator(img_resolution=args.resolution, img_channels=args.img_channels,
                           channel_base=args.channel_base, channel_max=args.channel_max)
-    except ValueError as e:
-        parser.exit(2, f"error: {e}\n")
+    except ValueError as e:                            # config.ConfigError is a ValueError too
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{'layer':<24}{'output shape':<22}{'params':>12}")
     for net, name, shape, params in summary_rows(G, D):
         print(f"{net}.{name:<22}{shape:<22}{params:>12,}")
     print(f"\nG total {count_params(G):,} parameters    D total {count_params(D):,} parameters")
-    print(f"num_ws = {G.num_ws}")
+    print(f"num_ws = {G.num_ws}, mapping layers = {args.mapping_layers}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

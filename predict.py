@@ -3,19 +3,22 @@ scores against real slices.
 
 Owns: rebuilding G_ema from a checkpoint, seed -> z, generation, interpolation, style mixing, reading the
 real splits to score against, Inception features for FID / KID, and the output files. Does not own the
-metrics' mathematics (metrics.py), the networks (modules.py), checkpoints (train.py) or decoding (dataset.py).
+metrics' mathematics (metrics.py), the networks (modules.py), checkpoints and file writing (runs.py) or decoding
+(dataset.py).
 
     python predict.py --checkpoint runs/00000-demo                    # seeds 0-15: seed0000.png ... grid.png
     python predict.py --checkpoint runs/00000-demo/snapshot-000012.pt --seeds 0-9,20 --trunc 0.7
     python predict.py --checkpoint runs/00000-demo --interpolate --seeds 0-3 --frames 24
-    python predict.py --checkpoint runs/00000-demo --style-mix --row-seeds 0-3 --col-seeds 4-7
+    python predict.py --checkpoint runs/00000-demo --style_mix --row_seeds 0-3 --col_seeds 4-7
     python predict.py --checkpoint runs/00000-demo --score --real data/demo [--inception FILE]
+
+Options are spelled with underscores like train.py's; the hyphenated spellings (--style-mix) work too.
 
 --checkpoint is a checkpoint file or a run folder (its checkpoint.pt, else its highest-kimg snapshot).
 Output goes to <folder of the checkpoint>/predict unless --outdir is given; only this program's own names
 there are rewritten (seed<NNNN>.png, grid.png, frame<NNNN>.png, interpolation.gif, stylemix-<band>.png,
 scores.json, closest_pairs.png). Seed s gives z = np.random.RandomState(s).randn(1, z_dim), as in the
-official StyleGAN2-ADA tools; with --noise-mode random each image is made alone, torch seeded by its seed.
+official StyleGAN2-ADA tools; with --noise_mode random each image is made alone, torch seeded by its seed.
 --score: the reference is the train split; the held-out baseline is validate (else test), or a random 10 %
 (seed 0) of a plain image folder. FID / KID need --inception inception-2015-12-05.pt, the TorchScript
 Inception-v3 of the StyleGAN2-ADA metrics; nothing is downloaded.
@@ -24,7 +27,6 @@ Inception-v3 of the StyleGAN2-ADA metrics; nothing is downloaded.
 import argparse
 import json
 import math
-import os
 import re
 import sys
 import warnings
@@ -39,7 +41,7 @@ import config as config_lib
 import dataset
 import metrics
 import modules
-import train
+import runs
 
 GRID_MAX = 64                           # grid.png shows at most the first 64 images (8 x 8)
 GIF_FRAME_MS = 40                       # 25 frames per second
@@ -52,7 +54,8 @@ DEFAULTS = dict(seeds="0-15", walk_seeds="0-3", frames=24, row_seeds="0-3", col_
 
 
 class PredictError(ValueError):
-    """A wrong option or input, as one line that names it."""
+    """An input that cannot be used (a real-data folder, an Inception file), as one line that names it.
+    Wrong options are config_lib.ConfigError (exit code 2)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,16 +67,16 @@ def parse_seeds(text: str, option: str = "--seeds") -> list:
     for part in str(text).split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not m:
-            raise PredictError(f"{option} {text!r}: {part.strip()!r} is not a seed or a range like 0-9 "
+            raise config_lib.ConfigError(f"{option} {text!r}: {part.strip()!r} is not a seed or a range like 0-9 "
                                f"(integers >= 0, ranges and lists like 0-9,20,30-32)")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
         if hi < lo:
-            raise PredictError(f"{option} {text!r}: the range {lo}-{hi} runs backwards; write {hi}-{lo}")
+            raise config_lib.ConfigError(f"{option} {text!r}: the range {lo}-{hi} runs backwards; write {hi}-{lo}")
         if hi >= 2 ** 32:
-            raise PredictError(f"{option} {text!r}: seeds must be below 2^32, got {hi}")
+            raise config_lib.ConfigError(f"{option} {text!r}: seeds must be below 2^32, got {hi}")
         if len(seeds) + hi - lo + 1 > MAX_SEEDS:
-            raise PredictError(f"{option} {text!r}: more than {MAX_SEEDS:,} seeds")
+            raise config_lib.ConfigError(f"{option} {text!r}: more than {MAX_SEEDS:,} seeds")
         seeds += range(lo, hi + 1)
     return seeds
 
@@ -81,36 +84,6 @@ def parse_seeds(text: str, option: str = "--seeds") -> list:
 def z_from_seed(seed: int, z_dim: int) -> torch.Tensor:
     """The official tools' latent of a seed: np.random.RandomState(seed).randn(1, z_dim). [1, z_dim]"""
     return torch.from_numpy(np.random.RandomState(seed).randn(1, z_dim)).float()
-
-
-def resolve_checkpoint(path) -> Path:
-    """A checkpoint file as given, or a run folder's checkpoint.pt, else its highest-kimg snapshot."""
-    path = Path(path)
-    if path.is_dir():
-        if (path / "checkpoint.pt").is_file():
-            return path / "checkpoint.pt"
-        snaps = [(float(m.group(1)), p) for p in path.glob("snapshot-*.pt")
-                 if (m := re.fullmatch(r"snapshot-(\d+(?:\.\d+)?)\.pt", p.name))]
-        if not snaps:
-            raise PredictError(f"--checkpoint {path}: no checkpoint.pt or snapshot-<kimg>.pt in this folder")
-        return max(snaps)[1]
-    if not path.is_file():
-        raise PredictError(f"--checkpoint {path}: no such file or folder; give a checkpoint file or its run folder")
-    return path
-
-
-def load_generator(path: Path, device: torch.device):
-    """(G_ema in eval mode on device, its TrainConfig, the checkpoint state). Bad files: one-line errors."""
-    state = train.load_checkpoint(path)                 # TrainingStopped for missing / truncated / foreign / pickled
-    try:
-        cfg = config_lib.from_dict(state["config"])
-        G, _ = train.build_networks(cfg)                # fp32 inference: no conv_clamp
-        G.load_state_dict(state["G_ema"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PredictError(f"{path}: the generator cannot be rebuilt from it ({type(e).__name__}: {reason}); "
-                           f"was it written by another version of train.py?") from None
-    return G.eval().requires_grad_(False).to(device), cfg, state
 
 
 @torch.no_grad()
@@ -179,7 +152,7 @@ def style_mix_grid(G, row_seeds, col_seeds, layers, psi: float = 1.0, noise_mode
 # ----------------------------------------------------------------------------------------------
 # Scoring against real slices
 
-def load_real(path, cfg: config_lib.TrainConfig, max_real: int = None, log=None):
+def load_real(path, cfg: config_lib.TrainConfig, max_real: int = None, log=None, skip_bad: bool = False):
     """(reference uint8 [M, C, R, R], its file names, held-out uint8 [H, C, R, R], a description), at the
     generator's resolution. The reference is the train split (or the plain folder), capped at max_real by a
     seeded random choice; the held-out baseline is validate (else test), else a random 10 % of it."""
@@ -190,7 +163,7 @@ def load_real(path, cfg: config_lib.TrainConfig, max_real: int = None, log=None)
     splits = [s for s in ("validate", "test") if (root / f"{dataset.OASIS_PREFIX}{s}").is_dir()]
     try:
         sets = [dataset.ImageDataset(root, split=s, resolution=cfg.resolution, img_channels=cfg.img_channels,
-                                     fit=cfg.fit, log=log) for s in ["train"] + splits[:1]]
+                                     fit=cfg.fit, skip_bad=skip_bad, log=log) for s in ["train"] + splits[:1]]
     except dataset.DataError as e:                       # dataset.py words its errors for train.py's --data
         raise PredictError(str(e).replace("--data", "--real")) from None
     reference, names = torch.from_numpy(sets[0].images), list(sets[0].files)
@@ -214,16 +187,27 @@ def load_real(path, cfg: config_lib.TrainConfig, max_real: int = None, log=None)
 
 
 def load_inception(path, device: torch.device):
+    """The TorchScript feature network, tried on two blank images before anything is generated."""
     path = Path(path)
     if not path.is_file():
         raise PredictError(f"--inception {path}: no such file")
     try:
         with warnings.catch_warnings():              # torch.jit is deprecated, but it is the standard file's format
             warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.load(str(path), map_location=device).eval()
+            model = torch.jit.load(str(path), map_location=device).eval()
     except (RuntimeError, ValueError, OSError):
         raise PredictError(f"--inception {path}: not a TorchScript file; give inception-2015-12-05.pt, the "
                            f"TorchScript Inception-v3 of the StyleGAN2-ADA metrics") from None
+    try:
+        inception_features(model, torch.zeros(2, 1, 8, 8, dtype=torch.uint8), device=device)
+    except PredictError as e:
+        raise PredictError(f"--inception {path}: {str(e).partition(': ')[2]}") from None
+    except Exception as e:                                    # a scripted model can raise anything
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise PredictError(f"--inception {path}: fails on a [2, 3, 299, 299] batch with model(x, "
+                           f"return_features=True) ({reason}); give the TorchScript Inception-v3 "
+                           f"inception-2015-12-05.pt") from None
+    return model
 
 
 @torch.no_grad()
@@ -280,81 +264,57 @@ def format_table(scores: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Files: PNG, GIF, figures, JSON, each written to a temporary name and renamed
+# Files: PNG, GIF, figures, JSON, each written atomically by runs.py
 
-def _pil(image: torch.Tensor) -> Image.Image:
-    """uint8 [C, H, W] -> an 8-bit grayscale (C = 1) or RGB Pillow image."""
-    return Image.fromarray(image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy())
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_png(image: torch.Tensor, path: Path) -> None:
-    _atomic(path, lambda tmp: _pil(image).save(tmp, format="PNG"))
-
-
-def save_tiles(tiles: torch.Tensor, path: Path, cols: int) -> None:
-    train.save_grid(dataset.to_float(tiles), path, cols)       # uint8 -> [-1, 1] -> uint8 is exact
+def _array(image: torch.Tensor) -> np.ndarray:
+    """uint8 [C, H, W] -> [H, W] (C = 1) or [H, W, C]."""
+    return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
 
 
 def save_gif(frames: torch.Tensor, path: Path) -> None:
-    images = [_pil(f) for f in frames]
-    _atomic(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                                             duration=GIF_FRAME_MS, loop=0))
+    images = [Image.fromarray(_array(f)) for f in frames]
+    runs.atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                                       duration=GIF_FRAME_MS, loop=0))
 
 
 def save_closest_pairs(generated: torch.Tensor, reference: torch.Tensor, closest, seeds, names, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = runs.pyplot()
     fig, axes = plt.subplots(2, len(closest), figsize=(1.8 * len(closest), 4.8), squeeze=False)
     for j, (g, r, s) in enumerate(closest):
         for ax, image, title in ((axes[0, j], generated[g], f"seed {seeds[g]}\nSSIM {s:.3f}"),
                                  (axes[1, j], reference[r], Path(names[r]).name.replace(".nii.png", "")[-20:])):
-            ax.imshow(np.asarray(_pil(image)), cmap="gray", vmin=0, vmax=255)
+            ax.imshow(_array(image), cmap="gray", vmin=0, vmax=255)
             ax.set_title(title, fontsize=7)
             ax.axis("off")
     fig.suptitle("closest pairs by SSIM: generated (top), training slice (bottom)", fontsize=9)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
+    runs.save_figure(fig, path, dpi=100)
 
 
 # ----------------------------------------------------------------------------------------------
 # main
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):                                  # one line, not usage + message
-        raise PredictError(f"{message} (see python predict.py --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="predict.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config_lib.Parser(prog="predict.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint file, or a run folder (its latest checkpoint)")
     p.add_argument("--seeds", help="seeds like 0-9,20,30-32 (default 0-15; --interpolate 0-3; --score 0..num-1)")
     p.add_argument("--trunc", type=float, default=1.0, help="truncation psi (1 = off; 0.5-0.7 trades variety "
                                                              "for typicality)")
-    p.add_argument("--noise-mode", default="const", choices=modules.NOISE_MODES, help="per-pixel noise (default const)")
+    p.add_argument("--noise_mode", default="const", choices=modules.NOISE_MODES, help="per-pixel noise (default const)")
     p.add_argument("--outdir", help="output folder (default <folder of the checkpoint>/predict)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: cuda if visible")
+    p.add_argument("--device", default="auto", help="auto (cuda if visible), cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, default=16, help="images per forward pass (default 16)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--interpolate", action="store_true", help="latent walk: frame<NNNN>.png and interpolation.gif")
-    mode.add_argument("--style-mix", action="store_true", help="style-mixing figures stylemix-<band>.png")
+    mode.add_argument("--style_mix", action="store_true", help="style-mixing figures stylemix-<band>.png")
     mode.add_argument("--score", action="store_true", help="scores.json and closest_pairs.png against --real")
     p.add_argument("--frames", type=int, help="--interpolate: frames per pair of seeds (default 24)")
-    p.add_argument("--row-seeds", help="--style-mix: seeds of the rows (default 0-3)")
-    p.add_argument("--col-seeds", help="--style-mix: seeds whose layers are swapped in (default 4-7)")
+    p.add_argument("--row_seeds", help="--style_mix: seeds of the rows (default 0-3)")
+    p.add_argument("--col_seeds", help="--style_mix: seeds whose layers are swapped in (default 4-7)")
     p.add_argument("--real", help="--score: OASIS folder or folder of images")
+    p.add_argument("--skip_bad", action="store_true", help="--score: skip unreadable files in --real with a warning")
     p.add_argument("--num", type=int, help="--score: generated images, seeds 0..num-1 (default 1000)")
-    p.add_argument("--max-real", type=int, help="--score: cap on the training slices used (default all)")
+    p.add_argument("--max_real", type=int, help="--score: cap on the training slices used (default all)")
     p.add_argument("--inception", help="--score: inception-2015-12-05.pt (TorchScript) to add FID and KID")
     return p
 
@@ -364,60 +324,59 @@ MODE_OPTIONS = {"frames": "interpolate", "row_seeds": "style_mix", "col_seeds": 
 
 
 def check_args(args) -> None:
+    """Usage errors (config_lib.ConfigError, exit code 2), found before anything is loaded."""
+    usage = config_lib.ConfigError
     for option, mode in MODE_OPTIONS.items():
         if getattr(args, option) is not None and not getattr(args, mode):
-            raise PredictError(f"--{option.replace('_', '-')} is used only with --{mode.replace('_', '-')}")
+            raise usage(f"--{option} is used only with --{mode}")
+    if args.skip_bad and not args.score:
+        raise usage("--skip_bad is used only with --score (it skips unreadable files in --real)")
     if args.num is not None and args.seeds is not None:
-        raise PredictError("--num and --seeds both choose the generated images; give one of them")
+        raise usage("--num and --seeds both choose the generated images; give one of them")
     if args.style_mix and args.seeds is not None:
-        raise PredictError("--style-mix takes --row-seeds and --col-seeds, not --seeds")
+        raise usage("--style_mix takes --row_seeds and --col_seeds, not --seeds")
     if args.score and args.real is None:
-        raise PredictError("--score needs --real PATH: an OASIS folder (keras_png_slices_*) or a folder of images")
+        raise usage("--score needs --real PATH: an OASIS folder (keras_png_slices_*) or a folder of images")
     if not math.isfinite(args.trunc):
-        raise PredictError(f"--trunc must be a finite number (1 = no truncation), got {args.trunc}")
+        raise usage(f"--trunc must be a finite number (1 = no truncation), got {args.trunc}")
     for option, value, least in (("batch", args.batch, 1), ("frames", args.frames, 1), ("num", args.num, 2),
-                                 ("max-real", args.max_real, 2)):
+                                 ("max_real", args.max_real, 2)):
         if value is not None and value < least:
-            raise PredictError(f"--{option} must be >= {least}, got {value}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise PredictError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
+            raise usage(f"--{option} must be >= {least}, got {value}")
 
 
-def make_outdir(outdir: Path) -> Path:
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PredictError(f"--outdir {outdir}: cannot create it ({e.strerror})") from None
-    return outdir
-
-
-def write_images(G, seeds, outdir: Path, **gen) -> str:
-    images = generate(G, seeds, **gen)
-    make_outdir(outdir)
-    for s, image in zip(seeds, images):
-        save_png(image, outdir / f"seed{s:04d}.png")
+def write_images(G, seeds, outdir: Path, psi, noise_mode, device, batch) -> str:
+    """seed<NNNN>.png streamed to disk a batch at a time (any number of seeds fits in memory) and grid.png of
+    the first GRID_MAX."""
     shown = min(len(seeds), GRID_MAX)
-    save_tiles(images[:shown], outdir / "grid.png", math.ceil(math.sqrt(shown)))
+    first = []
+    for i in range(0, len(seeds), batch):
+        chunk = seeds[i:i + batch]
+        images = synthesize(G, seeds_to_ws(G, chunk, psi, device, batch), noise_mode, batch, noise_seeds=chunk)
+        for s, image in zip(chunk, images):
+            runs.save_png(_array(image), outdir / f"seed{s:04d}.png")
+        if i < shown:
+            first.append(images[:shown - i])
+    runs.save_grid(torch.cat(first), outdir / "grid.png", math.ceil(math.sqrt(shown)))
     return f"{len(seeds)} images seed{seeds[0]:04d}.png ... and grid.png (the first {shown})"
 
 
 def write_walk(G, seeds, frames: int, outdir: Path, psi, noise_mode, device, batch) -> str:
     ws = interpolation_ws(G, seeds, frames, psi, device, batch)
     images = synthesize(G, ws, noise_mode, batch, noise_seeds=[seeds[0]] * len(ws))  # one noise along the walk
-    for old in make_outdir(outdir).glob("frame*.png"):        # a longer earlier walk's frames would mix in
+    for old in outdir.glob("frame*.png"):                     # a longer earlier walk's frames would mix in
         if re.fullmatch(r"frame\d{4,}\.png", old.name) and int(old.stem[5:]) >= len(images):
             old.unlink()
     for i, image in enumerate(images):
-        save_png(image, outdir / f"frame{i:04d}.png")
+        runs.save_png(_array(image), outdir / f"frame{i:04d}.png")
     save_gif(images, outdir / "interpolation.gif")
     return f"{len(images)} frames frame0000.png ... and interpolation.gif"
 
 
 def write_style_mix(G, rows, cols, outdir: Path, **gen) -> str:
     bands = style_bands(G.num_ws)
-    make_outdir(outdir)
     for name, layers in bands.items():
-        save_tiles(style_mix_grid(G, rows, cols, layers, **gen), outdir / f"stylemix-{name}.png", len(cols) + 1)
+        runs.save_grid(style_mix_grid(G, rows, cols, layers, **gen), outdir / f"stylemix-{name}.png", len(cols) + 1)
     missing = "" if "fine" in bands else f" (a {G.img_resolution} px generator has no fine, 64 px+, layers)"
     return ", ".join(f"stylemix-{b}.png (ws {lo}-{hi - 1})" for b, (lo, hi) in bands.items()) + missing
 
@@ -425,7 +384,8 @@ def write_style_mix(G, rows, cols, outdir: Path, **gen) -> str:
 def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode, device, batch) -> str:
     """Everything is read and checked before the first image is generated."""
     model = load_inception(args.inception, device) if args.inception else None
-    reference, names, heldout, info = load_real(args.real, cfg, args.max_real, log=lambda m: print(m, file=sys.stderr))
+    reference, names, heldout, info = load_real(args.real, cfg, args.max_real, skip_bad=args.skip_bad,
+                                                log=lambda m: print(m, file=sys.stderr))
     generated = generate(G, seeds, psi, noise_mode, device, batch)
     features = None
     if model is not None:
@@ -434,11 +394,11 @@ def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode
     unit = lambda x: x.to(device, torch.float32) / 255                                # noqa: E731
     scores = score(unit(generated), unit(reference), unit(heldout), features)
     closest = scores.pop("closest")
-    save_closest_pairs(generated, reference, closest, seeds, names, make_outdir(outdir) / "closest_pairs.png")
+    save_closest_pairs(generated, reference, closest, seeds, names, outdir / "closest_pairs.png")
     result = {**about, "real": str(args.real), **info, "num_generated": len(seeds),
               "seeds": args.seeds or f"0-{len(seeds) - 1}", "trunc": psi, "noise_mode": noise_mode, **scores,
               "closest_pairs": [{"seed": seeds[g], "real": names[r], "ssim": s} for g, r, s in closest]}
-    _atomic(outdir / "scores.json", lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
+    runs.write_text(outdir / "scores.json", json.dumps(result, indent=1) + "\n")
     print(format_table(scores))
     if model is None:
         print("FID/KID skipped: pass --inception inception-2015-12-05.pt (TorchScript Inception-v3) to add them")
@@ -447,19 +407,18 @@ def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode
 
 def run(args) -> None:
     check_args(args)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = config_lib.resolve_device(args.device)
     default = DEFAULTS["walk_seeds"] if args.interpolate else DEFAULTS["seeds"]
     seeds = parse_seeds(args.seeds if args.seeds is not None else default)
     if args.score and args.seeds is None:
         seeds = list(range(args.num or DEFAULTS["num"]))
     if len(seeds) < 2 and (args.interpolate or args.score):
-        raise PredictError(f"--{'interpolate' if args.interpolate else 'score'} needs at least two seeds, "
-                           f"got --seeds {args.seeds}")
-    rows = parse_seeds(args.row_seeds or DEFAULTS["row_seeds"], "--row-seeds")
-    cols = parse_seeds(args.col_seeds or DEFAULTS["col_seeds"], "--col-seeds")
-    ckpt = resolve_checkpoint(args.checkpoint)
-    G, cfg, state = load_generator(ckpt, device)
-    outdir = Path(args.outdir) if args.outdir else ckpt.parent / "predict"
+        raise config_lib.ConfigError(f"--{'interpolate' if args.interpolate else 'score'} needs at least two seeds, "
+                                     f"got --seeds {args.seeds}")
+    rows = parse_seeds(args.row_seeds or DEFAULTS["row_seeds"], "--row_seeds")
+    cols = parse_seeds(args.col_seeds or DEFAULTS["col_seeds"], "--col_seeds")
+    G, cfg, state, ckpt = runs.load_generator(args.checkpoint, device)
+    outdir = runs.check_writable(Path(args.outdir) if args.outdir else ckpt.parent / "predict")
     gen = dict(psi=args.trunc, noise_mode=args.noise_mode, device=device, batch=args.batch)
     if args.interpolate:
         wrote = write_walk(G, seeds, args.frames or DEFAULTS["frames"], outdir, **gen)
@@ -474,10 +433,14 @@ def run(args) -> None:
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 done, 1 an input cannot be used (one line), 2 a usage error (one line)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         run(build_parser().parse_args(argv))
-    except (PredictError, train.TrainingStopped, dataset.DataError, config_lib.ConfigError) as e:
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (PredictError, runs.RunError, dataset.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

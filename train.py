@@ -1,9 +1,11 @@
 """StyleGAN2 training: the GAN loop with lazy R1 and path-length regularization, G EMA, bf16 mixed
 precision, exact resume from plain-tensor checkpoints, and multi-GPU through torchrun.
 
-Owns the losses and penalties, the optimizers, the run folder (config.json, log.jsonl, image grids,
-losses.png, checkpoints) and the signals. Does not own the networks (modules.py), the data (dataset.py),
-the augmentation pipeline (augment.py) or the hyperparameters' definitions (config.py).
+Owns the optimizers, the training state a checkpoint holds, one iteration (D step, lazy R1, G step, lazy
+path length, EMA, ADA), the non-finite guard, the tick (what a run writes and when) and the signals. Does
+not own the losses' mathematics (losses.py), the networks (modules.py), the data (dataset.py), the
+augmentation pipeline (augment.py), the hyperparameters' definitions (config.py), multi-process plumbing
+(distributed.py) or how files and checkpoints are written and read (runs.py).
 
     python train.py                                    # the demo preset on the built-in demo data
     python train.py --preset oasis256 --data /path/to/oasis
@@ -13,9 +15,7 @@ the augmentation pipeline (augment.py) or the hyperparameters' definitions (conf
 
 import copy
 import json
-import math
-import os
-import pickle
+import shutil
 import signal
 import sys
 import time
@@ -24,174 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import augment
 import config as config_lib
 import dataset
-from modules import Discriminator, Generator, count_params
+import distributed
+import losses
+import runs
+from modules import count_params
 
-CHECKPOINT_FORMAT = "stylegan2-mri-checkpoint"
-CHECKPOINT_VERSION = 1
 HEALTH_CHECK_INTERVAL = 4      # iterations between host reads of the non-finite counters (ADA reads at 4 too)
 
 
 class TrainingStopped(RuntimeError):
     """The run cannot go on (e.g. non-finite steps in a row); the message says why and what to change."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Losses and penalties (StyleGAN2-ADA sec. 2, StyleGAN2 sec. 3.2 and appendix B)
-
-def g_nonsaturating_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """-log sigmoid(D(G(z))) = softplus(-D(G(z))), per sample."""
-    return F.softplus(-fake_logits)
-
-
-def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """softplus(D(G(z))) + softplus(-D(x)), per sample."""
-    return F.softplus(fake_logits) + F.softplus(-real_logits)
-
-
-def r1_penalty(real_img: torch.Tensor, real_logits: torch.Tensor) -> torch.Tensor:
-    """||grad_x D(x)||^2 per sample (Mescheder et al. 2018); real_img must require grad. [N]"""
-    (grads,) = torch.autograd.grad(real_logits.sum(), real_img, create_graph=True)
-    return grads.float().square().sum(dim=[1, 2, 3])
-
-
-def path_lengths(img: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
-    """|J_w^T y| for y ~ N(0, I) / sqrt(H W): sqrt(mean over ws of sum(g^2)), per sample (StyleGAN2 eq. 4). [N]"""
-    noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
-    (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
-    return grads.float().square().sum(dim=2).mean(dim=1).sqrt()
-
-
-def path_length_penalty(lengths: torch.Tensor, pl_mean: torch.Tensor, decay: float):
-    """((L - a)^2 per sample, new a) with a = lerp(pl_mean, mean(L), decay). The new a keeps its
-    gradient through mean(L), as in the official implementation."""
-    a = pl_mean.lerp(lengths.mean(), decay)
-    return (lengths - a).square(), a
-
-
-def lazy_adam_hparams(lr: float, betas, interval: int):
-    """Lazy regularization every k steps: lr * c and betas ** c with c = k / (k + 1) (StyleGAN2 sec. 3.1)."""
-    c = interval / (interval + 1)
-    return lr * c, tuple(b ** c for b in betas)
-
-
-def ema_beta(batch: int, ema_kimg: float, ema_rampup: float, cur_nimg: int) -> float:
-    """Per-step EMA decay: 0.5 ** (batch / ema_nimg), ema_nimg optionally ramped to cur_nimg * ramp."""
-    ema_nimg = ema_kimg * 1000
-    if ema_rampup > 0:
-        ema_nimg = min(ema_nimg, cur_nimg * ema_rampup)
-    return 0.5 ** (batch / max(ema_nimg, 1e-8))
-
-
-@torch.no_grad()
-def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
-    """Parameters: p_ema = lerp(p, p_ema, beta). Buffers (w_avg, const noise) are copied."""
-    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-        p_ema.copy_(p.detach().lerp(p_ema, beta))
-    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
-        b_ema.copy_(b)
-
-
-def ada_adjust(p: float, sign_mean: float, target: float, batch: int, interval: int, ada_kimg: float) -> float:
-    """ADA: p += sign(E[sign(D(real))] - target) * (batch * interval) / (ada_kimg * 1000), clamped at 0."""
-    step = math.copysign(1, sign_mean - target) * batch * interval / (ada_kimg * 1000)
-    return max(p + step, 0.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints: plain tensors, numbers and strings; atomic writes
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file next to path, then rename: a crash leaves the old file intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def load_checkpoint(path) -> dict:
-    """Load a checkpoint written by this project (weights_only: no code runs). One clear error otherwise."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.is_file():
-        raise TrainingStopped(f"--resume {path}: no such checkpoint; give a checkpoint.pt or its run folder")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise TrainingStopped(f"{path}: holds pickled Python objects, which are refused (loading them could run "
-                              f"code); only this project's plain-tensor checkpoints can be resumed") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        reason = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
-        raise TrainingStopped(f"{path}: unreadable or truncated checkpoint ({reason}); try the previous snapshot") \
-            from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingStopped(f"{path}: not a checkpoint of this project (no '{CHECKPOINT_FORMAT}' marker)")
-    return state
-
-
-def build_networks(cfg: config_lib.TrainConfig, conv_clamp=None):
-    """(G, D) for a config."""
-    G = Generator(z_dim=cfg.z_dim, w_dim=cfg.w_dim, img_resolution=cfg.resolution, img_channels=cfg.img_channels,
-                  mapping_layers=cfg.mapping_layers, channel_base=cfg.channel_base, channel_max=cfg.channel_max,
-                  conv_clamp=conv_clamp)
-    D = Discriminator(img_resolution=cfg.resolution, img_channels=cfg.img_channels, channel_base=cfg.channel_base,
-                      channel_max=cfg.channel_max, mbstd_group_size=cfg.mbstd_group, conv_clamp=conv_clamp)
-    return G, D
-
-
-# ----------------------------------------------------------------------------------------------
-# Distributed helpers (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)
-
-def dist_env():
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def all_reduce_mean_(tensors, world_size: int) -> None:
-    """Average tensors over ranks in place (one flat all-reduce)."""
-    if world_size == 1 or not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= world_size
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
-        offset += t.numel()
-
-
-def gather_rng_states(device: torch.device, world_size: int) -> dict:
-    """Every rank's torch RNG states (CPU and, if used, CUDA), as lists indexed by rank."""
-    mine = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        mine["cuda"] = torch.cuda.get_rng_state(device)
-    if world_size == 1:
-        return {k: [v] for k, v in mine.items()}
-    gathered = [None] * world_size
-    dist.all_gather_object(gathered, {k: v.numpy().tobytes() for k, v in mine.items()})
-    return {k: [torch.frombuffer(bytearray(g[k]), dtype=torch.uint8) for g in gathered] for k in mine}
-
-
-def check_ranks_in_sync(modules: dict, world_size: int) -> bool:
-    """True when every rank holds the same parameters and buffers as rank 0 (bitwise)."""
-    if world_size == 1:
-        return True
-    device = next(iter(modules.values())).mapping.w_avg.device if "G" in modules else torch.device("cpu")
-    same = torch.ones([], dtype=torch.float32, device=device)
-    for module in modules.values():
-        for t in list(module.parameters()) + list(module.buffers()):
-            ref = t.detach().clone()
-            dist.broadcast(ref, src=0)
-            same *= float(torch.equal(ref, t.detach()))
-    dist.all_reduce(same, op=dist.ReduceOp.MIN)
-    return bool(same.item())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,15 +52,14 @@ class Trainer:
         self.batch_gpu = cfg.batch // world_size
         mp = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         self.amp_dtype = torch.bfloat16 if mp == "bf16" else None
-        torch.manual_seed(cfg.seed)                            # same initial networks on every rank
-        self.G, self.D = build_networks(cfg, conv_clamp=cfg.conv_clamp if self.amp_dtype else None)
+        with torch.random.fork_rng(devices=[]):                # initial networks from --seed, equal on every rank
+            torch.manual_seed(cfg.seed)
+            self.G, self.D = runs.build_networks(cfg, conv_clamp=cfg.conv_clamp if self.amp_dtype else None)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.G = self.G.to(device, memory_format=self.memory_format).train()
         self.D = self.D.to(device, memory_format=self.memory_format).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        betas = cfg.adam_betas()
-        g_lr, g_betas = lazy_adam_hparams(cfg.lr, betas, cfg.pl_interval) if cfg.pl_weight > 0 else (cfg.lr, betas)
-        d_lr, d_betas = lazy_adam_hparams(cfg.lr, betas, cfg.r1_interval) if self.r1_gamma > 0 else (cfg.lr, betas)
+        (g_lr, g_betas), (d_lr, d_betas) = self.adam_hparams()
         # fused Adam can skip a step on a device-side flag (found_inf): no host sync per step.
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=g_lr, betas=g_betas, eps=1e-8, fused=True)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8, fused=True)
@@ -229,7 +74,7 @@ class Trainer:
         self.data = data
         self.sampler = dataset.InfiniteSampler(len(data), seed=cfg.seed, rank=rank, world_size=world_size) \
             if data is not None else None
-        torch.manual_seed(cfg.seed * world_size + rank)       # per-rank noise, latents and mixing
+        torch.manual_seed(cfg.seed * world_size + rank)       # this process's latents, noise and mixing (--seed)
         self._ada_sum = torch.zeros([], device=device)
         self._ada_count = 0
         self.stats = {}
@@ -237,6 +82,13 @@ class Trainer:
     @property
     def r1_gamma(self) -> float:
         return self.cfg.resolved_r1_gamma()
+
+    def adam_hparams(self):
+        """((lr, betas) of G, (lr, betas) of D) from the config, with the lazy-regularization correction."""
+        cfg, betas = self.cfg, self.cfg.adam_betas()
+        g = losses.lazy_adam_hparams(cfg.lr, betas, cfg.pl_interval) if cfg.pl_weight > 0 else (cfg.lr, betas)
+        d = losses.lazy_adam_hparams(cfg.lr, betas, cfg.r1_interval) if self.r1_gamma > 0 else (cfg.lr, betas)
+        return g, d
 
     # -- one iteration: D step, lazy R1, G step, lazy path length, EMA, ADA ---------------------
 
@@ -249,11 +101,11 @@ class Trainer:
         self.g_step()
         if self.cfg.pl_weight > 0 and self.batch_idx % self.cfg.pl_interval == 0:
             self.pl_step()
-        update_ema(self.G_ema, self.G, ema_beta(self.cfg.batch, self.cfg.resolved_ema_kimg(), self.cfg.ema_rampup,
+        losses.update_ema(self.G_ema, self.G, losses.ema_beta(self.cfg.batch, self.cfg.resolved_ema_kimg(), self.cfg.ema_rampup,
                                                 self.cur_nimg))
         # w_avg moved with each rank's own batches; its update is linear in the batch means, so the
         # rank average equals tracking the global batch.
-        all_reduce_mean_([self.G.mapping.w_avg], self.world_size)
+        distributed.all_reduce_mean_([self.G.mapping.w_avg], self.world_size)
         self.cur_nimg += self.cfg.batch
         self.batch_idx += 1
         if self.cfg.aug == "ada" and self.batch_idx % self.cfg.ada_interval == 0:
@@ -286,7 +138,7 @@ class Trainer:
         with torch.no_grad():
             fakes, _ = self.run_G(torch.randn(self.batch_gpu, self.cfg.z_dim, device=self.device))
         real_logits = self.run_D(reals)
-        loss = d_logistic_loss(real_logits, self.run_D(fakes)).mean()
+        loss = losses.d_logistic_loss(real_logits, self.run_D(fakes)).mean()
         self.record("loss_D", loss)
         self.record("D_real", real_logits.mean())
         if self.cfg.aug == "ada":
@@ -296,14 +148,14 @@ class Trainer:
 
     def r1_step(self, reals: torch.Tensor) -> None:
         reals = reals.detach().requires_grad_(True)
-        penalty = r1_penalty(reals, self.run_D(reals))
+        penalty = losses.r1_penalty(reals, self.run_D(reals))
         self.record("r1_penalty", penalty.mean())
         self.optimize(self.D, self.opt_D, penalty.mean() * (self.r1_gamma / 2) * self.cfg.r1_interval, "R1")
 
     def g_step(self) -> None:
         self.D.requires_grad_(False)
         fakes, _ = self.run_G(torch.randn(self.batch_gpu, self.cfg.z_dim, device=self.device))
-        loss = g_nonsaturating_loss(self.run_D(fakes)).mean()
+        loss = losses.g_nonsaturating_loss(self.run_D(fakes)).mean()
         self.D.requires_grad_(True)
         self.record("loss_G", loss)
         self.optimize(self.G, self.opt_G, loss, "G")
@@ -311,14 +163,14 @@ class Trainer:
     def pl_step(self) -> None:
         n = self.batch_gpu // self.cfg.pl_batch_shrink
         fakes, ws = self.run_G(torch.randn(n, self.cfg.z_dim, device=self.device))
-        lengths = path_lengths(fakes, ws)
-        mean = lengths.mean()
+        lengths = losses.path_lengths(fakes, ws)
+        mean = None
         if self.world_size > 1:                                       # global mean value, local gradient
+            mean = lengths.mean()
             total = mean.detach().clone()
             dist.all_reduce(total)
             mean = mean + (total / self.world_size - mean.detach())
-        a = self.pl_mean.lerp(mean, self.cfg.pl_decay)
-        penalty = (lengths - a).square()
+        penalty, a = losses.path_length_penalty(lengths, self.pl_mean, self.cfg.pl_decay, mean)
         self.record("pl_penalty", penalty.mean())
         loss = penalty.mean() * self.cfg.pl_weight * self.cfg.pl_interval
         taken = self.optimize(self.G, self.opt_G, loss, "PL")
@@ -331,7 +183,7 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for p in module.parameters() if p.grad is not None]
-        all_reduce_mean_(grads, self.world_size)
+        distributed.all_reduce_mean_(grads, self.world_size)
         finite = torch.isfinite(loss.detach()) & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
         if self.world_size > 1:
             flag = finite.float()
@@ -356,13 +208,30 @@ class Trainer:
                 raise TrainingStopped(
                     f"{self.cfg.max_nonfinite} non-finite steps in a row (last in the {phase} step at "
                     f"kimg {step * self.cfg.batch / 1000:.1f}, step {step}); try a lower --lr, a larger "
-                    f"--r1_gamma or --mixed_precision=fp32; the last good checkpoint.pt is kept")
+                    f"--r1_gamma or --mixed_precision=fp32")
+        bad = self.nonfinite_weights()
+        if bad is not None:
+            raise TrainingStopped(f"the weights became NaN or inf ({bad}) by step {self.batch_idx}, through steps "
+                                  f"whose gradients were finite: the updates are too large; try a lower --lr")
+
+    def nonfinite_weights(self):
+        """The first parameter of G or D that holds NaN or inf, or None (one device read)."""
+        named = [(f"{key}.{n}", p) for key, net in (("G", self.G), ("D", self.D)) for n, p in net.named_parameters()]
+        norms = torch.stack(torch._foreach_norm([p.detach() for _, p in named]))
+        finite = torch.isfinite(norms)
+        if bool(finite.all()):
+            return None
+        return named[int((~finite).nonzero()[0])][0]
+
+    def nonfinite_streak(self) -> int:
+        """Non-finite steps in a row so far in the phase with the longest such streak (reads the device)."""
+        return max((int(v) for v in self.nonfinite_run.values()), default=0)
 
     def ada_update(self) -> None:
         stat = torch.stack([self._ada_sum, torch.tensor(float(self._ada_count), device=self.device)])
         if self.world_size > 1:
             dist.all_reduce(stat)
-        self.ada_p = ada_adjust(self.ada_p, (stat[0] / stat[1]).item(), self.cfg.ada_target, self.cfg.batch,
+        self.ada_p = losses.ada_adjust(self.ada_p, (stat[0] / stat[1]).item(), self.cfg.ada_target, self.cfg.batch,
                                 self.cfg.ada_interval, self.cfg.ada_kimg)
         self._ada_sum.zero_()
         self._ada_count = 0
@@ -382,7 +251,7 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: plain tensors, numbers and strings only."""
         return {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "format": runs.CHECKPOINT_FORMAT, "version": runs.CHECKPOINT_VERSION,
             "config": json.loads(self.cfg.to_json()),
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
@@ -392,15 +261,22 @@ class Trainer:
             "nonfinite_total": int(self.nonfinite_total),
             "nonfinite_run": {k: int(v) for k, v in self.nonfinite_run.items()},
             "sampler": self.sampler.state_dict(), "world_size": self.world_size,
-            "rng": gather_rng_states(self.device, self.world_size),
+            "rng": distributed.gather_rng_states(self.device, self.world_size),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.G_ema.load_state_dict(state["G_ema"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
+    def load_state_dict(self, state: dict, path="checkpoint") -> None:
+        """Continue from a checkpoint (runs.load_checkpoint checked its keys and weights). The optimizers
+        keep their moments but take lr and betas from the current config, so options given at resume apply."""
+        runs.load_networks_into({"G": self.G, "D": self.D, "G_ema": self.G_ema}, state, path)
+        try:
+            self.opt_G.load_state_dict(state["opt_G"])
+            self.opt_D.load_state_dict(state["opt_D"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise runs.RunError(f"{path}: its optimizer state does not match the networks ({e}); the file is "
+                                f"damaged or was written by another version") from None
+        for opt, (lr, betas) in zip((self.opt_G, self.opt_D), self.adam_hparams()):
+            for group in opt.param_groups:
+                group["lr"], group["betas"] = lr, betas
         self.pl_mean.copy_(state["pl_mean"])
         self.ada_p = state["ada_p"]
         self._ada_sum.copy_(state["ada_sum"])
@@ -408,7 +284,9 @@ class Trainer:
         self.cur_nimg, self.batch_idx, self.tick = state["cur_nimg"], state["batch_idx"], state["tick"]
         self.nonfinite_total.fill_(state["nonfinite_total"])
         self.nonfinite_run = {k: torch.tensor(v, device=self.device) for k, v in state["nonfinite_run"].items()}
-        self.sampler.load_state_dict(state["sampler"])
+        note = self.sampler.load_state_dict(state["sampler"])
+        if note:
+            self.log(f"note: {note}")
         rng = state["rng"]
         if state["world_size"] == self.world_size:
             torch.set_rng_state(rng["cpu"][self.rank])
@@ -419,6 +297,11 @@ class Trainer:
                      f"{self.world_size}; training continues but the random streams are re-seeded")
             torch.manual_seed(self.cfg.seed * self.world_size + self.rank + state["batch_idx"])
 
+    def checkpoint_bytes(self) -> int:
+        """Size of checkpoint.pt: G, D and G_ema plus Adam's two moments of G and D (float32)."""
+        n_G, n_D = (sum(p.numel() for p in net.parameters()) for net in (self.G, self.D))
+        return 4 * (4 * n_G + 3 * n_D) + (1 << 20)
+
 
 def make_augment_pipe(cfg: config_lib.TrainConfig, device: torch.device):
     """The augmentation pipe for --aug=ada|fixed (augment.py), or None for noaug."""
@@ -428,42 +311,7 @@ def make_augment_pipe(cfg: config_lib.TrainConfig, device: torch.device):
 
 
 # ----------------------------------------------------------------------------------------------
-# Run folder, images, plots
-
-def new_run_dir(outdir: Path, preset: str) -> Path:
-    """runs/NNNNN-<preset>: one more than the highest number there; never reuses a folder."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    numbers = [int(p.name[:5]) for p in outdir.iterdir() if p.name[:5].isdigit()]
-    n = max(numbers, default=-1) + 1
-    while True:
-        path = outdir / f"{n:05d}-{preset}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
-
-
-def save_grid(images: torch.Tensor, path: Path, cols: int) -> None:
-    """[N, C, R, R] in [-1, 1] -> one PNG grid (uint8)."""
-    from PIL import Image
-    x = dataset.to_uint8(images).cpu()
-    n, c, h, w = x.shape
-    rows = math.ceil(n / cols)
-    grid = torch.zeros(c, rows * h, cols * w, dtype=torch.uint8)
-    for i in range(n):
-        r, k = divmod(i, cols)
-        grid[:, r * h:(r + 1) * h, k * w:(k + 1) * w] = x[i]
-    array = grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
-
-
-def kimg_tag(nimg: int) -> str:
-    """File-name tag of a training position: 000040 for 40 kimg, 0000.160 for 160 images."""
-    return f"{nimg // 1000:06d}" if nimg % 1000 == 0 else f"{nimg / 1000:08.3f}"
-
+# What a run writes: grids, plots, checkpoints
 
 def grid_latents(cfg: config_lib.TrainConfig, device) -> torch.Tensor:
     """Fixed latents for fakes*.png, from their own generator (the training RNG is not touched)."""
@@ -475,46 +323,15 @@ def grid_latents(cfg: config_lib.TrainConfig, device) -> torch.Tensor:
 @torch.no_grad()
 def save_fakes(trainer: Trainer, z: torch.Tensor, path: Path) -> None:
     images = torch.cat([trainer.G_ema(zb, noise_mode="const") for zb in z.split(trainer.batch_gpu)])
-    save_grid(images, path, trainer.cfg.grid_size()[0])
+    runs.save_grid(dataset.to_uint8(images), path, trainer.cfg.grid_size()[0])
 
 
-def read_log(path: Path) -> list:
-    """Tick records of log.jsonl; after a resume the replayed ticks replace the earlier ones."""
-    by_tick = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue                                            # a line cut off by a crash
-            if "tick" in record and "event" not in record:
-                by_tick[record["tick"]] = record
-    return [by_tick[t] for t in sorted(by_tick)]
+LOSS_PANELS = [("losses", ["loss_G", "loss_D"]), ("D output on reals", ["D_real"]),
+               ("penalties", ["r1_penalty", "pl_penalty"]), ("augmentation p", ["ada_p"])]
 
 
 def plot_losses(log_path: Path, out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    records = read_log(log_path)
-    if not records:
-        return
-    kimg = [r["kimg"] for r in records]
-    panels = [("losses", ["loss_G", "loss_D"]), ("D output on reals", ["D_real"]),
-              ("penalties", ["r1_penalty", "pl_penalty"]), ("augmentation p", ["ada_p"])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3))
-    for ax, (title, keys) in zip(axes, panels):
-        for key in keys:
-            values = [r.get(key, float("nan")) for r in records]
-            ax.plot(kimg, values, label=key)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("kimg")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, out)
+    runs.plot_log(log_path, out, LOSS_PANELS)
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -524,72 +341,211 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20           # kB on Linux
 
 
+class Run:
+    """The run folder of one training process group: where it is, what has been written, and the lock.
+    Only rank 0 writes (is_main)."""
+
+    def __init__(self, trainer: Trainer, run_dir: Path, is_main: bool, log):
+        self.trainer, self.dir, self.is_main, self.log = trainer, run_dir, is_main, log
+        self.z_grid = grid_latents(trainer.cfg, trainer.device)
+        self.last_checkpoint = time.time()
+
+    def save_checkpoints(self, snapshot: bool) -> None:
+        """snapshot-<kimg>.pt (networks only) first, then checkpoint.pt (everything): a kill between the two
+        replays the tick on resume and writes the snapshot again, so no snapshot is lost. Deferred while a
+        non-finite streak is going on, so checkpoint.pt never holds a step inside one."""
+        t = self.trainer
+        streak = t.nonfinite_streak()
+        state = t.state_dict()                                       # collective: every rank takes part
+        if not self.is_main:
+            return
+        if streak:
+            self.log(f"checkpoint deferred at kimg {t.cur_nimg / 1000:.3f}: {streak} non-finite step(s) in a row")
+            return
+        written = []
+        if snapshot:
+            name = f"snapshot-{runs.kimg_tag(t.cur_nimg)}.pt"
+            runs.save_checkpoint(self.dir / name, {k: v for k, v in state.items() if not k.startswith("opt_")})
+            written.append(name)
+        runs.save_checkpoint(self.dir / "checkpoint.pt", state)
+        runs.append_log(self.dir / "log.jsonl", {"event": "checkpoint", "kimg": t.cur_nimg / 1000, "step": t.batch_idx,
+                                                 "files": written + ["checkpoint.pt"], "time": time.time()})
+        self.last_checkpoint = time.time()
+
+    def save_pictures(self, snapshot: bool) -> None:
+        """losses.png and, at snapshots, fakes<kimg>.png. A failure here is a warning: the run goes on."""
+        try:
+            plot_losses(self.dir / "log.jsonl", self.dir / "losses.png")
+            if snapshot:
+                save_fakes(self.trainer, self.z_grid, self.dir / f"fakes{runs.kimg_tag(self.trainer.cur_nimg)}.png")
+        except (runs.RunError, OSError, ValueError) as e:
+            self.log(f"warning: {e}; training goes on")
+
+
+def open_run(cfg, trainer: Trainer, data, run_dir, resumed: bool, is_main: bool, log) -> Run:
+    """Create or reopen the run folder (rank 0): lock it, clean temporaries of dead processes, check the disk
+    has room for a checkpoint, write config.json, the start line of log.jsonl, reals.png and the first fakes."""
+    lock = None
+    if is_main:
+        run_dir = run_dir if run_dir is not None else runs.new_run_dir(Path(cfg.outdir), cfg.preset)
+        lock = runs.RunLock(run_dir).acquire()
+    try:
+        run = Run(trainer, Path(distributed.from_rank0(str(run_dir) if is_main else None, trainer.world_size)),
+                  is_main, log)
+        run.lock = lock
+        if is_main:
+            _prepare_run_dir(run, cfg, data, resumed)
+        return run
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _prepare_run_dir(run: Run, cfg, data, resumed: bool) -> None:
+    trainer, run_dir, log = run.trainer, run.dir, run.log
+    removed = runs.remove_stale_temporaries(run_dir)
+    if removed:
+        log(f"removed {len(removed)} temporary file(s) left by an interrupted write: {', '.join(removed[:3])}")
+    need, free = 2 * trainer.checkpoint_bytes(), shutil.disk_usage(run_dir).free
+    if free < need:
+        raise TrainingStopped(f"{run_dir}: {free / 2 ** 20:.0f} MB free, a checkpoint needs about {need / 2 ** 20:.0f} "
+                              f"MB (with its temporary copy); free space or choose another --outdir")
+    runs.write_text(run_dir / "config.json", cfg.to_json())
+    log(f"run folder {run_dir}: G {count_params(trainer.G):,} / D {count_params(trainer.D):,} parameters, "
+        f"{len(data)} training images{' (with x-flips)' if cfg.mirror else ''}, device {trainer.device}, "
+        f"{'bf16' if trainer.amp_dtype else 'fp32'}, {trainer.world_size} process(es)")
+    runs.append_log(run_dir / "log.jsonl", {"event": "resume" if resumed else "start", "kimg": trainer.cur_nimg / 1000,
+                                            "tick": trainer.tick, "step": trainer.batch_idx, "time": time.time()})
+    if not (run_dir / "reals.png").exists():
+        cols, rows = cfg.grid_size()
+        idx = np.random.default_rng(cfg.seed).choice(data.num_images, size=min(cols * rows, data.num_images),
+                                                     replace=False)
+        runs.save_grid(data.get(idx)[0], run_dir / "reals.png", cols)
+    if trainer.cur_nimg == 0:
+        save_fakes(trainer, run.z_grid, run_dir / "fakes000000.png")
+
+
+def end_tick(run: Run, tick_start_nimg: int, tick_start_time: float, done: bool) -> None:
+    """The tick's bookkeeping: check health, log the statistics, save checkpoints (before any picture, so a
+    failed plot cannot cost a checkpoint), then plots and grids."""
+    t, cfg = run.trainer, run.trainer.cfg
+    t.check_nonfinite()                                              # before anything is written
+    images = t.cur_nimg - tick_start_nimg
+    t.tick += 1 if images > 0 else 0
+    seconds = time.time() - tick_start_time
+    snapshot = done or (cfg.snap > 0 and t.tick % cfg.snap == 0)
+    record = {"tick": t.tick, "kimg": t.cur_nimg / 1000, "step": t.batch_idx, "seconds": round(seconds, 3),
+              "sec_per_kimg": round(seconds / max(images / 1000, 1e-9), 3),
+              "images_per_s": round(images / max(seconds, 1e-9), 2), **t.pop_stats(),
+              "pl_mean": t.pl_mean.item(), "ada_p": t.ada_p, "nonfinite_skipped": int(t.nonfinite_total),
+              "peak_mem_gb": round(peak_memory_gb(t.device), 3), "time": time.time()}
+    if snapshot:
+        record["ranks_in_sync"] = distributed.check_ranks_in_sync({"G": t.G, "D": t.D}, t.world_size)
+    if run.is_main and images > 0:
+        runs.append_log(run.dir / "log.jsonl", record)
+        status = "  ".join(f"{k} {record[k]:.4g}" for k in ("kimg", "sec_per_kimg", "loss_G", "loss_D") if k in record)
+        from tqdm import tqdm
+        tqdm.write(f"tick {t.tick:<5} {status}  p {t.ada_p:.3f}", file=sys.stderr)
+    if snapshot or time.time() - run.last_checkpoint >= cfg.checkpoint_minutes * 60:
+        run.save_checkpoints(snapshot=snapshot and images > 0)
+    if run.is_main and images > 0:
+        run.save_pictures(snapshot)
+    if t.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(t.device)
+
+
 # ----------------------------------------------------------------------------------------------
-# main
+# Signals and the loop
 
-def choose_device(cfg: config_lib.TrainConfig, local_rank: int) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise config_lib.ConfigError("--device=cuda but no CUDA GPU is visible; use --device=cpu or auto")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
-
-
-class StopFlag:
-    """SIGINT / SIGTERM ask the loop to save a checkpoint and stop after the current step."""
+class StopSignals:
+    """While active, SIGINT / SIGTERM ask the loop to save a checkpoint and stop after the current step (a
+    second one stops at once). The previous handlers are restored on exit."""
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.signal = None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handler)
+        self.signal, self._previous = None, {}
+
+    def __enter__(self):
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handler(self, signum, frame):
-        if self.signal is not None:                                    # a second Ctrl-C: stop now
+        if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signum
 
 
+
+def run_loop(run: Run, stop: StopSignals) -> None:
+    """Train to cfg.kimg: steps, and at every tick end (or signal) the tick's bookkeeping."""
+    from tqdm import tqdm
+    t, cfg = run.trainer, run.trainer.cfg
+    total_nimg = int(cfg.kimg * 1000)
+    tick_start_nimg, tick_start_time = t.cur_nimg, time.time()
+    if t.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(t.device)
+    bar = tqdm(total=total_nimg, initial=min(t.cur_nimg, total_nimg), unit="kimg", unit_scale=0.001,
+               disable=not run.is_main, file=sys.stderr, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}]")
+    with bar:
+        while True:
+            if t.cur_nimg < total_nimg:
+                t.step()
+                bar.update(min(cfg.batch, total_nimg - bar.n))
+            done = t.cur_nimg >= total_nimg
+            interrupted = distributed.any_rank(stop.signal is not None, t.device, t.world_size)
+            if done or interrupted or t.cur_nimg >= tick_start_nimg + cfg.tick_kimg * 1000:
+                end_tick(run, tick_start_nimg, tick_start_time, done)
+                tick_start_nimg, tick_start_time = t.cur_nimg, time.time()
+            if done:
+                run.log(f"done: {t.cur_nimg / 1000:.1f} kimg; results in {run.dir}")
+                return
+            if interrupted:
+                run.save_checkpoints(snapshot=False)
+                name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
+                run.log(f"{name}: checkpoint saved at kimg {t.cur_nimg / 1000:.1f}; continue with "
+                        f"python train.py --resume {run.dir}")
+                raise SystemExit(130 if stop.signal == signal.SIGINT else 143)
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+
+def last_checkpoint(run_dir: Path) -> str:
+    """Where a stopped run can go on from, in words (checkpoints only ever hold finite weights)."""
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        return f"no checkpoint was written yet in {run_dir}"
+    state = runs.load_checkpoint(path, need=())
+    return f"the last good checkpoint is {path} (kimg {state['cur_nimg'] / 1000:g}, step {state['batch_idx']})"
+
+
 def resolve_resume(resume: str, given: dict):
-    """(the checkpoint's config with the options given now on top, the state, the run folder)."""
-    state = load_checkpoint(resume)
+    """(the checkpoint's config with the options given now on top, the state, the run folder, the options
+    that differ from the checkpoint's as 'key old -> new' lines)."""
+    path = runs.resolve_checkpoint(resume, "--resume")
+    state = runs.load_checkpoint(path, "--resume", need=runs.RESUME_KEYS[:4])
     if "opt_G" not in state:
         raise TrainingStopped(f"--resume {resume}: a snapshot keeps the networks but not the optimizer state, so "
                               f"it cannot continue exactly; resume from the run folder's checkpoint.pt")
+    missing = [k for k in runs.RESUME_KEYS if k not in state]
+    if missing:
+        raise runs.RunError(f"{path}: damaged checkpoint, the key '{missing[0]}' is missing; try the previous snapshot")
+    saved = runs.checkpoint_config(state, path)
     cfg = config_lib.resume_config(state["config"], dict(given, resume=resume))
-    path = Path(resume)
-    return cfg, state, path if path.is_dir() else path.parent
+    changed = [f"{k} {getattr(saved, k)!r} -> {getattr(cfg, k)!r}" for k in given
+               if k not in ("resume", "preset") and getattr(saved, k) != getattr(cfg, k)]
+    return cfg, state, path.parent, changed
 
 
-def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
-    """Train with cfg; when cfg.resume is set, `given` (the options typed on the command line) are
-    applied on top of the checkpoint's config."""
-    rank, world_size, local_rank = dist_env()
-    device = choose_device(cfg, local_rank)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    is_main = rank == 0
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if is_main else (lambda msg: None)
-
-    state = run_dir = None
-    if cfg.resume:
-        cfg, state, run_dir = resolve_resume(cfg.resume, given if given is not None else {})
-    config_lib.validate(cfg, world_size)
-    if cfg.dry_run:
-        G, D = build_networks(cfg)
-        if is_main:
-            print(cfg.to_json())
-            print(f"G {count_params(G):,} parameters, D {count_params(D):,} parameters, num_ws {G.num_ws}, "
-                  f"{world_size} process(es), {cfg.batch // world_size} images per process, device {device}")
-        return None
-
-    # Data: rank 0 decodes (or builds the demo) first, the other ranks then read its cache.
+def load_data(cfg, is_main: bool, world_size: int, log):
+    """The training images: rank 0 decodes (or builds the demo) first, the other ranks then read its cache."""
     data_path = cfg.data
     if not data_path:
         data_path = str(dataset.ensure_demo(log=log)) if is_main else str(dataset.DEFAULT_DATA)
@@ -600,129 +556,71 @@ def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
                                 cache_dir=cfg.cache_dir or None, log=log)
     if world_size > 1 and is_main:
         dist.barrier()
+    return data
 
+
+def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
+    """Train with cfg; when cfg.resume is set, `given` (the options typed on the command line) are
+    applied on top of the checkpoint's config."""
+    rank, world_size, local_rank = distributed.dist_env()
+    is_main = rank == 0
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if is_main else (lambda msg: None)
+    device = config_lib.resolve_device(cfg.device, local_rank)
+    state = run_dir = None
+    changed = []
+    if cfg.resume:
+        cfg, state, run_dir, changed = resolve_resume(cfg.resume, given if given is not None else {})
+    config_lib.validate(cfg, world_size)
+    if cfg.dry_run:
+        G, D = runs.build_networks(cfg)
+        if is_main:
+            print(cfg.to_json())
+            print(f"G {count_params(G):,} parameters, D {count_params(D):,} parameters, num_ws {G.num_ws}, "
+                  f"{world_size} process(es), {cfg.batch // world_size} images per process, device {device}")
+        return None
+    if is_main:                                                      # cheap checks before decoding anything
+        runs.check_writable(run_dir if run_dir is not None else cfg.outdir, "--resume" if run_dir else "--outdir")
+        if run_dir is not None:
+            runs.RunLock(run_dir).acquire().release()                # fail now if another process trains in it
+        if changed:
+            log(f"options changed at resume: {', '.join(changed)}")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    data = load_data(cfg, is_main, world_size, log)
     trainer = Trainer(cfg, device, rank, world_size, data, log)
     if state is not None:
-        trainer.load_state_dict(state)
+        trainer.load_state_dict(state, run_dir / "checkpoint.pt")
         state = None
-    if is_main and run_dir is None:
-        run_dir = new_run_dir(Path(cfg.outdir), cfg.preset)
-    if world_size > 1:                                               # every rank needs the folder name
-        holder = [str(run_dir) if is_main else None]
-        dist.broadcast_object_list(holder, src=0)
-        run_dir = Path(holder[0])
-    if is_main:
-        (run_dir / "config.json").write_text(cfg.to_json())
-        log(f"run folder {run_dir}: G {count_params(trainer.G):,} / D {count_params(trainer.D):,} parameters, "
-            f"{len(data)} training images{' (with x-flips)' if cfg.mirror else ''}, device {device}, "
-            f"{'bf16' if trainer.amp_dtype else 'fp32'}, {world_size} process(es)")
-        with open(run_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps({"event": "resume" if cfg.resume else "start", "kimg": trainer.cur_nimg / 1000,
-                                "tick": trainer.tick, "time": time.time()}) + "\n")
-        if not (run_dir / "reals.png").exists():
-            cols, rows = cfg.grid_size()
-            idx = np.random.default_rng(cfg.seed).choice(data.num_images, size=min(cols * rows, data.num_images),
-                                                         replace=False)
-            save_grid(data.batch(idx), run_dir / "reals.png", cols)
-    z_grid = grid_latents(cfg, device)
-    if is_main and trainer.cur_nimg == 0:
-        save_fakes(trainer, z_grid, run_dir / "fakes000000.png")
-    run_loop(trainer, run_dir, z_grid, is_main, log)
-    return run_dir
-
-
-def run_loop(trainer: Trainer, run_dir: Path, z_grid: torch.Tensor, is_main: bool, log) -> None:
-    from tqdm import tqdm
-    cfg, device, world_size = trainer.cfg, trainer.device, trainer.world_size
-    total_nimg = int(cfg.kimg * 1000)
-    stop = StopFlag()
-    tick_start_nimg, tick_start_time = trainer.cur_nimg, time.time()
-    last_checkpoint = time.time()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    bar = tqdm(total=total_nimg, initial=min(trainer.cur_nimg, total_nimg), unit="kimg", unit_scale=0.001,
-               disable=not is_main, file=sys.stderr, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}]")
-
-    def checkpoint(snapshot: bool = False) -> None:
-        """checkpoint.pt (everything), and for a snapshot also snapshot-<kimg>.pt (without optimizers)."""
-        state = trainer.state_dict()                                 # collective: every rank takes part
-        if is_main:
-            save_checkpoint(run_dir / "checkpoint.pt", state)
-            if snapshot:
-                save_checkpoint(run_dir / f"snapshot-{kimg_tag(trainer.cur_nimg)}.pt",
-                                {k: v for k, v in state.items() if not k.startswith("opt_")})
-
-    while True:
-        if trainer.cur_nimg < total_nimg:
-            try:
-                trainer.step()
-            except TrainingStopped as e:
-                bar.close()
-                raise TrainingStopped(f"{e}: {run_dir / 'checkpoint.pt'}") from None
-            bar.update(min(cfg.batch, total_nimg - bar.n))
-        done = trainer.cur_nimg >= total_nimg
-        interrupted = stop.signal is not None
-        if world_size > 1:
-            flag = torch.tensor(float(interrupted), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            interrupted = bool(flag.item())
-        tick_end = trainer.cur_nimg >= tick_start_nimg + cfg.tick_kimg * 1000
-        if not (done or tick_end or interrupted):
-            continue
-        if tick_end or done:
-            try:
-                trainer.check_nonfinite()                            # before anything is written
-            except TrainingStopped as e:
-                bar.close()
-                raise TrainingStopped(f"{e}: {run_dir / 'checkpoint.pt'}") from None
-            trainer.tick += 1 if trainer.cur_nimg > tick_start_nimg else 0
-            stats = trainer.pop_stats()
-            seconds = time.time() - tick_start_time
-            images = trainer.cur_nimg - tick_start_nimg
-            snapshot = done or (cfg.snap > 0 and trainer.tick % cfg.snap == 0)
-            record = {"tick": trainer.tick, "kimg": trainer.cur_nimg / 1000, "seconds": round(seconds, 3),
-                      "sec_per_kimg": round(seconds / max(images / 1000, 1e-9), 3),
-                      "images_per_s": round(images / max(seconds, 1e-9), 2), **stats,
-                      "pl_mean": trainer.pl_mean.item(), "ada_p": trainer.ada_p,
-                      "nonfinite_skipped": int(trainer.nonfinite_total), "peak_mem_gb": round(peak_memory_gb(device), 3),
-                      "time": time.time()}
-            if snapshot:
-                record["ranks_in_sync"] = check_ranks_in_sync({"G": trainer.G, "D": trainer.D}, world_size)
-            if is_main and images > 0:
-                with open(run_dir / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                status = "  ".join(f"{k} {record[k]:.4g}" for k in ("kimg", "sec_per_kimg", "loss_G", "loss_D")
-                                   if k in record)
-                tqdm.write(f"tick {trainer.tick:<5} {status}  p {trainer.ada_p:.3f}", file=sys.stderr)
-                plot_losses(run_dir / "log.jsonl", run_dir / "losses.png")
-            if snapshot and is_main and images > 0:
-                save_fakes(trainer, z_grid, run_dir / f"fakes{kimg_tag(trainer.cur_nimg)}.png")
-            if snapshot or time.time() - last_checkpoint >= cfg.checkpoint_minutes * 60:
-                checkpoint(snapshot=snapshot and images > 0)
-                last_checkpoint = time.time()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            tick_start_nimg, tick_start_time = trainer.cur_nimg, time.time()
-        if interrupted and not done:
-            checkpoint()
-            bar.close()
-            name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
-            log(f"{name}: checkpoint saved at kimg {trainer.cur_nimg / 1000:.1f}; continue with "
-                f"python train.py --resume {run_dir}")
-            raise SystemExit(130 if stop.signal == signal.SIGINT else 143)
-        if done:
-            bar.close()
-            log(f"done: {trainer.cur_nimg / 1000:.1f} kimg; results in {run_dir}")
-            return
+    run = open_run(cfg, trainer, data, run_dir, bool(cfg.resume), is_main, log)
+    try:
+        with StopSignals() as stop:
+            run_loop(run, stop)
+    except TrainingStopped as e:
+        raise TrainingStopped(f"{e}; {last_checkpoint(run.dir)}") from None
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+    return run.dir
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 done, 1 the run stopped or an input is bad (one line), 2 a usage error (one line),
+    130 / 143 stopped by SIGINT / SIGTERM with a checkpoint saved."""
     argv = sys.argv[1:] if argv is None else argv
-    cfg = config_lib.main(argv)
+    if "--help" in argv or "-h" in argv:
+        print(config_lib.help_text())
+        return 0
     try:
-        train(cfg, config_lib.parse_given(argv))
-    except (TrainingStopped, config_lib.ConfigError, dataset.DataError) as e:
+        train(config_lib.parse_args(argv), config_lib.parse_given(argv))
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (TrainingStopped, runs.RunError, dataset.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:

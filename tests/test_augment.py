@@ -32,10 +32,10 @@ def only(transform: str, img_channels: int = 1, p: float = 1.0) -> AugmentPipe:
     return pipe
 
 
-def test_p_zero_is_bit_identical():
+def test_p_zero_is_bit_identical(device):
     for channels in (1, 3):
-        x = torch.randn(6, channels, SIZE, SIZE)
-        y = AugmentPipe(img_channels=channels, pipeline="bgcfno", p=0.0)(x)
+        x = torch.randn(6, channels, SIZE, SIZE, device=device)
+        y = AugmentPipe(img_channels=channels, pipeline="bgcfno", p=0.0).to(device)(x)
         assert torch.equal(y, x)
 
 
@@ -58,11 +58,11 @@ def test_one_channel_pipe_skips_hue_and_saturation():
     assert {"hue", "saturation"} <= set(AugmentPipe(img_channels=3, pipeline="bgc").enabled)
 
 
-def test_gradients_flow_through_the_pipe_to_second_order():
+def test_gradients_flow_through_the_pipe_to_second_order(device):
     torch.manual_seed(0)
-    x = pattern(8).requires_grad_(True)
-    w = torch.randn(1, 1, 3, 3, requires_grad=True)
-    y = torch.nn.functional.conv2d(AugmentPipe(pipeline="bgcfno", p=0.8)(x), w)
+    x = pattern(8).to(device).requires_grad_(True)
+    w = torch.randn(1, 1, 3, 3, device=device, requires_grad=True)
+    y = torch.nn.functional.conv2d(AugmentPipe(pipeline="bgcfno", p=0.8).to(device)(x), w)
     (grad,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)   # as in R1
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     grad.square().sum().backward()

@@ -1,8 +1,10 @@
 """Data loading, validation, the cache, the sampler and the demo builder (dataset.py), on tiny PNG fixtures."""
 
+import errno
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 from PIL import Image
 
 import dataset
+import runs
 from dataset import DataError, ImageDataset, InfiniteSampler, MASK_LEVELS
 
 
@@ -198,6 +201,61 @@ def test_a_bad_file_stops_the_run_with_its_name(oasis, kind, reason):
     assert any("skipping 1 unreadable" in n for n in notes)     # and the warning comes every run
 
 
+@pytest.mark.parametrize("kind,reason", [("broken", "a broken symbolic link"), ("loop", "a symbolic link loop")])
+def test_a_bad_symlink_is_a_bad_file_not_a_traceback(oasis, kind, reason):
+    folder = oasis / "keras_png_slices_train"
+    link = folder / "case_009_slice_0.nii.png"
+    if kind == "broken":
+        link.symlink_to(folder / "gone.png")
+    else:
+        link.symlink_to(folder / "case_009_slice_1.nii.png")
+        (folder / "case_009_slice_1.nii.png").symlink_to(link)
+    bad = 1 if kind == "broken" else 2
+    with pytest.raises(DataError) as info:
+        load(oasis)
+    message = str(info.value)
+    assert "\n" not in message and f"{bad} unreadable image file(s)" in message
+    assert "case_009_slice_0.nii.png" in message and reason in message and "--skip_bad" in message
+    notes = []
+    ds = load(oasis, skip_bad=True, log=notes.append)
+    assert len(ds) == 4 and any(f"skipping {bad} unreadable" in n for n in notes)
+    lines, problems = dataset.check(oasis)                      # check names it too
+    assert any(reason in line for line in lines) and problems
+
+
+def test_an_image_too_large_to_decode_safely_is_named(tmp_path, monkeypatch):
+    root = tmp_path / "huge"
+    root.mkdir()
+    Image.fromarray(np.zeros((32, 24), np.uint8)).save(root / "error.png")     # 768 px > 2 x limit: an error
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(root / "warning.png")   # 144 px > limit: a warning
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "fine.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(DataError, match=r"error.png: too large to decode safely \(24 x 32 pixels"):
+        dataset.open_image(root / "error.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                           # the warning never escapes either
+        with pytest.raises(DataError, match=r"warning.png: too large to decode safely \(12 x 12 pixels"):
+            dataset.open_image(root / "warning.png")
+    assert Image.MAX_IMAGE_PIXELS == 100                         # the limit is left as it was
+    with pytest.raises(DataError, match=r"2 unreadable image file\(s\) .*error.png, warning.png .*too large"):
+        load(root, resolution=8)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_float_image_with_nan_or_inf_is_a_bad_file(tmp_path, value):
+    root = tmp_path / "float"
+    root.mkdir()
+    a = np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(a).save(root / "good.tif")
+    a[3, 4] = value
+    Image.fromarray(a).save(root / "bad.tif")
+    assert Image.open(root / "bad.tif").mode == "F"
+    with pytest.raises(DataError, match=r"1 unreadable .*bad.tif: holds NaN or inf pixels"):
+        load(root, resolution=16)
+    ds = load(root, resolution=16, skip_bad=True)
+    assert ds.files == ["good.tif"] and ds.images.max() == 255
+
+
 def test_many_bad_files_are_counted_and_the_first_named(tmp_path):
     root = tmp_path / "many"
     root.mkdir()
@@ -266,6 +324,95 @@ def test_a_damaged_cache_is_rebuilt(oasis, damage):
     np.testing.assert_array_equal(again.images, ds.images)
 
 
+def test_a_replaced_file_with_the_old_size_and_mtime_is_noticed(oasis, monkeypatch):
+    first = load(oasis)
+    target = oasis / "keras_png_slices_train" / "case_001_slice_1.nii.png"
+    st = target.stat()
+    other = oasis / "keras_png_slices_train" / "case_002_slice_0.nii.png"
+    target.write_bytes(other.read_bytes())                      # cp -p: same size here, then the mtime restored
+    assert target.stat().st_size == st.st_size
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = load(oasis)
+    assert not again.info["from_cache"]
+    np.testing.assert_array_equal(again.images[1], first.images[2])
+    os.chmod(target, 0o600)                                     # only the ctime changes: the bytes are hashed,
+    monkeypatch.setattr(dataset, "decode_image", lambda *a, **k: pytest.fail("decoded an unchanged file"))
+    assert load(oasis).info["from_cache"]                       # found equal, and the cache is kept
+    monkeypatch.setattr(dataset, "file_digest", lambda data: pytest.fail("hashed again"))
+    assert load(oasis).info["from_cache"]                       # the new ctime was saved in the index
+
+
+def test_flipped_bytes_in_the_cached_array_are_detected(oasis):
+    ds = load(oasis, with_masks=True)
+    for target in [Path(ds.info["cache"]), Path(ds.info["cache"].replace(".npy", "-masks.npy"))]:
+        data = bytearray(target.read_bytes())
+        data[-5:] = bytes(255 - b for b in data[-5:])           # same shape and header, other pixels
+        target.write_bytes(bytes(data))
+        notes = []
+        again = load(oasis, with_masks=True, log=notes.append)
+        assert not again.info["from_cache"]
+        assert len(notes) == 1 and notes[0].startswith("warning: the cache") and "damaged" in notes[0]
+        np.testing.assert_array_equal(again.images, ds.images)
+        np.testing.assert_array_equal(again.masks, ds.masks)
+        assert load(oasis, with_masks=True).info["from_cache"]
+
+
+def test_cache_files_are_readable_by_everyone(oasis):
+    umask = os.umask(0o077)
+    try:
+        ds = load(oasis, with_masks=True)
+    finally:
+        os.umask(umask)
+    cache = Path(ds.info["cache"])
+    assert cache.parent.stat().st_mode & 0o777 == 0o755
+    for f in cache.parent.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o644, f
+    assert not [f for f in cache.parent.iterdir() if ".tmp" in f.name]
+
+
+def _refuse_writes_under(folder: Path, reason: str, monkeypatch):
+    """Make runs.atomic_write fail for files under folder, the way a read-only folder or a full disk does."""
+    real = runs.atomic_write
+
+    def atomic_write(path, write, mode=0o644):
+        if Path(path).is_relative_to(folder):
+            raise runs.write_error(Path(path), OSError(errno.ENOSPC if "full" in reason else errno.EACCES, reason))
+        return real(path, write, mode)
+    monkeypatch.setattr(runs, "atomic_write", atomic_write)
+
+
+def test_a_read_only_folder_with_a_stale_cache_falls_back_to_the_user_cache(oasis, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    load(oasis, resolution=16)                                  # .cache holds another resolution only
+    _refuse_writes_under(oasis, "Permission denied", monkeypatch)
+    os.chmod(oasis / ".cache", 0o555)                            # (root ignores modes: the patch stands in)
+    try:
+        notes = []
+        ds = load(oasis, log=notes.append)
+        assert Path(ds.info["cache"]).parent == dataset.user_cache_dir() == tmp_path / "home/.cache/stylegan2-mri"
+        assert len(notes) == 1 and "Permission denied" in notes[0]
+        assert load(oasis).info["from_cache"]                    # and found there next time
+    finally:
+        os.chmod(oasis / ".cache", 0o755)
+
+
+@pytest.mark.parametrize("where", ["atomic_write", "np.save"])
+def test_a_full_disk_only_costs_the_cache(oasis, tmp_path, monkeypatch, where):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    if where == "atomic_write":
+        _refuse_writes_under(Path("/"), "No space left on device (disk full)", monkeypatch)
+    else:
+        def full(*args, **kw):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(np, "save", full)
+    notes = []
+    ds = load(oasis, log=notes.append)
+    np.testing.assert_array_equal(ds.images[0, 0], slice_pixels(1, 0, 32))
+    assert ds.info["cache"] is None and not ds.info["from_cache"]
+    assert len(notes) == 1 and notes[0].startswith("warning: cache not written: ") and "disk is full" in notes[0]
+    assert not [f for f in (oasis / ".cache").iterdir() if ".tmp" in f.name]   # no partial files left
+
+
 # ----------------------------------------------------------------------------------------------
 # The sampler
 
@@ -284,9 +431,36 @@ def test_sampler_resumes_exactly_from_its_state():
     state = s.state_dict()
     expected = [s.next(3) for _ in range(4)]
     resumed = InfiniteSampler(7, seed=1)
-    resumed.load_state_dict(state)
+    assert state["size"] == 7 and resumed.load_state_dict(state) is None
     for e in expected:
         np.testing.assert_array_equal(resumed.next(3), e)
+
+
+@pytest.mark.parametrize("new_size", [6, 12])
+def test_sampler_resumes_on_a_changed_data_set_at_the_next_epoch(new_size):
+    s = InfiniteSampler(10, seed=2)
+    s.next(4), s.next(4)                                        # epoch 0, position 8: past the end of 6 images
+    resumed = InfiniteSampler(new_size, seed=2)
+    note = resumed.load_state_dict(s.state_dict())
+    assert note == f"the training data changed (10 -> {new_size} images): the data order restarts at epoch 1"
+    fresh = InfiniteSampler(new_size, seed=2)
+    fresh.load_state_dict({"epoch": 1, "position": 0, "size": new_size})
+    stream = resumed.next(new_size)
+    np.testing.assert_array_equal(stream, fresh.next(new_size))
+    assert sorted(stream) == list(range(new_size))              # a whole epoch of the new data set
+
+
+def test_sampler_resumes_an_old_state_without_a_size():
+    s = InfiniteSampler(10, seed=2)
+    s.next(4)
+    expected = s.next(4)
+    ok = InfiniteSampler(10, seed=2)
+    assert ok.load_state_dict({"epoch": 0, "position": 4}) is None     # in range: trusted, same order
+    np.testing.assert_array_equal(ok.next(4), expected)
+    shrunk = InfiniteSampler(6, seed=2)
+    note = shrunk.load_state_dict({"epoch": 3, "position": 8})
+    assert note == "the training data changed (now 6 images): the data order restarts at epoch 4"
+    assert sorted(shrunk.next(6)) == list(range(6))
 
 
 def test_sampler_ranks_split_the_same_stream():
@@ -302,37 +476,61 @@ def test_sampler_ranks_split_the_same_stream():
 # ----------------------------------------------------------------------------------------------
 # python dataset.py check
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "dataset.py", *map(str, args)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+def run_cli(capsys, *args):
+    """dataset.main in this process -> (exit code, stdout, stderr)."""
+    code = dataset.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_check_reports_a_usable_data_set(oasis):
-    result = run_cli("check", "--data", oasis, "--resolution", 16)
-    assert result.returncode == 0, result.stderr
-    assert "train: 4 images, 4 masks paired" in result.stdout
-    assert "validate: 2 images, 2 masks paired" in result.stdout
-    assert "sizes 32x32 x4; modes L (8-bit) x4" in result.stdout
-    assert "4 images would be cropped/resized to 16x16" in result.stdout
-    assert "OK: the data can be used for training" in result.stdout
+def test_check_reports_a_usable_data_set(oasis, capsys):
+    code, out, err = run_cli(capsys, "check", "--data", oasis, "--resolution", 16)
+    assert code == 0, err
+    assert "train: 4 images, 4 masks paired" in out
+    assert "validate: 2 images, 2 masks paired" in out
+    assert "sizes 32x32 x4; modes L (8-bit) x4" in out
+    assert "4 images would be cropped/resized to 16x16" in out
+    assert "OK: the data can be used for training" in out
 
 
-def test_check_fails_with_one_line(oasis):
+def test_check_fails_with_one_line(oasis, capsys):
     (oasis / "keras_png_slices_validate" / "case_003_slice_0.nii.png").write_bytes(b"garbage")
-    result = run_cli("check", "--data", oasis)
-    assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: 1 unreadable image file(s)")
-    assert "case_003_slice_0.nii.png" in result.stderr
-    assert "validate: 2 images, 2 masks paired, 1 UNREADABLE" in result.stdout     # the report still comes
-    assert "bad: case_003_slice_0.nii.png: " in result.stdout
+    code, out, err = run_cli(capsys, "check", "--data", oasis)
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("error: 1 unreadable image file(s)")
+    assert "case_003_slice_0.nii.png" in err
+    assert "validate: 2 images, 2 masks paired, 1 UNREADABLE" in out     # the report still comes
+    assert "bad: case_003_slice_0.nii.png: " in out
+    assert run_cli(capsys, "check", "--data", oasis, "--skip-bad")[0] == 0  # hyphenated alias
     (oasis / "keras_png_slices_seg_train" / "seg_001_slice_0.nii.png").unlink()
-    two = run_cli("check", "--data", oasis)
-    assert two.returncode == 1 and "(and 1 more problem(s), see above)" in two.stderr
-    assert "masks DO NOT MATCH" in two.stdout
-    bad_res = run_cli("check", "--data", oasis, "--resolution", 96)
-    assert bad_res.returncode == 1 and "--resolution must be a power of two" in bad_res.stderr
-    missing = run_cli("check", "--data", oasis / "nothing")
-    assert missing.returncode == 1 and "no such file or folder" in missing.stderr
+    code, out, err = run_cli(capsys, "check", "--data", oasis)
+    assert code == 1 and "(and 1 more problem(s), see above)" in err
+    assert "masks DO NOT MATCH" in out
+    code, _, err = run_cli(capsys, "check", "--data", oasis, "--resolution", 96)
+    assert code == 1 and "--resolution must be a power of two" in err
+    code, _, err = run_cli(capsys, "check", "--data", oasis / "nothing")
+    assert code == 1 and "no such file or folder" in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["check"], "the following arguments are required: --data"),
+    (["check", "--data", "x", "--img-channels", "2"], "--img_channels: invalid choice: 2"),
+    (["check", "--data", "x", "--bogus"], "unrecognized arguments: --bogus"),
+    (["lint"], "invalid choice: 'lint'"),
+    (["demo", "--subjects", "24,4"], "--subjects must be three positive integers like 24,4,4, got '24,4'"),
+    (["demo", "--subjects", "a,b,c"], "--subjects must be three positive integers"),
+    (["demo", "--subjects", "24,0,4"], "--subjects must be three positive integers"),
+])
+def test_usage_errors_are_one_line_and_exit_2(capsys, args, message):
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_help_runs_as_a_program():
+    result = subprocess.run([sys.executable, "dataset.py", "--help"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and "check" in result.stdout and "demo" in result.stdout
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,7 +587,32 @@ def test_ensure_demo_reuses_a_finished_demo(small_demo, monkeypatch):
     assert dataset.ensure_demo(small_demo) == small_demo
 
 
-def test_figure_is_written(small_demo, tmp_path):
+def test_figure_is_written(small_demo, tmp_path, capsys):
     out = dataset.make_figure(small_demo, tmp_path / "fig.png", count=3)
     with Image.open(out) as im:
         assert im.width > 300 and im.height > 150
+    out = tmp_path / "sub" / "cli.png"
+    code, stdout, _ = run_cli(capsys, "figure", "--data", small_demo, "--out", out)
+    assert code == 0 and "figure written to" in stdout and out.stat().st_mode & 0o777 == 0o644
+
+
+def test_every_file_is_written_through_runs(small_demo, tmp_path, monkeypatch):
+    text = Path(dataset.__file__).read_text()
+    assert "matplotlib.use" not in text and "_atomic_save" not in text and "assert " not in text
+    written = []
+    real = runs.atomic_write
+
+    def atomic_write(path, write, mode=0o644):
+        written.append(Path(path).name)
+        return real(path, write, mode)
+    monkeypatch.setattr(runs, "atomic_write", atomic_write)
+    umask = os.umask(0o077)
+    try:
+        out = dataset.build_demo(tmp_path / "demo", subjects=(1, 1, 1), slices=1, resolution=32, log=lambda m: None)
+    finally:
+        os.umask(umask)
+    assert sorted(written) == sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert dataset.DEMO_MARKER in written and out.stat().st_mode & 0o777 == 0o755
+    load(out, with_masks=True)
+    dataset.make_figure(out, tmp_path / "fig.png", count=1)
+    assert {n for n in written if n.endswith((".npy", ".json")) and n != dataset.DEMO_MARKER} and "fig.png" in written

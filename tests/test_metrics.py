@@ -45,10 +45,10 @@ def test_ssim_equals_scikit_image(kind, dtype):
     np.testing.assert_allclose(ours, reference, atol=1e-4 if dtype == torch.float32 else 1e-10)
 
 
-def test_ssim_of_an_image_with_itself_is_one():
-    x = torch.from_numpy(brain_like(3, 32, 0))
-    torch.testing.assert_close(metrics.ssim(x, x), torch.ones(3, dtype=x.dtype))
-    torch.testing.assert_close(metrics.ms_ssim(x, x), torch.ones(3, dtype=x.dtype))
+def test_ssim_of_an_image_with_itself_is_one(device):
+    x = torch.from_numpy(brain_like(3, 32, 0)).to(device)
+    torch.testing.assert_close(metrics.ssim(x, x), torch.ones(3, dtype=x.dtype, device=device))
+    torch.testing.assert_close(metrics.ms_ssim(x, x), torch.ones(3, dtype=x.dtype, device=device))
 
 
 def test_ms_ssim_falls_with_noise_and_is_symmetric():
@@ -68,10 +68,11 @@ def test_ssim_rejects_mismatched_or_tiny_inputs():
         metrics.ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
 
 
-def test_nearest_ssim_prefilter_and_exhaustive_search():
+def test_nearest_ssim_prefilter_and_exhaustive_search(device):
     refs = torch.from_numpy(brain_like(40, 32, 7))
     g = torch.Generator().manual_seed(1)
     queries = (refs[[3, 17, 29]] + 0.02 * torch.randn(3, 1, 32, 32, generator=g, dtype=refs.dtype)).clamp(0, 1)
+    refs, queries = refs.to(device), queries.to(device)
     best_all, idx_all = metrics.nearest_ssim(queries, refs, candidates=None, batch=50)
     brute = torch.stack([metrics.ssim(q.expand_as(refs), refs) for q in queries])          # [3, 40]
     torch.testing.assert_close(best_all, brute.max(dim=1).values)

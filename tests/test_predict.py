@@ -16,6 +16,7 @@ from PIL import Image
 import config
 import dataset
 import predict
+import runs
 import train
 from test_dataset import make_oasis
 from test_train import tiny_args
@@ -37,13 +38,13 @@ def run_dir(tmp_path_factory) -> Path:
     trainer.step()
     run = root / "runs" / "00000-demo"
     run.mkdir(parents=True)
-    train.save_checkpoint(run / "checkpoint.pt", trainer.state_dict())
+    runs.save_checkpoint(run / "checkpoint.pt", trainer.state_dict())
     return run
 
 
 @pytest.fixture(scope="module")
 def G(run_dir):
-    return predict.load_generator(run_dir / "checkpoint.pt", torch.device("cpu"))[0]
+    return runs.load_generator(run_dir / "checkpoint.pt", torch.device("cpu"))[0]
 
 
 def predict_main(capsys, *args):
@@ -74,7 +75,7 @@ def test_parse_seeds_ranges_and_lists():
     ("4294967296", "below 2^32"), ("0-9999999", "more than 1,000,000 seeds"),
 ])
 def test_parse_seeds_errors_name_the_option(text, message):
-    with pytest.raises(predict.PredictError, match="^--seeds ") as e:
+    with pytest.raises(config.ConfigError, match="^--seeds ") as e:
         predict.parse_seeds(text)
     assert message in str(e.value)
 
@@ -125,13 +126,13 @@ def test_truncation_zero_gives_w_avg_for_every_seed(G):
 
 
 def test_a_run_folder_resolves_to_its_latest_checkpoint(run_dir, tmp_path, capsys):
-    assert predict.resolve_checkpoint(run_dir) == run_dir / "checkpoint.pt"
+    assert runs.resolve_checkpoint(run_dir) == run_dir / "checkpoint.pt"
     for tag in ("000006", "0000.080", "000012", "000010"):
         (tmp_path / f"snapshot-{tag}.pt").touch()
     (tmp_path / "snapshot-latest.pt").touch()
-    assert predict.resolve_checkpoint(tmp_path) == tmp_path / "snapshot-000012.pt"
+    assert runs.resolve_checkpoint(tmp_path) == tmp_path / "snapshot-000012.pt"
     (tmp_path / "checkpoint.pt").touch()
-    assert predict.resolve_checkpoint(tmp_path) == tmp_path / "checkpoint.pt"
+    assert runs.resolve_checkpoint(tmp_path) == tmp_path / "checkpoint.pt"
     # Default outdir: <run folder>/predict.
     code, out, _ = predict_main(capsys, "--checkpoint", run_dir, "--seeds", "2")
     assert code == 0 and png(run_dir / "predict" / "seed0002.png").shape == (16, 16)
@@ -142,7 +143,7 @@ def test_a_snapshot_without_optimizer_state_generates_the_same_images(run_dir, t
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     snap = tmp_path / "snaps"
     snap.mkdir()
-    train.save_checkpoint(snap / "snapshot-000001.pt", {k: v for k, v in state.items() if not k.startswith("opt_")})
+    runs.save_checkpoint(snap / "snapshot-000001.pt", {k: v for k, v in state.items() if not k.startswith("opt_")})
     assert predict_main(capsys, "--checkpoint", snap, "--seeds", "1", "--outdir", tmp_path / "a")[0] == 0
     assert predict_main(capsys, "--checkpoint", run_dir, "--seeds", "1", "--outdir", tmp_path / "b")[0] == 0
     assert (tmp_path / "a/seed0001.png").read_bytes() == (tmp_path / "b/seed0001.png").read_bytes()
@@ -293,11 +294,11 @@ def _bad_files(run_dir: Path, tmp: Path) -> dict:
     good = (run_dir / "checkpoint.pt").read_bytes()
     (tmp / "cut.pt").write_bytes(good[:len(good) // 2])
     torch.save({"weights": torch.ones(1)}, tmp / "other.pt")
-    torch.save({"format": train.CHECKPOINT_FORMAT, "obj": argparse.Namespace(a=1)}, tmp / "pickled.pt")
-    torch.save({"format": train.CHECKPOINT_FORMAT, "config": {"resolution": 16}}, tmp / "no_weights.pt")
+    torch.save({"format": runs.CHECKPOINT_FORMAT, "obj": argparse.Namespace(a=1)}, tmp / "pickled.pt")
+    torch.save({"format": runs.CHECKPOINT_FORMAT, "version": 1, "config": {"resolution": 16}}, tmp / "no_weights.pt")
     (tmp / "empty_run").mkdir()
     return {"cut": "unreadable or truncated checkpoint", "other": "not a checkpoint of this project",
-            "pickled": "holds pickled Python objects", "no_weights": "the generator cannot be rebuilt from it"}
+            "pickled": "holds pickled Python objects", "no_weights": "damaged checkpoint, the key 'G_ema' is missing"}
 
 
 def test_bad_checkpoints_are_one_line_errors(run_dir, tmp_path, capsys):
@@ -320,18 +321,20 @@ def test_bad_checkpoints_are_one_line_errors(run_dir, tmp_path, capsys):
     (["--real", "x"], "--real is used only with --score"),
     (["--frames", "3"], "--frames is used only with --interpolate"),
     (["--interpolate", "--seeds", "4"], "--interpolate needs at least two seeds"),
-    (["--style-mix", "--seeds", "4"], "--style-mix takes --row-seeds and --col-seeds"),
-    (["--style-mix", "--row-seeds", "3-1"], "--row-seeds '3-1': the range 3-1 runs backwards"),
+    (["--style-mix", "--seeds", "4"], "--style_mix takes --row_seeds and --col_seeds"),
+    (["--style_mix", "--row-seeds", "3-1"], "--row_seeds '3-1': the range 3-1 runs backwards"),
+    (["--skip_bad"], "--skip_bad is used only with --score"),
+    (["--device", "tpu"], "--device 'tpu': use auto, cpu, cuda or cuda:N"),
     (["--score", "--real", "x", "--num", "5", "--seeds", "0-4"], "--num and --seeds both choose"),
     (["--trunc", "abc"], "argument --trunc: invalid float value: 'abc'"),
     (["--trunc", "nan"], "--trunc must be a finite number"),
     (["--batch", "0"], "--batch must be >= 1"),
-    (["--noise-mode", "loud"], "argument --noise-mode: invalid choice: 'loud'"),
+    (["--noise-mode", "loud"], "argument --noise_mode: invalid choice: 'loud'"),
     (["--interpolate", "--style-mix"], "not allowed with argument"),
 ])
 def test_bad_options_are_one_line_errors(run_dir, args, message, capsys):
     code, _, err = predict_main(capsys, "--checkpoint", run_dir, *args)
-    assert code == 1 and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
 
 
 def test_bad_real_folders_and_inception_files(run_dir, tmp_path, capsys):
@@ -354,10 +357,67 @@ def test_bad_real_folders_and_inception_files(run_dir, tmp_path, capsys):
 def test_cli_help_and_a_cli_error():
     result = subprocess.run([sys.executable, "predict.py", "--help"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0
-    for text in ("--checkpoint", "--seeds", "--trunc", "--noise-mode", "--interpolate", "--style-mix", "--score",
+    for text in ("--checkpoint", "--seeds", "--trunc", "--noise_mode", "--interpolate", "--style_mix", "--score",
                  "--real", "--inception", "<folder of the checkpoint>/predict"):
         assert text in result.stdout, text
     result = subprocess.run([sys.executable, "predict.py", "--checkpoint", "no/such.pt"], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.startswith("error: --checkpoint no/such.pt: no such file")
     assert result.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Fault-injection findings: checks before the expensive work, streaming, NaN weights
+
+class NotInception(torch.nn.Module):
+    """A TorchScript model that is not a feature network: it takes one argument."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_wrong_inception_and_unwritable_outdir_fail_before_generation(run_dir, tmp_path, capsys, monkeypatch):
+    real = make_oasis(tmp_path / "oasis", subjects=(2, 1, 1), slices=2, size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(NotInception()).save(str(tmp_path / "not_inception.pt"))
+    monkeypatch.setattr(predict, "generate", lambda *a, **k: pytest.fail("generated before the inputs were checked"))
+    code, _, err = predict_main(capsys, "--checkpoint", run_dir, "--score", "--real", real, "--num", "4",
+                                "--inception", tmp_path / "not_inception.pt", "--outdir", tmp_path / "o")
+    assert code == 1 and err.count("\n") == 1 and "not_inception.pt: fails on a [2, 3, 299, 299] batch" in err, err
+    (tmp_path / "a_file").write_text("")
+    code, _, err = predict_main(capsys, "--checkpoint", run_dir, "--score", "--real", real, "--num", "4",
+                                "--outdir", tmp_path / "a_file")
+    assert code == 1 and err.count("\n") == 1 and "a_file: not a writable folder" in err, err
+
+
+def test_images_stream_to_disk_a_batch_at_a_time(run_dir, tmp_path, capsys, monkeypatch):
+    sizes = []
+    real = predict.synthesize
+    monkeypatch.setattr(predict, "synthesize", lambda G, ws, *a, **k: (sizes.append(len(ws)), real(G, ws, *a, **k))[1])
+    code, out, _ = predict_main(capsys, "--checkpoint", run_dir, "--seeds", "0-9", "--batch", "3",
+                                "--outdir", tmp_path)
+    assert code == 0 and sizes == [3, 3, 3, 1]
+    assert len(list(tmp_path.glob("seed*.png"))) == 10 and png(tmp_path / "grid.png").shape == (3 * 16, 4 * 16)   # 10 tiles, 4 columns
+
+
+def test_nan_weights_are_refused_not_drawn_black(run_dir, tmp_path, capsys):
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    name = next(iter(state["G_ema"]))
+    state["G_ema"][name] = state["G_ema"][name] * float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    code, _, err = predict_main(capsys, "--checkpoint", tmp_path / "nan.pt", "--outdir", tmp_path / "out")
+    assert code == 1 and f"the weights hold NaN or inf (G_ema.{name})" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_skip_bad_reaches_the_real_data(run_dir, tmp_path, capsys):
+    real = make_oasis(tmp_path / "oasis", subjects=(2, 1, 1), slices=2, size=32)
+    train_dir = real / "keras_png_slices_train"
+    (train_dir / "case_009_slice_0.nii.png").symlink_to(tmp_path / "nowhere.png")
+    code, _, err = predict_main(capsys, "--checkpoint", run_dir, "--score", "--real", real, "--num", "4",
+                                "--outdir", tmp_path / "a")
+    assert code == 1 and "broken symbolic link" in err and "--skip_bad" in err and err.count("\n") == 1, err
+    code, _, err = predict_main(capsys, "--checkpoint", run_dir, "--score", "--real", real, "--num", "4",
+                                "--skip-bad", "--outdir", tmp_path / "b")
+    assert code == 0 and (tmp_path / "b" / "scores.json").is_file(), err

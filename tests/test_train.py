@@ -17,6 +17,8 @@ from PIL import Image
 
 import config
 import dataset
+import losses
+import runs
 import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,9 +63,9 @@ def assert_same_weights(a: dict, b: dict) -> None:
 # Losses and penalties against hand-computed values
 
 def test_logistic_losses():
-    torch.testing.assert_close(train.g_nonsaturating_loss(torch.tensor([0.0, 2.0])),
+    torch.testing.assert_close(losses.g_nonsaturating_loss(torch.tensor([0.0, 2.0])),
                                torch.tensor([math.log(2), math.log(1 + math.exp(-2))]))
-    torch.testing.assert_close(train.d_logistic_loss(torch.tensor([1.0]), torch.tensor([-1.0])),
+    torch.testing.assert_close(losses.d_logistic_loss(torch.tensor([1.0]), torch.tensor([-1.0])),
                                torch.tensor([2 * math.log(1 + math.exp(-1))]))
 
 
@@ -71,62 +73,62 @@ def test_r1_penalty_of_a_linear_discriminator():
     w = torch.randn(1, 1, 4, 4)
     x = torch.randn(3, 1, 4, 4, requires_grad=True)
     logits = (x * w).sum(dim=[1, 2, 3])                    # grad_x D(x) = w for every sample
-    torch.testing.assert_close(train.r1_penalty(x, logits), w.square().sum().expand(3))
+    torch.testing.assert_close(losses.r1_penalty(x, logits), w.square().sum().expand(3))
 
 
 def test_path_length_of_a_scaled_identity_generator():
     ws = torch.randn(2, 1, 16, requires_grad=True)         # num_ws 1, w_dim 16 = 4x4 pixels
     img = 3.0 * ws[:, 0].reshape(2, 1, 4, 4)
     torch.manual_seed(5)
-    lengths = train.path_lengths(img, ws)
+    lengths = losses.path_lengths(img, ws)
     torch.manual_seed(5)
     y = torch.randn(2, 1, 4, 4) / 4                        # the same noise: N(0, I) / sqrt(H W)
     torch.testing.assert_close(lengths, 3.0 * y.square().sum(dim=[1, 2, 3]).sqrt())
 
 
 def test_path_length_penalty_and_running_mean():
-    penalty, a = train.path_length_penalty(torch.tensor([1.0, 3.0]), torch.tensor(0.0), 0.01)
+    penalty, a = losses.path_length_penalty(torch.tensor([1.0, 3.0]), torch.tensor(0.0), 0.01)
     assert a.item() == pytest.approx(0.02)                 # lerp(0, mean 2, 0.01)
     torch.testing.assert_close(penalty, torch.tensor([0.98 ** 2, 2.98 ** 2]))
 
 
 def test_lazy_regularization_adam_correction():
-    lr, betas = train.lazy_adam_hparams(0.0025, (0.0, 0.99), 16)
+    lr, betas = losses.lazy_adam_hparams(0.0025, (0.0, 0.99), 16)
     assert lr == pytest.approx(0.0025 * 16 / 17)
     assert betas == pytest.approx((0.0, 0.99 ** (16 / 17)))
-    assert train.lazy_adam_hparams(0.002, (0.0, 0.99), 4)[0] == pytest.approx(0.002 * 0.8)
+    assert losses.lazy_adam_hparams(0.002, (0.0, 0.99), 4)[0] == pytest.approx(0.002 * 0.8)
 
 
 def test_ema_beta_and_update():
-    assert train.ema_beta(16, 10, 0.05, 1000) == pytest.approx(0.5 ** (16 / 50))     # ramped: min(10000, 50)
-    assert train.ema_beta(16, 10, 0.0, 1000) == pytest.approx(0.5 ** (16 / 10000))
+    assert losses.ema_beta(16, 10, 0.05, 1000) == pytest.approx(0.5 ** (16 / 50))     # ramped: min(10000, 50)
+    assert losses.ema_beta(16, 10, 0.0, 1000) == pytest.approx(0.5 ** (16 / 10000))
     G = torch.nn.Linear(3, 2)
     G.register_buffer("w_avg", torch.ones(2))
     G_ema = torch.nn.Linear(3, 2)
     G_ema.register_buffer("w_avg", torch.zeros(2))
     expected = G.weight.detach().lerp(G_ema.weight.detach(), 0.9)
-    train.update_ema(G_ema, G, 0.9)
+    losses.update_ema(G_ema, G, 0.9)
     torch.testing.assert_close(G_ema.weight, expected)
     torch.testing.assert_close(G_ema.w_avg, torch.ones(2))                      # buffers are copied
 
 
 def test_ada_adjustment():
-    assert train.ada_adjust(0.1, 0.8, 0.6, 16, 4, 500) == pytest.approx(0.1 + 64 / 500_000)
-    assert train.ada_adjust(0.1, 0.2, 0.6, 16, 4, 500) == pytest.approx(0.1 - 64 / 500_000)
-    assert train.ada_adjust(0.0, 0.2, 0.6, 16, 4, 500) == 0.0
+    assert losses.ada_adjust(0.1, 0.8, 0.6, 16, 4, 500) == pytest.approx(0.1 + 64 / 500_000)
+    assert losses.ada_adjust(0.1, 0.2, 0.6, 16, 4, 500) == pytest.approx(0.1 - 64 / 500_000)
+    assert losses.ada_adjust(0.0, 0.2, 0.6, 16, 4, 500) == 0.0
 
 
 # ----------------------------------------------------------------------------------------------
 # The loop
 
-def make_trainer(images, **extra):
+def make_trainer(images, device=torch.device("cpu"), **extra):
     cfg = config.parse_args(tiny_args(images, "unused", **extra))
     data = dataset.ImageDataset(images, resolution=16, mirror=cfg.mirror, log=lambda m: None)
-    return train.Trainer(cfg, torch.device("cpu"), data=data, log=lambda m: None)
+    return train.Trainer(cfg, device, data=data, log=lambda m: None)
 
 
-def test_lazy_intervals_and_optimizer_settings(images, monkeypatch):
-    trainer = make_trainer(images)
+def test_lazy_intervals_and_optimizer_settings(images, monkeypatch, device):
+    trainer = make_trainer(images, device)
     calls = {"r1": [], "pl": []}
     real_r1, real_pl = trainer.r1_step, trainer.pl_step
     monkeypatch.setattr(trainer, "r1_step", lambda reals: (calls["r1"].append(trainer.batch_idx), real_r1(reals)))
@@ -151,7 +153,7 @@ def test_a_few_ticks_write_every_file(images, tmp_path):
     assert "fakes0000.080.png" in names and "snapshot-0000.080.pt" in names       # snap=2 ticks
     assert "fakes0000.120.png" in names                                          # and at the end
     assert json.loads((run_dir / "config.json").read_text())["resolution"] == 16
-    records = train.read_log(run_dir / "log.jsonl")
+    records = runs.read_log(run_dir / "log.jsonl")
     assert [r["tick"] for r in records] == [1, 2, 3]
     for key in ("kimg", "seconds", "sec_per_kimg", "images_per_s", "loss_G", "loss_D", "r1_penalty",
                 "pl_penalty", "ada_p", "peak_mem_gb", "nonfinite_skipped"):
@@ -180,7 +182,7 @@ def _wait_for_ticks(log_path: Path, ticks: int, proc, timeout=120):
     while time.time() - start < timeout:
         if proc.poll() is not None:
             pytest.fail(f"training ended before it could be interrupted: {proc.stderr.read()}")
-        if log_path.is_file() and len(train.read_log(log_path)) >= ticks:
+        if log_path.is_file() and len(runs.read_log(log_path)) >= ticks:
             return
         time.sleep(0.05)
     pytest.fail("training did not reach the tick in time")
@@ -209,40 +211,11 @@ def test_interrupted_run_resumes_bit_exact(images, tmp_path, how):
     assert_same_weights(weights(reference / "checkpoint.pt"), weights(run_dir / "checkpoint.pt"))
 
 
-def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
-    path = tmp_path / "checkpoint.pt"
-    train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "x": torch.ones(3)})
-
-    def crash(obj, f, *args, **kw):
-        Path(f).write_bytes(b"half a file")
-        raise OSError("disk full")
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
-        train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "x": torch.zeros(3)})
-    assert torch.equal(train.load_checkpoint(path)["x"], torch.ones(3))      # the old one is intact
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]         # no temporary left behind
-
-
-def test_bad_checkpoints_are_refused_clearly(tmp_path):
-    import argparse
-    torch.save({"format": train.CHECKPOINT_FORMAT, "obj": argparse.Namespace(a=1)}, tmp_path / "pickled.pt")
-    with pytest.raises(train.TrainingStopped, match="holds pickled Python objects, which are refused"):
-        train.load_checkpoint(tmp_path / "pickled.pt")
-    torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
-    with pytest.raises(train.TrainingStopped, match="not a checkpoint of this project"):
-        train.load_checkpoint(tmp_path / "other.pt")
-    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 broken")
-    with pytest.raises(train.TrainingStopped, match="unreadable or truncated checkpoint"):
-        train.load_checkpoint(tmp_path / "cut.pt")
-    with pytest.raises(train.TrainingStopped, match="no such checkpoint"):
-        train.load_checkpoint(tmp_path / "missing")
-
-
 def test_nonfinite_steps_are_skipped_then_stop_the_run(images, tmp_path, monkeypatch):
     trainer = make_trainer(images, max_nonfinite=3)
     trainer.step()
     before = {k: v.clone() for k, v in trainer.D.state_dict().items()}
-    monkeypatch.setattr(train, "d_logistic_loss", lambda r, f: (r + f) * float("nan"))
+    monkeypatch.setattr(losses, "d_logistic_loss", lambda r, f: (r + f) * float("nan"))
     trainer.step()                                        # D step skipped, G step still taken
     assert trainer.nonfinite_total == 1
     for k, v in trainer.D.state_dict().items():
@@ -257,13 +230,13 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(images, tmp_path, monkeyp
 
 
 def test_a_run_that_goes_nonfinite_keeps_its_last_checkpoint(images, tmp_path, monkeypatch):
-    real = train.d_logistic_loss
+    real = losses.d_logistic_loss
     calls = []
 
     def nan_after_two_ticks(r, f):
         calls.append(1)
         return real(r, f) if len(calls) <= 20 else (r + f) * float("nan")
-    monkeypatch.setattr(train, "d_logistic_loss", nan_after_two_ticks)
+    monkeypatch.setattr(losses, "d_logistic_loss", nan_after_two_ticks)
     args = tiny_args(images, tmp_path / "runs", kimg=0.4, max_nonfinite=4)
     assert train.main(args) == 1
     run_dir = tmp_path / "runs" / "00000-demo"
@@ -274,8 +247,11 @@ def test_a_run_that_goes_nonfinite_keeps_its_last_checkpoint(images, tmp_path, m
 # ----------------------------------------------------------------------------------------------
 # Configuration
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=REPO, capture_output=True, text=True)
+def run_cli(capsys, *args):
+    """(exit code, stdout, stderr) of train.main, in process."""
+    code = train.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def test_config_presets_and_override_forms():
@@ -298,15 +274,22 @@ def test_config_presets_and_override_forms():
     (["--preset=huge"], "unknown preset 'huge'; choose one of demo, oasis256, paper256"),
     (["--mixed_precision=fp16"], "--mixed_precision must be auto, bf16 or fp32"),
     (["--kimg"], "--kimg needs a value"),
+    (["--seed=-1"], "--seed must be in [0, 2^31), got -1"),
+    (["--pl_batch_shrink=0"], "--pl_batch_shrink must be > 0, got 0"),
+    (["--device=tpu"], "--device 'tpu': use auto, cpu, cuda or cuda:N"),
+    (["--pl_decay=nan"], "--pl_decay must be a finite number, got nan"),
+    (["--lr=inf"], "--lr must be a finite number, got inf"),
+    (["--lr=1e10"], "--lr=10000000000.0 is far above any working Adam rate"),
+    (["--cache_dir=train.py"], "--cache_dir train.py: is a file, not a folder"),
 ])
-def test_config_errors_are_one_line_with_exit_code_2(args, message):
-    result = run_cli(*args)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and message in result.stderr
+def test_config_errors_are_one_line_with_exit_code_2(args, message, capsys):
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert err.count("\n") == 1 and message in err
 
 
 def test_help_lists_every_field_with_its_comment():
-    result = run_cli("--help")
+    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0
     for name in ("preset", "data", "outdir", "resume", "resolution", "kimg", "batch", "channel_base",
                  "channel_max", "mapping_layers", "seed", "device", "snap", "aug", "p"):
@@ -314,11 +297,11 @@ def test_help_lists_every_field_with_its_comment():
     assert "training length in thousands of real images shown to D" in result.stdout
 
 
-def test_dry_run_prints_config_and_parameter_counts():
-    result = run_cli("--preset=paper256", "--img_channels=1", "--dry_run")
-    assert result.returncode == 0, result.stderr
-    assert '"batch": 64' in result.stdout
-    assert "G 24,762,452 parameters, D 24,000,961 parameters, num_ws 14" in result.stdout
+def test_dry_run_prints_config_and_parameter_counts(capsys):
+    code, out, err = run_cli(capsys, "--preset=paper256", "--img-channels=1", "--dry_run")
+    assert code == 0, err
+    assert '"batch": 64' in out
+    assert "G 24,762,452 parameters, D 24,000,961 parameters, num_ws 14" in out
 
 
 def test_resume_refuses_a_different_architecture_or_a_snapshot(images, tmp_path):
@@ -340,9 +323,82 @@ def test_two_process_gloo_run_stays_in_sync(images, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run_dirs = list((tmp_path / "runs").iterdir())
     assert len(run_dirs) == 1                                   # only rank 0 writes
-    records = train.read_log(run_dirs[0] / "log.jsonl")
+    records = runs.read_log(run_dirs[0] / "log.jsonl")
     assert [r["tick"] for r in records] == [1, 2]
     assert all(r["ranks_in_sync"] for r in records)
     state = weights(run_dirs[0] / "checkpoint.pt")
     assert state["world_size"] == 2 and len(state["rng"]["cpu"]) == 2
     assert state["cur_nimg"] == 80
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop's pieces: precision, memory layout, seeding, signals, the penalty the loop really uses
+
+def test_bf16_step_with_r1_and_path_length(images, device):
+    """The GPU default (bf16 autocast, second-order gradients under it) runs on the CPU too."""
+    trainer = make_trainer(images, device, mixed_precision="bf16")
+    assert trainer.amp_dtype == torch.bfloat16
+    before = {k: v.clone() for k, v in trainer.G.state_dict().items()}
+    trainer.step()                                        # batch_idx 0: D, R1, G and path length all run
+    trainer.check_nonfinite()
+    stats = trainer.pop_stats()
+    assert {"loss_D", "r1_penalty", "loss_G", "pl_penalty"} <= set(stats)
+    assert all(math.isfinite(v) for v in stats.values()), stats
+    assert trainer.nonfinite_total == 0
+    assert any(not torch.equal(v, before[k]) for k, v in trainer.G.state_dict().items())
+
+
+def test_channels_last_on_and_off_agree(images):
+    a = make_trainer(images, channels_last=True)
+    b = make_trainer(images, channels_last=False)
+    conv_a, conv_b = (next(p for p in t.D.parameters() if p.ndim == 4 and p.shape[-1] == 3) for t in (a, b))
+    assert conv_a.is_contiguous(memory_format=torch.channels_last) and not \
+        conv_b.is_contiguous(memory_format=torch.channels_last)
+    for net in ("G", "D"):
+        for (name, p), q in zip(getattr(a, net).state_dict().items(), getattr(b, net).state_dict().values()):
+            assert torch.equal(p, q), f"{net}.{name} starts differently"
+    for _ in range(2):
+        torch.manual_seed(7)
+        a.step()
+        torch.manual_seed(7)
+        b.step()
+    for net in ("G", "D"):
+        for (name, p), q in zip(getattr(a, net).state_dict().items(), getattr(b, net).state_dict().values()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=f"{net}.{name}")
+
+
+def test_seed_is_the_only_global_seeding(images):
+    torch.manual_seed(123)
+    a = make_trainer(images, seed=3)
+    after_a = torch.get_rng_state()
+    torch.manual_seed(456)                                # whatever the global state was before
+    b = make_trainer(images, seed=3)
+    for p, q in zip(a.G.parameters(), b.G.parameters()):
+        assert torch.equal(p, q)
+    assert torch.equal(after_a, torch.get_rng_state())
+    torch.manual_seed(3 * 1 + 0)                          # the documented stream: seed * world_size + rank
+    assert torch.equal(torch.get_rng_state(), after_a)
+
+
+def test_training_calls_the_tested_path_length_penalty(images, monkeypatch):
+    trainer = make_trainer(images)
+    seen = []
+    real = losses.path_length_penalty
+
+    def spy(lengths, pl_mean, decay, batch_mean=None):
+        penalty, a = real(lengths, pl_mean, decay, batch_mean)
+        seen.append(a.detach().clone())
+        return penalty, a
+    monkeypatch.setattr(losses, "path_length_penalty", spy)
+    trainer.step()
+    assert len(seen) == 1 and torch.equal(trainer.pl_mean, seen[0])
+
+
+def test_signal_handlers_are_restored_after_a_run(images, tmp_path):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    run_train(tiny_args(images, tmp_path / "runs", kimg=0.04))
+    assert {s: signal.getsignal(s) for s in before} == before
+    with train.StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
