@@ -13,6 +13,8 @@ Groups, each transform applied to each image independently with probability p:
   o  cutout: a square of half the image size set to zero
 Geometric resampling pads by reflection and runs at 2x resolution between windowed-sinc low-pass
 filters, so the transforms do not leak into the generator for p below about 0.8.
+Image + mask pairs (mask_channels > 0, the mask's channels after the image's): groups b and g move image
+and mask together with the same transform; c, f, n and o change the image channels only.
 """
 
 import math
@@ -89,7 +91,8 @@ class AugmentPipe(nn.Module):
                  saturation_std: float = 1.0,   # saturation, log2 standard deviation
                  imgfilter_std: float = 1.0,    # band gains, log2 standard deviation
                  noise_std: float = 0.1,        # additive noise: sigma ~ |N(0, noise_std)|
-                 cutout_size: float = 0.5):     # cutout square side, fraction of the image size
+                 cutout_size: float = 0.5,      # cutout square side, fraction of the image size
+                 mask_channels: int = 0):       # mask channels after the image's: moved, never recoloured
         super().__init__()
         unknown = set(pipeline) - set(GROUPS)
         if unknown or not pipeline:
@@ -98,6 +101,7 @@ class AugmentPipe(nn.Module):
         if img_channels not in (1, 3):
             raise ValueError(f"img_channels must be 1 or 3, got {img_channels}")
         self.img_channels, self.pipeline, self.p = img_channels, pipeline, float(p)
+        self.mask_channels = mask_channels
         self.enabled = [t for g in pipeline for t in GROUPS[g]
                         if not (img_channels == 1 and t in ("hue", "saturation"))]
         self.xint_max, self.scale_std, self.rotate_max = xint_max, scale_std, rotate_max
@@ -111,14 +115,14 @@ class AugmentPipe(nn.Module):
         return f"pipeline={self.pipeline}, p={self.p:.3f}, transforms={','.join(self.enabled)}"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] != self.img_channels or images.shape[2] != images.shape[3]:
-            raise ValueError(f"AugmentPipe expects square images [N, {self.img_channels}, R, R], "
-                             f"got {list(images.shape)}")
+        channels = self.img_channels + self.mask_channels
+        if images.ndim != 4 or images.shape[1] != channels or images.shape[2] != images.shape[3]:
+            raise ValueError(f"AugmentPipe expects square images [N, {channels}, R, R], got {list(images.shape)}")
         if self.p <= 0:
             return images
-        x = images
-        x = self._blit(x)
-        x = self._geometric(x)
+        x = self._geometric(self._blit(images))                 # image and mask channels move together
+        if self.mask_channels:
+            x, mask = x[:, :self.img_channels], x[:, self.img_channels:]
         x = self._color(x)
         if "imgfilter" in self.enabled:
             x = self._imgfilter(x)
@@ -127,7 +131,7 @@ class AugmentPipe(nn.Module):
             x = x + torch.randn_like(x) * sigma.to(x.dtype)[:, None, None, None]
         if "cutout" in self.enabled:
             x = self._cutout(x)
-        return x
+        return torch.cat([x, mask], dim=1) if self.mask_channels else x
 
     def _chosen(self, x: torch.Tensor, prob: float) -> torch.Tensor:
         """1.0 for the images a transform is applied to (each with probability prob), else 0.0. [N]"""

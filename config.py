@@ -44,6 +44,7 @@ class TrainConfig:
     mirror: bool = True                 # add left-right flipped copies of the training images
     fit: str = "crop"                   # non-square images: crop (centre) or pad (zeros)
     skip_bad: bool = False              # skip unreadable images with a warning instead of stopping
+    masks: bool = False                 # image + tissue-mask pairs: G also outputs the OASIS mask, D judges the pair
     cache_dir: str = ""                 # decoded-image cache; "" = <data>/.cache
     # Networks
     z_dim: int = 512                    # latent z width
@@ -208,7 +209,9 @@ def parse_given(argv) -> dict:
     return given
 
 
-ARCHITECTURE_KEYS = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max")
+ARCHITECTURE_KEYS = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max",
+                     "masks")
+MASK_CLASSES = 4                        # OASIS tissue masks: background, CSF, grey matter, white matter
 
 
 def resume_config(saved: dict, given: dict) -> TrainConfig:

@@ -121,7 +121,7 @@ def find_source(data, split: str = "train", with_masks: bool = False) -> Source:
     if with_masks:
         if mask_dir is None or not mask_dir.is_dir():
             raise DataError(f"{image_dir}: no mask folder {mask_dir.name if mask_dir else '(plain image folder)'}; "
-                            f"masks need the OASIS layout with keras_png_slices_seg_<split>")
+                            f"masks (--masks) need the OASIS layout with keras_png_slices_seg_<split>")
         pair_masks(source, mask_dir)
     return source
 
@@ -572,14 +572,44 @@ class ImageDataset:
         return images, masks
 
     def batch(self, indices, device=None) -> torch.Tensor:
-        """Float images in [-1, 1], [B, C, R, R], on device (the uint8 copy is what crosses to the GPU)."""
-        images, _ = self.get(indices)
-        return to_float(images.to(device) if device is not None else images)
+        """Float images in [-1, 1], [B, C, R, R], on device (the uint8 copy is what crosses to the GPU). With
+        masks, [B, C + K, R, R]: the image, then the mask as K one-hot channels in {-1, 1} (mask_channels)."""
+        images, masks = self.get(indices)
+        x = to_float(images.to(device) if device is not None else images)
+        if masks is None:
+            return x
+        masks = masks.to(device) if device is not None else masks
+        return torch.cat([x, mask_channels(masks, len(MASK_LEVELS))], dim=1)
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float32 [-1, 1]."""
     return images_uint8.to(torch.float32) / 127.5 - 1
+
+
+def mask_channels(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """uint8 labels [N, R, R] -> one-hot float [N, K, R, R] scaled to {-1, 1}: the form G generates a mask in
+    (modules.mask_activation) and D reads it in."""
+    return torch.nn.functional.one_hot(labels.long(), classes).permute(0, 3, 1, 2).float() * 2 - 1
+
+
+def mask_labels(channels: torch.Tensor) -> torch.Tensor:
+    """Mask channels [N, K, R, R] (generated or one-hot) -> uint8 labels [N, R, R] by argmax: always 0..K-1."""
+    return channels.detach().argmax(dim=1).to(torch.uint8)
+
+
+def mask_to_levels(labels: torch.Tensor) -> torch.Tensor:
+    """uint8 labels [N, R, R] -> uint8 OASIS mask images [N, 1, R, R] with the pixel values 0/85/170/255."""
+    levels = torch.tensor(MASK_LEVELS, dtype=torch.uint8, device=labels.device)
+    return levels[labels.long()][:, None]
+
+
+def pair_tiles(images: torch.Tensor, labels: torch.Tensor = None) -> torch.Tensor:
+    """uint8 images [N, C, R, R] and labels [N, R, R] -> tiles [N, C, R, 2R]: the image, then its mask as
+    OASIS levels; the images alone when labels is None."""
+    if labels is None:
+        return images
+    return torch.cat([images, mask_to_levels(labels).expand(-1, images.shape[1], -1, -1)], dim=3)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

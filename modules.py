@@ -47,6 +47,12 @@ def check_activation(activation: str) -> str:
     return activation
 
 
+def check_mask_classes(mask_classes: int) -> int:
+    if not isinstance(mask_classes, int) or mask_classes < 0 or mask_classes == 1:
+        raise ValueError(f"mask_classes must be 0 (image only) or >= 2 classes, got {mask_classes!r}")
+    return mask_classes
+
+
 def check_network_size(img_resolution: int, img_channels: int, channel_base: int, channel_max: int) -> int:
     """Validate the size arguments shared by G and D; return log2(img_resolution)."""
     log2 = check_resolution(img_resolution)
@@ -505,8 +511,16 @@ class SynthesisBlock(nn.Module):
             return x, upsample2d(img, self.resample_filter) + y
 
 
+def mask_activation(logits: torch.Tensor) -> torch.Tensor:
+    """Mask channels of G: softmax over the classes (dim 1), scaled to [-1, 1] like the image channels, in
+    float32. A real mask in this form is its one-hot map times 2 minus 1. [N, K, R, R]"""
+    return torch.softmax(logits.float(), dim=1) * 2 - 1
+
+
 class SynthesisNetwork(nn.Module):
-    """ws [N, num_ws, w_dim] -> image [N, img_channels, R, R], one SynthesisBlock per resolution 4..R."""
+    """ws [N, num_ws, w_dim] -> image [N, img_channels (+ mask_classes), R, R], one SynthesisBlock per
+    resolution 4..R. With mask_classes > 0 the ToRGB layers also output the mask's class logits, summed
+    over resolutions like the image, and the last mask_classes channels go through mask_activation."""
 
     def __init__(self,
                  w_dim: int,                    # width of w
@@ -514,15 +528,18 @@ class SynthesisNetwork(nn.Module):
                  img_channels: int,             # output image channels
                  channel_base: int = 16384,     # channels at resolution r = min(channel_base // r, channel_max)
                  channel_max: int = 512,        # upper bound on channels
-                 conv_clamp: float = None):     # activation clamp (256 with reduced precision); None = off
+                 conv_clamp: float = None,      # activation clamp (256 with reduced precision); None = off
+                 mask_classes: int = 0):        # tissue classes generated with the image (0 = image only)
         super().__init__()
         log2 = check_network_size(img_resolution, img_channels, channel_base, channel_max)
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
+        self.mask_classes = check_mask_classes(mask_classes)
+        out_rgb = img_channels + mask_classes
         self.blocks = nn.ModuleDict()                                     # "b4", "b8", ..., f"b{R}"
         in_channels = 0
         for res in [2 ** i for i in range(2, log2 + 1)]:
             out_channels = channels_at(res, channel_base, channel_max)
-            self.blocks[f"b{res}"] = SynthesisBlock(in_channels, out_channels, w_dim, res, img_channels, conv_clamp)
+            self.blocks[f"b{res}"] = SynthesisBlock(in_channels, out_channels, w_dim, res, out_rgb, conv_clamp)
             in_channels = out_channels
         # Consecutive blocks share a w: block b's ToRGB uses the same w as block b+1's conv0.
         self.num_ws = sum(b.num_conv for b in self.blocks.values()) + 1   # 2 * log2(R) - 2
@@ -538,6 +555,9 @@ class SynthesisNetwork(nn.Module):
         for block in self.blocks.values():
             x, img = block(x, img, ws[:, w_idx:w_idx + block.num_conv + 1], noise_mode, fused_modconv)
             w_idx += block.num_conv
+        if self.mask_classes:
+            c = self.img_channels
+            img = torch.cat([img[:, :c].float(), mask_activation(img[:, c:])], dim=1)   # [N, C + K, R, R]
         return img
 
 
@@ -553,11 +573,13 @@ class Generator(nn.Module):
                  channel_base: int = 16384,     # channel scale (16384 = fmaps 0.5, 32768 = fmaps 1)
                  channel_max: int = 512,        # upper bound on channels
                  conv_clamp: float = None,      # activation clamp (256 with reduced precision); None = off
-                 mapping_lr_mul: float = 0.01): # learning-rate multiplier of the mapping network
+                 mapping_lr_mul: float = 0.01,  # learning-rate multiplier of the mapping network
+                 mask_classes: int = 0):        # tissue classes generated as extra channels (0 = image only)
         super().__init__()
         self.z_dim, self.w_dim = z_dim, w_dim
-        self.img_resolution, self.img_channels = img_resolution, img_channels
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max, conv_clamp)
+        self.img_resolution, self.img_channels, self.mask_classes = img_resolution, img_channels, mask_classes
+        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max, conv_clamp,
+                                          mask_classes)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, lr_mul=mapping_lr_mul)
 
@@ -634,7 +656,8 @@ class DiscriminatorEpilogue(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """StyleGAN2 "resnet" discriminator: image [N, img_channels, R, R] -> logits [N, 1]."""
+    """StyleGAN2 "resnet" discriminator: image [N, img_channels (+ mask_classes), R, R] -> logits [N, 1]. With
+    mask_classes > 0 it judges image and mask together (FromRGB reads both)."""
 
     def __init__(self,
                  img_resolution: int = 256,     # input resolution (power of two >= 8)
@@ -643,17 +666,19 @@ class Discriminator(nn.Module):
                  channel_max: int = 512,        # upper bound on channels
                  mbstd_group_size: int = 4,     # minibatch-stddev group size (min'ed with the batch)
                  mbstd_num_channels: int = 1,   # minibatch-stddev feature maps
-                 conv_clamp: float = None):     # activation clamp (256 with reduced precision); None = off
+                 conv_clamp: float = None,      # activation clamp (256 with reduced precision); None = off
+                 mask_classes: int = 0):        # mask channels read after the image channels (0 = image only)
         super().__init__()
         log2 = check_network_size(img_resolution, img_channels, channel_base, channel_max)
-        self.img_resolution, self.img_channels = img_resolution, img_channels
+        self.img_resolution, self.mask_classes = img_resolution, check_mask_classes(mask_classes)
+        self.img_channels = img_channels + mask_classes                   # channels D reads
         self.blocks = nn.ModuleDict()                                     # f"b{R}", ..., "b16", "b8"
         for res in [2 ** i for i in range(log2, 2, -1)]:
             self.blocks[f"b{res}"] = DiscriminatorBlock(
                 in_channels=0 if res == img_resolution else channels_at(res, channel_base, channel_max),
                 tmp_channels=channels_at(res, channel_base, channel_max),
                 out_channels=channels_at(res // 2, channel_base, channel_max),
-                img_channels=img_channels, conv_clamp=conv_clamp)
+                img_channels=self.img_channels, conv_clamp=conv_clamp)
         self.epilogue = DiscriminatorEpilogue(channels_at(4, channel_base, channel_max),
                                               mbstd_group_size, mbstd_num_channels, conv_clamp)
 

@@ -307,7 +307,8 @@ def make_augment_pipe(cfg: config_lib.TrainConfig, device: torch.device):
     """The augmentation pipe for --aug=ada|fixed (augment.py), or None for noaug."""
     if cfg.aug == "noaug":
         return None
-    return augment.AugmentPipe(img_channels=cfg.img_channels, pipeline=cfg.aug_pipe, p=cfg.p).to(device)
+    return augment.AugmentPipe(img_channels=cfg.img_channels, pipeline=cfg.aug_pipe, p=cfg.p,
+                               mask_channels=config_lib.MASK_CLASSES if cfg.masks else 0).to(device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,8 +323,11 @@ def grid_latents(cfg: config_lib.TrainConfig, device) -> torch.Tensor:
 
 @torch.no_grad()
 def save_fakes(trainer: Trainer, z: torch.Tensor, path: Path) -> None:
-    images = torch.cat([trainer.G_ema(zb, noise_mode="const") for zb in z.split(trainer.batch_gpu)])
-    runs.save_grid(dataset.to_uint8(images), path, trainer.cfg.grid_size()[0])
+    """fakes*.png: the EMA generator's images of fixed latents (with masks: image and mask side by side)."""
+    x = torch.cat([trainer.G_ema(zb, noise_mode="const") for zb in z.split(trainer.batch_gpu)])
+    c = trainer.cfg.img_channels
+    labels = dataset.mask_labels(x[:, c:]) if trainer.cfg.masks else None
+    runs.save_grid(dataset.pair_tiles(dataset.to_uint8(x[:, :c]), labels), path, trainer.cfg.grid_size()[0])
 
 
 LOSS_PANELS = [("losses", ["loss_G", "loss_D"]), ("D output on reals", ["D_real"]),
@@ -421,7 +425,7 @@ def _prepare_run_dir(run: Run, cfg, data, resumed: bool) -> None:
         cols, rows = cfg.grid_size()
         idx = np.random.default_rng(cfg.seed).choice(data.num_images, size=min(cols * rows, data.num_images),
                                                      replace=False)
-        runs.save_grid(data.get(idx)[0], run_dir / "reals.png", cols)
+        runs.save_grid(dataset.pair_tiles(*data.get(idx)), run_dir / "reals.png", cols)
     if trainer.cur_nimg == 0:
         save_fakes(trainer, run.z_grid, run_dir / "fakes000000.png")
 
@@ -552,7 +556,7 @@ def load_data(cfg, is_main: bool, world_size: int, log):
     if world_size > 1 and not is_main:
         dist.barrier()
     data = dataset.ImageDataset(data_path, split=cfg.split, resolution=cfg.resolution, img_channels=cfg.img_channels,
-                                fit=cfg.fit, mirror=cfg.mirror, skip_bad=cfg.skip_bad,
+                                fit=cfg.fit, mirror=cfg.mirror, skip_bad=cfg.skip_bad, with_masks=cfg.masks,
                                 cache_dir=cfg.cache_dir or None, log=log)
     if world_size > 1 and is_main:
         dist.barrier()

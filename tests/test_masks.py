@@ -1,0 +1,112 @@
+"""Image + tissue-mask pairs (--masks): generation, augmentation, training, resume, errors."""
+
+import pytest
+import torch
+
+import augment
+import config
+import dataset
+import modules
+import runs
+import train
+from test_dataset import make_oasis
+from test_train import assert_same_weights, run_train, tiny_args, weights
+
+K = config.MASK_CLASSES
+
+
+@pytest.fixture(scope="module")
+def oasis(tmp_path_factory):
+    return make_oasis(tmp_path_factory.mktemp("masks") / "oasis", subjects=(3, 1, 1), slices=4, size=16)
+
+
+def test_generated_masks_hold_only_the_four_classes(device):
+    G = modules.Generator(z_dim=16, w_dim=16, img_resolution=16, channel_base=128, channel_max=16,
+                          mask_classes=K).to(device)
+    for noise_mode in ("random", "const"):
+        x = G(torch.randn(6, 16, device=device) * 5, noise_mode=noise_mode)      # large z: extreme logits too
+        assert x.shape == (6, 1 + K, 16, 16) and torch.isfinite(x).all()
+        probs = (x[:, 1:] + 1) / 2
+        torch.testing.assert_close(probs.sum(dim=1), torch.ones(6, 16, 16, device=device))
+        labels = dataset.mask_labels(x[:, 1:])
+        assert labels.dtype == torch.uint8 and set(labels.unique().tolist()) <= {0, 1, 2, 3}
+        levels = dataset.mask_to_levels(labels)
+        assert set(levels.unique().tolist()) <= set(dataset.MASK_LEVELS)
+
+
+def test_image_only_networks_are_unchanged_and_masks_add_only_rgb_outputs():
+    G0, D0 = modules.Generator(), modules.Discriminator()
+    assert (modules.count_params(G0), modules.count_params(D0)) == (24_762_452, 24_000_961)
+    G4 = modules.Generator(z_dim=16, w_dim=16, img_resolution=32, channel_base=256, channel_max=16, mask_classes=K)
+    G1 = modules.Generator(z_dim=16, w_dim=16, img_resolution=32, channel_base=256, channel_max=16)
+    # Each ToRGB gains K output channels: K * (in_channels weights + 1 bias); the style affine is unchanged.
+    extra = sum(K * (b.torgb.weight.shape[1] + 1) for b in G1.synthesis.blocks.values())
+    assert modules.count_params(G4) - modules.count_params(G1) == extra
+    D4 = modules.Discriminator(img_resolution=32, channel_base=256, channel_max=16, mask_classes=K)
+    D1 = modules.Discriminator(img_resolution=32, channel_base=256, channel_max=16)
+    fromrgb = D1.blocks["b32"].fromrgb.weight.shape[0]
+    assert modules.count_params(D4) - modules.count_params(D1) == K * fromrgb
+    with pytest.raises(ValueError, match="mask_classes must be 0"):
+        modules.Generator(img_resolution=16, mask_classes=1)
+
+
+def pair(n=4, size=32):
+    """An asymmetric image and the mask of its bright half, in the training form."""
+    img = torch.linspace(-1, 1, size).expand(n, 1, size, size).clone() * torch.linspace(0.2, 1, size)[:, None]
+    labels = (img[:, 0] > 0).to(torch.uint8) * 3                                  # WM where bright, else bg
+    return torch.cat([img, dataset.mask_channels(labels, K)], dim=1), labels
+
+
+@pytest.mark.parametrize("transform", ["xflip", "rotate90", "xint", "rotate"])
+def test_geometric_augmentation_moves_image_and_mask_together(transform):
+    x, _ = pair()
+    pipe = augment.AugmentPipe(img_channels=1, pipeline="bg", p=1.0, mask_channels=K)
+    pipe.enabled = [transform]
+    torch.manual_seed(3)
+    y = pipe(x)
+    moved_labels = dataset.mask_labels(y[:, 1:])
+    bright = y[:, 0] > 0.05
+    dark = y[:, 0] < -0.05
+    assert (moved_labels[bright] == 3).float().mean() > 0.97          # the mask followed the image
+    assert (moved_labels[dark] == 0).float().mean() > 0.97
+    assert not torch.equal(y[:, 0], x[:, 0])
+
+
+@pytest.mark.parametrize("groups,transform", [("c", "brightness"), ("c", "contrast"), ("c", "lumaflip"),
+                                              ("f", "imgfilter"), ("n", "noise"), ("o", "cutout")])
+def test_colour_filter_noise_and_cutout_leave_the_mask_untouched(groups, transform):
+    x, _ = pair()
+    pipe = augment.AugmentPipe(img_channels=1, pipeline=groups, p=1.0, mask_channels=K)
+    pipe.enabled = [transform]
+    y = pipe(x)
+    assert torch.equal(y[:, 1:], x[:, 1:])
+    assert not torch.equal(y[:, 0], x[:, 0])
+
+
+def test_a_masked_run_trains_on_pairs_and_resumes_bit_exactly(oasis, tmp_path):
+    args = tiny_args(oasis, tmp_path / "runs", masks="true")
+    full = run_train(args + ["--kimg=0.12"])
+    part = run_train(args + ["--kimg=0.06"])
+    run_train([f"--resume={part}", "--kimg=0.12"])
+    assert_same_weights(weights(full / "checkpoint.pt"), weights(part / "checkpoint.pt"))
+    state = weights(full / "checkpoint.pt")
+    assert state["config"]["masks"] is True
+    G, cfg, _, _ = runs.load_generator(full, torch.device("cpu"))
+    assert G.mask_classes == K and G(torch.randn(2, 16)).shape == (2, 1 + K, 16, 16)
+    from PIL import Image
+    with Image.open(full / "reals.png") as im:                       # image | mask tiles
+        assert im.size == (4 * 2 * 16, 2 * 16)
+    with pytest.raises(config.ConfigError, match="--masks cannot change when resuming"):
+        run_train([f"--resume={part}", "--masks=false"])
+
+
+def test_masks_on_data_without_masks_is_one_line(tmp_path, capsys):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    from PIL import Image
+    import numpy as np
+    for i in range(4):
+        Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(images / f"{i}.png")
+    assert train.main(tiny_args(images, tmp_path / "runs", masks="true")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{images}: no mask folder" in err and "--masks" in err
