@@ -27,7 +27,9 @@ Inception-v3 of the StyleGAN2-ADA metrics; nothing is downloaded.
 import argparse
 import json
 import math
+import os
 import re
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm import tqdm
 
 import config as config_lib
 import dataset
@@ -44,6 +47,8 @@ import modules
 import runs
 
 GRID_MAX = 64                           # grid.png shows at most the first 64 images (8 x 8)
+OVERLAY_MAX = 16                        # overlay.png shows at most the first 16 image / mask pairs
+EXPORT_SLICES = 32                      # --export: slices per synthetic case, as in OASIS
 GIF_FRAME_MS = 40                       # 25 frames per second
 HOLDOUT_SHARE, HOLDOUT_SEED = 0.1, 0    # plain image folder: share of it held out as the real baseline
 CLOSEST_PAIRS = 8                       # generated / real pairs in closest_pairs.png
@@ -92,24 +97,53 @@ def seeds_to_ws(G, seeds, psi: float = 1.0, device="cpu", batch: int = 16) -> to
     return torch.cat([G.mapping(zb, truncation_psi=psi) for zb in z.split(batch)])    # [N, num_ws, w_dim]
 
 
+def _decode(G, x: torch.Tensor):
+    """G's output [N, C (+ K), R, R] -> (uint8 images [N, C, R, R], uint8 labels [N, R, R] or None) on the CPU."""
+    c = G.img_channels
+    labels = dataset.mask_labels(x[:, c:]).cpu() if G.mask_classes else None
+    return dataset.to_uint8(x[:, :c]).cpu(), labels
+
+
 @torch.no_grad()
-def synthesize(G, ws: torch.Tensor, noise_mode: str = "const", batch: int = 16, noise_seeds=None) -> torch.Tensor:
-    """ws [N, num_ws, w_dim] -> uint8 images [N, C, R, R] on the CPU. noise_mode "random" makes one image
-    at a time with torch seeded by noise_seeds[i] (the global RNG is restored afterwards)."""
+def synthesize(G, ws: torch.Tensor, noise_mode: str = "const", batch: int = 16, noise_seeds=None,
+               with_labels: bool = False):
+    """ws [N, num_ws, w_dim] -> uint8 images [N, C, R, R] on the CPU (with_labels: and the masks' labels
+    [N, R, R], None for an image-only G). noise_mode "random" makes one image at a time with torch seeded by
+    noise_seeds[i] (the global RNG is restored afterwards)."""
     if noise_mode != "random":
-        return torch.cat([dataset.to_uint8(G.synthesis(wb, noise_mode=noise_mode)).cpu() for wb in ws.split(batch)])
-    devices = list(range(torch.cuda.device_count())) if ws.device.type == "cuda" else []
-    images = []
-    for w, seed in zip(ws, noise_seeds):
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            images.append(dataset.to_uint8(G.synthesis(w[None], noise_mode="random")).cpu())
-    return torch.cat(images)
+        parts = [_decode(G, G.synthesis(wb, noise_mode=noise_mode)) for wb in ws.split(batch)]
+    else:
+        devices = list(range(torch.cuda.device_count())) if ws.device.type == "cuda" else []
+        parts = []
+        for w, seed in zip(ws, noise_seeds):
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                parts.append(_decode(G, G.synthesis(w[None], noise_mode="random")))
+    images = torch.cat([p[0] for p in parts])
+    if not with_labels:
+        return images
+    return images, torch.cat([p[1] for p in parts]) if G.mask_classes else None
 
 
-def generate(G, seeds, psi: float = 1.0, noise_mode: str = "const", device="cpu", batch: int = 16) -> torch.Tensor:
-    """One uint8 image [C, R, R] per seed: [N, C, R, R]."""
-    return synthesize(G, seeds_to_ws(G, seeds, psi, device, batch), noise_mode, batch, noise_seeds=seeds)
+def generate(G, seeds, psi: float = 1.0, noise_mode: str = "const", device="cpu", batch: int = 16,
+             with_labels: bool = False):
+    """One uint8 image [C, R, R] per seed: [N, C, R, R] (with_labels: and the labels, see synthesize)."""
+    return synthesize(G, seeds_to_ws(G, seeds, psi, device, batch), noise_mode, batch, noise_seeds=seeds,
+                      with_labels=with_labels)
+
+
+MASK_COLOURS = ((0, 0, 0), (40, 120, 255), (40, 200, 80), (255, 170, 40))   # background, CSF, GM, WM
+OVERLAY_ALPHA = 0.45
+
+
+def overlay(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """uint8 grayscale images [N, 1, R, R] and labels [N, R, R] -> RGB tiles [N, 3, R, 2R]: the image, then
+    the image with its mask in colour (CSF blue, grey matter green, white matter orange)."""
+    gray = images[:, :1].float().expand(-1, 3, -1, -1)                            # [N, 3, R, R]
+    colours = torch.tensor(MASK_COLOURS, dtype=torch.float32)[labels.long()].permute(0, 3, 1, 2)
+    tissue = (labels > 0)[:, None].float()
+    blended = gray * (1 - OVERLAY_ALPHA * tissue) + colours * OVERLAY_ALPHA * tissue
+    return torch.cat([gray, blended], dim=3).round().clamp(0, 255).to(torch.uint8)
 
 
 def interpolation_ws(G, seeds, frames: int, psi: float = 1.0, device="cpu", batch: int = 16) -> torch.Tensor:
@@ -308,27 +342,31 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--interpolate", action="store_true", help="latent walk: frame<NNNN>.png and interpolation.gif")
     mode.add_argument("--style_mix", action="store_true", help="style-mixing figures stylemix-<band>.png")
     mode.add_argument("--score", action="store_true", help="scores.json and closest_pairs.png against --real")
+    mode.add_argument("--export", metavar="DIR", help="a synthetic data set in the OASIS layout (images and, for "
+                                                      "a --masks model, their masks) in a new folder DIR")
     p.add_argument("--frames", type=int, help="--interpolate: frames per pair of seeds (default 24)")
     p.add_argument("--row_seeds", help="--style_mix: seeds of the rows (default 0-3)")
     p.add_argument("--col_seeds", help="--style_mix: seeds whose layers are swapped in (default 4-7)")
     p.add_argument("--real", help="--score: OASIS folder or folder of images")
     p.add_argument("--skip_bad", action="store_true", help="--score: skip unreadable files in --real with a warning")
-    p.add_argument("--num", type=int, help="--score: generated images, seeds 0..num-1 (default 1000)")
+    p.add_argument("--num", type=int, help="--score / --export: generated images, seeds 0..num-1 (default 1000)")
     p.add_argument("--max_real", type=int, help="--score: cap on the training slices used (default all)")
     p.add_argument("--inception", help="--score: inception-2015-12-05.pt (TorchScript) to add FID and KID")
     return p
 
 
-MODE_OPTIONS = {"frames": "interpolate", "row_seeds": "style_mix", "col_seeds": "style_mix", "real": "score",
-                "num": "score", "max_real": "score", "inception": "score"}
+MODE_OPTIONS = {"frames": ("interpolate",), "row_seeds": ("style_mix",), "col_seeds": ("style_mix",),
+                "real": ("score",), "num": ("score", "export"), "max_real": ("score",), "inception": ("score",)}
 
 
 def check_args(args) -> None:
     """Usage errors (config_lib.ConfigError, exit code 2), found before anything is loaded."""
     usage = config_lib.ConfigError
-    for option, mode in MODE_OPTIONS.items():
-        if getattr(args, option) is not None and not getattr(args, mode):
-            raise usage(f"--{option} is used only with --{mode}")
+    for option, modes in MODE_OPTIONS.items():
+        if getattr(args, option) is not None and not any(getattr(args, m) for m in modes):
+            raise usage(f"--{option} is used only with {' or '.join('--' + m for m in modes)}")
+    if args.export and args.outdir:
+        raise usage("--export DIR is the output folder; --outdir is not used with it")
     if args.skip_bad and not args.score:
         raise usage("--skip_bad is used only with --score (it skips unreadable files in --real)")
     if args.num is not None and args.seeds is not None:
@@ -345,20 +383,69 @@ def check_args(args) -> None:
             raise usage(f"--{option} must be >= {least}, got {value}")
 
 
-def write_images(G, seeds, outdir: Path, psi, noise_mode, device, batch) -> str:
-    """seed<NNNN>.png streamed to disk a batch at a time (any number of seeds fits in memory) and grid.png of
-    the first GRID_MAX."""
-    shown = min(len(seeds), GRID_MAX)
-    first = []
+def stream(G, seeds, psi, noise_mode, device, batch):
+    """(seeds, uint8 images, labels or None) a batch at a time: any number of seeds fits in memory."""
     for i in range(0, len(seeds), batch):
         chunk = seeds[i:i + batch]
-        images = synthesize(G, seeds_to_ws(G, chunk, psi, device, batch), noise_mode, batch, noise_seeds=chunk)
-        for s, image in zip(chunk, images):
+        yield (chunk, *synthesize(G, seeds_to_ws(G, chunk, psi, device, batch), noise_mode, batch, noise_seeds=chunk,
+                                  with_labels=True))
+
+
+def write_images(G, seeds, outdir: Path, psi, noise_mode, device, batch) -> str:
+    """seed<NNNN>.png (and with masks seed<NNNN>_seg.png, OASIS levels 0/85/170/255), streamed to disk, and
+    grid.png of the first GRID_MAX (with masks also overlay.png: each image beside its coloured mask)."""
+    shown = min(len(seeds), GRID_MAX)
+    first, first_labels = [], []
+    for chunk, images, labels in stream(G, seeds, psi, noise_mode, device, batch):
+        for k, (s, image) in enumerate(zip(chunk, images)):
             runs.save_png(_array(image), outdir / f"seed{s:04d}.png")
-        if i < shown:
-            first.append(images[:shown - i])
-    runs.save_grid(torch.cat(first), outdir / "grid.png", math.ceil(math.sqrt(shown)))
-    return f"{len(seeds)} images seed{seeds[0]:04d}.png ... and grid.png (the first {shown})"
+            if labels is not None:
+                runs.save_png(_array(dataset.mask_to_levels(labels[k:k + 1])[0]), outdir / f"seed{s:04d}_seg.png")
+        if len(first) * batch < shown:
+            first.append(images)
+            first_labels.append(labels)
+    cols = math.ceil(math.sqrt(shown))
+    runs.save_grid(torch.cat(first)[:shown], outdir / "grid.png", cols)
+    wrote = f"{len(seeds)} images seed{seeds[0]:04d}.png ... and grid.png (the first {shown})"
+    if G.mask_classes:
+        n = min(shown, OVERLAY_MAX)
+        runs.save_grid(overlay(torch.cat(first)[:n], torch.cat(first_labels)[:n]), outdir / "overlay.png",
+                       math.ceil(math.sqrt(n)))
+        wrote += f", their masks seed{seeds[0]:04d}_seg.png ... and overlay.png (the first {n})"
+    return wrote
+
+
+def write_export(G, seeds, outdir: Path, about: dict, psi, noise_mode, device, batch) -> str:
+    """A synthetic data set in the OASIS layout: keras_png_slices_train/case_XXX_slice_K.nii.png and, with
+    masks, keras_png_slices_seg_train/seg_XXX_slice_K.nii.png (seed s is slice s % 32 of case s // 32 + 1),
+    plus export.json saying where it came from. Built in a temporary folder and renamed into place."""
+    if outdir.exists() and any(outdir.iterdir()):
+        raise PredictError(f"--export {outdir}: exists and is not empty; give a new folder (nothing is overwritten)")
+    tmp = outdir.with_name(f".{outdir.name}.partial-{os.getpid()}")
+    img_dir = tmp / f"{dataset.OASIS_PREFIX}train"
+    seg_dir = tmp / f"{dataset.OASIS_PREFIX}seg_train"
+    try:
+        img_dir.mkdir(parents=True)
+        if G.mask_classes:
+            seg_dir.mkdir()
+        for chunk, images, labels in tqdm(stream(G, seeds, psi, noise_mode, device, batch), desc="export",
+                                          total=math.ceil(len(seeds) / batch), unit="batch", file=sys.stderr):
+            for k, s in enumerate(chunk):
+                case, k_slice = s // EXPORT_SLICES + 1, s % EXPORT_SLICES
+                runs.save_png(_array(images[k]), img_dir / f"case_{case:03d}_slice_{k_slice}.nii.png")
+                if labels is not None:
+                    runs.save_png(_array(dataset.mask_to_levels(labels[k:k + 1])[0]),
+                                  seg_dir / f"seg_{case:03d}_slice_{k_slice}.nii.png")
+        runs.write_text(tmp / "export.json", json.dumps(dict(about, num=len(seeds), seeds=f"{seeds[0]}-{seeds[-1]}",
+                                                               trunc=psi, noise_mode=noise_mode,
+                                                               masks=bool(G.mask_classes)), indent=1) + "\n")
+        if outdir.exists():
+            outdir.rmdir()                                    # empty (checked above)
+        os.replace(tmp, outdir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    what = "images and masks" if G.mask_classes else "images (an image-only generator: no masks)"
+    return f"{len(seeds)} synthetic {what} in the OASIS layout ({img_dir.name})"
 
 
 def write_walk(G, seeds, frames: int, outdir: Path, psi, noise_mode, device, batch) -> str:
@@ -410,7 +497,7 @@ def run(args) -> None:
     device = config_lib.resolve_device(args.device)
     default = DEFAULTS["walk_seeds"] if args.interpolate else DEFAULTS["seeds"]
     seeds = parse_seeds(args.seeds if args.seeds is not None else default)
-    if args.score and args.seeds is None:
+    if (args.score or args.export) and args.seeds is None:
         seeds = list(range(args.num or DEFAULTS["num"]))
     if len(seeds) < 2 and (args.interpolate or args.score):
         raise config_lib.ConfigError(f"--{'interpolate' if args.interpolate else 'score'} needs at least two seeds, "
@@ -418,7 +505,10 @@ def run(args) -> None:
     rows = parse_seeds(args.row_seeds or DEFAULTS["row_seeds"], "--row_seeds")
     cols = parse_seeds(args.col_seeds or DEFAULTS["col_seeds"], "--col_seeds")
     G, cfg, state, ckpt = runs.load_generator(args.checkpoint, device)
-    outdir = runs.check_writable(Path(args.outdir) if args.outdir else ckpt.parent / "predict")
+    if args.export:
+        runs.check_writable(Path(args.export).resolve().parent, "--export")
+    else:
+        outdir = runs.check_writable(Path(args.outdir) if args.outdir else ckpt.parent / "predict")
     gen = dict(psi=args.trunc, noise_mode=args.noise_mode, device=device, batch=args.batch)
     if args.interpolate:
         wrote = write_walk(G, seeds, args.frames or DEFAULTS["frames"], outdir, **gen)
@@ -427,6 +517,10 @@ def run(args) -> None:
     elif args.score:
         about = {"checkpoint": str(ckpt), "kimg": state.get("cur_nimg", 0) / 1000}
         wrote = write_scores(G, cfg, seeds, args, outdir, about, **gen)
+    elif args.export:
+        outdir = Path(args.export)
+        wrote = write_export(G, seeds, outdir, {"checkpoint": str(ckpt), "kimg": state.get("cur_nimg", 0) / 1000},
+                             **gen)
     else:
         wrote = write_images(G, seeds, outdir, **gen)
     print(f"wrote {wrote} ({G.img_resolution}x{G.img_resolution} px) to {outdir}")

@@ -110,3 +110,50 @@ def test_masks_on_data_without_masks_is_one_line(tmp_path, capsys):
     assert train.main(tiny_args(images, tmp_path / "runs", masks="true")) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{images}: no mask folder" in err and "--masks" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# predict.py with a masked model
+
+@pytest.fixture(scope="module")
+def masked_run(oasis, tmp_path_factory):
+    return run_train(tiny_args(oasis, tmp_path_factory.mktemp("masked") / "runs", masks="true", kimg=0.02))
+
+
+def test_predict_writes_masks_and_an_overlay(masked_run, tmp_path, capsys):
+    import predict
+    from PIL import Image
+    import numpy as np
+    assert predict.main(["--checkpoint", str(masked_run), "--seeds", "0-4", "--outdir", str(tmp_path)]) == 0
+    assert "seed0000_seg.png ... and overlay.png" in capsys.readouterr().out
+    for s in range(5):
+        with Image.open(tmp_path / f"seed{s:04d}_seg.png") as im:
+            assert im.mode == "L" and im.size == (16, 16)
+            assert set(np.unique(np.asarray(im)).tolist()) <= set(dataset.MASK_LEVELS)
+    with Image.open(tmp_path / "overlay.png") as im:
+        assert im.mode == "RGB" and im.size == (3 * 2 * 16, 2 * 16)        # 5 pairs, 3 columns
+    G = runs.load_generator(masked_run, torch.device("cpu"))[0]
+    images, labels = predict.generate(G, [3], with_labels=True)
+    with Image.open(tmp_path / "seed0003_seg.png") as im:
+        assert np.array_equal(np.asarray(im), dataset.mask_to_levels(labels)[0, 0].numpy())
+
+
+def test_export_round_trips_through_dataset(masked_run, tmp_path, capsys):
+    import predict
+    out = tmp_path / "synthetic"
+    assert predict.main(["--checkpoint", str(masked_run), "--export", str(out), "--num", "40", "--batch", "8"]) == 0
+    names = sorted(p.name for p in (out / "keras_png_slices_train").iterdir())
+    assert len(names) == 40 and "case_001_slice_0.nii.png" in names and "case_002_slice_7.nii.png" in names
+    assert (out / "keras_png_slices_seg_train" / "seg_002_slice_7.nii.png").is_file()
+    assert dataset.main(["check", "--data", str(out)]) == 0
+    data = dataset.ImageDataset(out, resolution=16, with_masks=True, log=lambda m: None)
+    G = runs.load_generator(masked_run, torch.device("cpu"))[0]
+    images, labels = predict.generate(G, [39], with_labels=True)                # seed 39: case 2, slice 7
+    i = [f.name for f in data.source.files].index("case_002_slice_7.nii.png")
+    assert torch.equal(torch.from_numpy(data.images[i]), images[0])
+    assert torch.equal(torch.from_numpy(data.masks[i]), labels[0])
+    capsys.readouterr()
+    assert predict.main(["--checkpoint", str(masked_run), "--export", str(out), "--num", "4"]) == 1
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert len(list((out / "keras_png_slices_train").iterdir())) == 40          # nothing overwritten
+    assert predict.main(["--checkpoint", str(masked_run), "--export", str(out), "--outdir", str(tmp_path)]) == 2
