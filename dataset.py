@@ -34,6 +34,7 @@ import runs
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "validate", "test")
 OASIS_PREFIX = "keras_png_slices_"              # keras_png_slices_{split}, keras_png_slices_seg_{split}
+HOLDOUT_SHARE, HOLDOUT_SEED = 0.1, 0             # plain image folder: share held out as the real baseline
 MASK_LEVELS = (0, 85, 170, 255)                 # background, CSF, grey matter, white matter
 CACHE_VERSION = 2                               # bump when the decoded format or the index changes
 DIGEST_SIZE = 16                                # bytes of the BLAKE2b digests of files and cached arrays
@@ -580,6 +581,42 @@ class ImageDataset:
             return x
         masks = masks.to(device) if device is not None else masks
         return torch.cat([x, mask_channels(masks, len(MASK_LEVELS))], dim=1)
+
+
+def reference_sets(path, resolution: int, img_channels: int = 1, fit: str = "crop", max_real: int = None,
+                   skip_bad: bool = False, log=None, option: str = "--real"):
+    """Real slices to score a generator against: (reference uint8 [M, C, R, R], its file names, held-out uint8
+    [H, C, R, R], a description). The reference is the train split (or the plain folder), capped at max_real
+    by a seeded random choice; the held-out set is validate (else test), else a random 10 % of the folder.
+    Errors name `option`."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{option} {root}: no such folder; give an OASIS folder (keras_png_slices_*) or a folder "
+                        f"of images")
+    splits = [s for s in ("validate", "test") if (root / f"{OASIS_PREFIX}{s}").is_dir()]
+    try:
+        sets = [ImageDataset(root, split=s, resolution=resolution, img_channels=img_channels,
+                             fit=fit, skip_bad=skip_bad, log=log) for s in ["train"] + splits[:1]]
+    except DataError as e:                               # worded for train.py's --data
+        raise DataError(str(e).replace("--data", option)) from None
+    reference, names = torch.from_numpy(sets[0].images), list(sets[0].files)
+    if splits:
+        heldout, held_name = torch.from_numpy(sets[1].images), f"{splits[0]} split"
+    else:
+        if len(reference) < 3:
+            raise DataError(f"{option} {root}: {len(reference)} image(s); scoring needs at least 3 (a reference "
+                            f"and a held-out share)")
+        perm = torch.from_numpy(np.random.default_rng(HOLDOUT_SEED).permutation(len(reference)))
+        n_held = max(1, round(HOLDOUT_SHARE * len(reference)))
+        hold, keep = perm[:n_held].sort().values, perm[n_held:].sort().values
+        heldout, reference, names = reference[hold], reference[keep], [names[i] for i in keep]
+        held_name = f"random {HOLDOUT_SHARE:.0%} of {sets[0].source.name} (seed {HOLDOUT_SEED})"
+    if max_real and len(reference) > max_real:
+        keep = torch.from_numpy(np.sort(np.random.default_rng(0).choice(len(reference), max_real, replace=False)))
+        reference, names = reference[keep], [names[i] for i in keep]
+    info = {"reference": sets[0].source.name, "reference_images": len(reference), "heldout": held_name,
+            "heldout_images": len(heldout)}
+    return reference, names, heldout, info
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:

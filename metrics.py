@@ -205,3 +205,42 @@ def kid(features1: torch.Tensor, features2: torch.Tensor, subsets: int = 100, su
         total += ((kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
                   - 2 * kxy.mean()).item()
     return total / subsets
+
+
+# ----------------------------------------------------------------------------------------------
+# The scores of a generator against real slices (predict.py --score, and train.py at every snapshot)
+
+def real_baseline(reference: torch.Tensor, heldout: torch.Tensor, pairs: int = 500, ms_ssim: bool = True) -> dict:
+    """What real slices score, to set generated scores against: held-out slices' nearest SSIM to the reference
+    set, and the diversity of reference pairs. Computed once per reference set."""
+    held_near, _ = nearest_ssim(heldout, reference)
+    out = {"heldout_near": held_near, "heldout_nearest_ssim_mean": held_near.mean().item(),
+           "heldout_nearest_ssim_median": float(held_near.median().item()),
+           "real_diversity_ssim": pairwise_diversity(reference, pairs)}
+    if ms_ssim:
+        out["real_diversity_ms_ssim"] = pairwise_diversity(reference, pairs, use_ms_ssim=True)
+    return out
+
+
+def quality_scores(generated: torch.Tensor, reference: torch.Tensor, heldout: torch.Tensor, features=None,
+                   pairs: int = 500, closest: int = 8, baseline: dict = None, ms_ssim: bool = True) -> dict:
+    """Scores of generated slices against real ones; images float [N, C, R, R] in [0, 1]. features: optional
+    (generated [N, D], reference [M, D]) for FID and KID; baseline: real_baseline() of the same sets, when
+    already computed. "closest" lists (generated index, reference index, SSIM) of the closest pairs, closest
+    first. quality_gap = |nearest - held-out nearest| + |diversity - real diversity| (means of SSIM): 0 when
+    the generated slices are as close to the training set, and as varied, as real held-out slices."""
+    base = baseline if baseline is not None else real_baseline(reference, heldout, pairs, ms_ssim)
+    gen_near, gen_index = nearest_ssim(generated, reference)
+    out = {"nearest_ssim_mean": gen_near.mean().item(), "nearest_ssim_median": float(gen_near.median().item()),
+           **{k: v for k, v in base.items() if k != "heldout_near"},
+           "diversity_ssim": pairwise_diversity(generated, pairs),
+           "memorization_share": memorization_share(gen_near, base["heldout_near"])}
+    if ms_ssim:
+        out["diversity_ms_ssim"] = pairwise_diversity(generated, pairs, use_ms_ssim=True)
+    out["quality_gap"] = (abs(out["nearest_ssim_mean"] - out["heldout_nearest_ssim_mean"]) +
+                          abs(out["diversity_ssim"] - out["real_diversity_ssim"]))
+    if features is not None:
+        out["fid"], out["kid"] = fid(*features), kid(*features)
+    order = gen_near.argsort(descending=True)[:closest].tolist()
+    out["closest"] = [(i, int(gen_index[i]), gen_near[i].item()) for i in order]
+    return out

@@ -50,7 +50,6 @@ GRID_MAX = 64                           # grid.png shows at most the first 64 im
 OVERLAY_MAX = 16                        # overlay.png shows at most the first 16 image / mask pairs
 EXPORT_SLICES = 32                      # --export: slices per synthetic case, as in OASIS
 GIF_FRAME_MS = 40                       # 25 frames per second
-HOLDOUT_SHARE, HOLDOUT_SEED = 0.1, 0    # plain image folder: share of it held out as the real baseline
 CLOSEST_PAIRS = 8                       # generated / real pairs in closest_pairs.png
 DIVERSITY_PAIRS = 500                   # random pairs for the SSIM / MS-SSIM diversity
 MAX_SEEDS = 1_000_000                   # a typo like 0-99999999 should not fill the memory
@@ -187,37 +186,8 @@ def style_mix_grid(G, row_seeds, col_seeds, layers, psi: float = 1.0, noise_mode
 # Scoring against real slices
 
 def load_real(path, cfg: config_lib.TrainConfig, max_real: int = None, log=None, skip_bad: bool = False):
-    """(reference uint8 [M, C, R, R], its file names, held-out uint8 [H, C, R, R], a description), at the
-    generator's resolution. The reference is the train split (or the plain folder), capped at max_real by a
-    seeded random choice; the held-out baseline is validate (else test), else a random 10 % of it."""
-    root = Path(path)
-    if not root.is_dir():
-        raise PredictError(f"--real {root}: no such folder; give an OASIS folder (keras_png_slices_*) or a folder "
-                           f"of images")
-    splits = [s for s in ("validate", "test") if (root / f"{dataset.OASIS_PREFIX}{s}").is_dir()]
-    try:
-        sets = [dataset.ImageDataset(root, split=s, resolution=cfg.resolution, img_channels=cfg.img_channels,
-                                     fit=cfg.fit, skip_bad=skip_bad, log=log) for s in ["train"] + splits[:1]]
-    except dataset.DataError as e:                       # dataset.py words its errors for train.py's --data
-        raise PredictError(str(e).replace("--data", "--real")) from None
-    reference, names = torch.from_numpy(sets[0].images), list(sets[0].files)
-    if splits:
-        heldout, held_name = torch.from_numpy(sets[1].images), f"{splits[0]} split"
-    else:
-        if len(reference) < 3:
-            raise PredictError(f"--real {root}: {len(reference)} image(s); scoring needs at least 3 (a reference "
-                               f"and a held-out share)")
-        perm = torch.from_numpy(np.random.default_rng(HOLDOUT_SEED).permutation(len(reference)))
-        n_held = max(1, round(HOLDOUT_SHARE * len(reference)))
-        hold, keep = perm[:n_held].sort().values, perm[n_held:].sort().values
-        heldout, reference, names = reference[hold], reference[keep], [names[i] for i in keep]
-        held_name = f"random {HOLDOUT_SHARE:.0%} of {sets[0].source.name} (seed {HOLDOUT_SEED})"
-    if max_real and len(reference) > max_real:
-        keep = torch.from_numpy(np.sort(np.random.default_rng(0).choice(len(reference), max_real, replace=False)))
-        reference, names = reference[keep], [names[i] for i in keep]
-    info = {"reference": sets[0].source.name, "reference_images": len(reference), "heldout": held_name,
-            "heldout_images": len(heldout)}
-    return reference, names, heldout, info
+    """dataset.reference_sets at the generator's resolution, with --real named in its errors."""
+    return dataset.reference_sets(path, cfg.resolution, cfg.img_channels, cfg.fit, max_real, skip_bad, log, "--real")
 
 
 def load_inception(path, device: torch.device):
@@ -260,28 +230,6 @@ def inception_features(model, images: torch.Tensor, batch: int = 64, device="cpu
             raise PredictError(f"--inception: the model returned features of shape {list(f.shape)}, not [N, D]")
         features.append(f.double().cpu())
     return torch.cat(features)
-
-
-def score(generated: torch.Tensor, reference: torch.Tensor, heldout: torch.Tensor, features=None,
-          pairs: int = DIVERSITY_PAIRS) -> dict:
-    """Scores of generated slices against real ones; images float [N, C, R, R] in [0, 1]. features: optional
-    (generated [N, D], reference [M, D]) for FID and KID. "closest" lists (generated index, reference index,
-    SSIM) of the closest pairs, closest first."""
-    gen_near, gen_index = metrics.nearest_ssim(generated, reference)
-    held_near, _ = metrics.nearest_ssim(heldout, reference)
-    median = lambda x: float(np.median(x.cpu().numpy()))                             # noqa: E731
-    out = {"nearest_ssim_mean": gen_near.mean().item(), "nearest_ssim_median": median(gen_near),
-           "heldout_nearest_ssim_mean": held_near.mean().item(), "heldout_nearest_ssim_median": median(held_near),
-           "diversity_ssim": metrics.pairwise_diversity(generated, pairs),
-           "real_diversity_ssim": metrics.pairwise_diversity(reference, pairs),
-           "diversity_ms_ssim": metrics.pairwise_diversity(generated, pairs, use_ms_ssim=True),
-           "real_diversity_ms_ssim": metrics.pairwise_diversity(reference, pairs, use_ms_ssim=True),
-           "memorization_share": metrics.memorization_share(gen_near, held_near)}
-    if features is not None:
-        out["fid"], out["kid"] = metrics.fid(*features), metrics.kid(*features)
-    order = gen_near.argsort(descending=True)[:CLOSEST_PAIRS].tolist()
-    out["closest"] = [(i, int(gen_index[i]), gen_near[i].item()) for i in order]
-    return out
 
 
 def format_table(scores: dict) -> str:
@@ -479,7 +427,8 @@ def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode
         features = (inception_features(model, generated, batch, device),
                     inception_features(model, reference, batch, device))
     unit = lambda x: x.to(device, torch.float32) / 255                                # noqa: E731
-    scores = score(unit(generated), unit(reference), unit(heldout), features)
+    scores = metrics.quality_scores(unit(generated), unit(reference), unit(heldout), features,
+                                    pairs=DIVERSITY_PAIRS, closest=CLOSEST_PAIRS)
     closest = scores.pop("closest")
     save_closest_pairs(generated, reference, closest, seeds, names, outdir / "closest_pairs.png")
     result = {**about, "real": str(args.real), **info, "num_generated": len(seeds),

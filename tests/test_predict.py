@@ -15,6 +15,7 @@ from PIL import Image
 
 import config
 import dataset
+import metrics
 import predict
 import runs
 import train
@@ -279,7 +280,7 @@ def test_copies_of_training_slices_count_as_memorized():
     g = torch.Generator().manual_seed(0)
     reference, heldout = torch.rand(6, 1, 16, 16, generator=g), torch.rand(3, 1, 16, 16, generator=g)
     generated = torch.cat([reference[[4, 1]], torch.rand(2, 1, 16, 16, generator=g)])
-    scores = predict.score(generated, reference, heldout, pairs=20)
+    scores = metrics.quality_scores(generated, reference, heldout, pairs=20)
     assert scores["memorization_share"] == 0.5
     assert scores["nearest_ssim_mean"] > scores["heldout_nearest_ssim_mean"]
     assert sorted(scores["closest"][:2]) == [(0, 4, pytest.approx(1.0)), (1, 1, pytest.approx(1.0))]
