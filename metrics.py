@@ -2,12 +2,14 @@
 
 Owns: SSIM (numerically the same as scikit-image's Gaussian-weighted SSIM), MS-SSIM, the nearest-real
 SSIM search with a cheap prefilter, diversity and memorization statistics, and FID / KID from feature
-statistics. Does not own feature extraction or file handling (predict.py).
+statistics, features from a user-supplied TorchScript Inception-v3, and the scores of a generator
+against real slices that predict.py and train.py report. Does not own file handling (predict.py, runs.py).
 
 Images are [N, C, H, W] with values in [0, 1].
 """
 
-import math
+import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -244,3 +246,56 @@ def quality_scores(generated: torch.Tensor, reference: torch.Tensor, heldout: to
     order = gen_near.argsort(descending=True)[:closest].tolist()
     out["closest"] = [(i, int(gen_index[i]), gen_near[i].item()) for i in order]
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Features for FID / KID from a user-supplied network (nothing is downloaded)
+
+INCEPTION_RES = 299                     # Inception-v3 input size (Szegedy et al. 2016)
+
+
+class FeatureError(ValueError):
+    """A feature network that returns something other than [N, D] features."""
+
+
+def load_inception(path, device, option: str = "--inception"):
+    """A user-supplied TorchScript feature network (inception-2015-12-05.pt), tried on two blank images so
+    that a wrong file fails before any work. Errors are one ValueError line naming option."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{option} {path}: no such file")
+    try:
+        with warnings.catch_warnings():              # torch.jit is deprecated, but it is the standard file's format
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = torch.jit.load(str(path), map_location=device).eval()
+    except (RuntimeError, ValueError, OSError):
+        raise ValueError(f"{option} {path}: not a TorchScript file; give inception-2015-12-05.pt, the "
+                         f"TorchScript Inception-v3 of the StyleGAN2-ADA metrics") from None
+    try:
+        inception_features(model, torch.zeros(2, 1, 8, 8, dtype=torch.uint8), device=device)
+    except FeatureError as e:
+        raise ValueError(f"{option} {path}: {e}") from None
+    except Exception as e:                                    # a scripted model can raise anything
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{option} {path}: fails on a [2, 3, 299, 299] batch with model(x, "
+                         f"return_features=True) ({reason}); give the TorchScript Inception-v3 "
+                         f"inception-2015-12-05.pt") from None
+    return model
+
+
+@torch.no_grad()
+def inception_features(model, images: torch.Tensor, batch: int = 64, device="cpu") -> torch.Tensor:
+    """uint8 images [N, C, H, W] -> features [N, D] from model(x, return_features=True), where x is float in
+    the uint8 range [0, 255], [B, 3, 299, 299] (grayscale repeated to three channels, bilinear resize)."""
+    features = []
+    for chunk in images.split(batch):
+        x = chunk.to(device, torch.float32)
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)                                                  # [B, 3, H, W]
+        if x.shape[-2:] != (INCEPTION_RES, INCEPTION_RES):
+            x = F.interpolate(x, size=(INCEPTION_RES, INCEPTION_RES), mode="bilinear", align_corners=False)
+        f = model(x, return_features=True)
+        if f.ndim != 2 or f.shape[0] != x.shape[0]:
+            raise FeatureError(f"the model returned features of shape {list(f.shape)}, not [N, D]")
+        features.append(f.double().cpu())
+    return torch.cat(features)

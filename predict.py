@@ -31,12 +31,10 @@ import os
 import re
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -53,7 +51,6 @@ GIF_FRAME_MS = 40                       # 25 frames per second
 CLOSEST_PAIRS = 8                       # generated / real pairs in closest_pairs.png
 DIVERSITY_PAIRS = 500                   # random pairs for the SSIM / MS-SSIM diversity
 MAX_SEEDS = 1_000_000                   # a typo like 0-99999999 should not fill the memory
-INCEPTION_RES = 299                     # Inception-v3 input size (Szegedy et al. 2016)
 DEFAULTS = dict(seeds="0-15", walk_seeds="0-3", frames=24, row_seeds="0-3", col_seeds="4-7", num=1000)
 
 
@@ -188,48 +185,6 @@ def style_mix_grid(G, row_seeds, col_seeds, layers, psi: float = 1.0, noise_mode
 def load_real(path, cfg: config_lib.TrainConfig, max_real: int = None, log=None, skip_bad: bool = False):
     """dataset.reference_sets at the generator's resolution, with --real named in its errors."""
     return dataset.reference_sets(path, cfg.resolution, cfg.img_channels, cfg.fit, max_real, skip_bad, log, "--real")
-
-
-def load_inception(path, device: torch.device):
-    """The TorchScript feature network, tried on two blank images before anything is generated."""
-    path = Path(path)
-    if not path.is_file():
-        raise PredictError(f"--inception {path}: no such file")
-    try:
-        with warnings.catch_warnings():              # torch.jit is deprecated, but it is the standard file's format
-            warnings.simplefilter("ignore", DeprecationWarning)
-            model = torch.jit.load(str(path), map_location=device).eval()
-    except (RuntimeError, ValueError, OSError):
-        raise PredictError(f"--inception {path}: not a TorchScript file; give inception-2015-12-05.pt, the "
-                           f"TorchScript Inception-v3 of the StyleGAN2-ADA metrics") from None
-    try:
-        inception_features(model, torch.zeros(2, 1, 8, 8, dtype=torch.uint8), device=device)
-    except PredictError as e:
-        raise PredictError(f"--inception {path}: {str(e).partition(': ')[2]}") from None
-    except Exception as e:                                    # a scripted model can raise anything
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise PredictError(f"--inception {path}: fails on a [2, 3, 299, 299] batch with model(x, "
-                           f"return_features=True) ({reason}); give the TorchScript Inception-v3 "
-                           f"inception-2015-12-05.pt") from None
-    return model
-
-
-@torch.no_grad()
-def inception_features(model, images: torch.Tensor, batch: int = 64, device="cpu") -> torch.Tensor:
-    """uint8 images [N, C, H, W] -> features [N, D] from model(x, return_features=True), where x is float in
-    the uint8 range [0, 255], [B, 3, 299, 299] (grayscale repeated to three channels, bilinear resize)."""
-    features = []
-    for chunk in images.split(batch):
-        x = chunk.to(device, torch.float32)
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)                                                  # [B, 3, H, W]
-        if x.shape[-2:] != (INCEPTION_RES, INCEPTION_RES):
-            x = F.interpolate(x, size=(INCEPTION_RES, INCEPTION_RES), mode="bilinear", align_corners=False)
-        f = model(x, return_features=True)
-        if f.ndim != 2 or f.shape[0] != x.shape[0]:
-            raise PredictError(f"--inception: the model returned features of shape {list(f.shape)}, not [N, D]")
-        features.append(f.double().cpu())
-    return torch.cat(features)
 
 
 def format_table(scores: dict) -> str:
@@ -418,14 +373,20 @@ def write_style_mix(G, rows, cols, outdir: Path, **gen) -> str:
 
 def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode, device, batch) -> str:
     """Everything is read and checked before the first image is generated."""
-    model = load_inception(args.inception, device) if args.inception else None
+    try:
+        model = metrics.load_inception(args.inception, device, "--inception") if args.inception else None
+    except ValueError as e:
+        raise PredictError(str(e)) from None
     reference, names, heldout, info = load_real(args.real, cfg, args.max_real, skip_bad=args.skip_bad,
                                                 log=lambda m: print(m, file=sys.stderr))
     generated = generate(G, seeds, psi, noise_mode, device, batch)
     features = None
     if model is not None:
-        features = (inception_features(model, generated, batch, device),
-                    inception_features(model, reference, batch, device))
+        try:
+            features = (metrics.inception_features(model, generated, batch, device),
+                        metrics.inception_features(model, reference, batch, device))
+        except metrics.FeatureError as e:
+            raise PredictError(f"--inception {args.inception}: {e}") from None
     unit = lambda x: x.to(device, torch.float32) / 255                                # noqa: E731
     scores = metrics.quality_scores(unit(generated), unit(reference), unit(heldout), features,
                                     pairs=DIVERSITY_PAIRS, closest=CLOSEST_PAIRS)

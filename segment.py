@@ -227,7 +227,7 @@ def format_tstr(r: dict) -> str:
     d, n = r["dice"], r["pairs"]
     rows = [(f"(a) real -> real test ({n['real']})", d["real"]),
             (f"(b) synthetic -> real test ({n['synthetic']})", d["synthetic"]),
-            (f"(c) real + synthetic -> real test", d["real + synthetic"]),
+            ("(c) real + synthetic -> real test", d["real + synthetic"]),
             ("agreement: (a) on synthetic pairs", r["agreement"])]
     return (f"Dice on the real {r['test_split']} split ({n['test']} slices, {r['resolution']} px), "
             f"{r['iters']} iterations, seed {r['seed']}\n" + format_rows(rows) +

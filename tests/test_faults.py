@@ -14,7 +14,7 @@ import config
 import losses
 import runs
 import train
-from test_train import images, run_train, tiny_args, weights  # noqa: F401  (images is a fixture)
+from test_train import run_train, tiny_args, weights
 
 
 def events(run_dir: Path) -> list:

@@ -1,6 +1,5 @@
 """Metrics (metrics.py) against scikit-image and closed-form values."""
 
-import math
 
 import numpy as np
 import pytest

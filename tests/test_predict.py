@@ -229,10 +229,10 @@ def inception(tmp_path_factory) -> Path:
 
 
 def test_inception_features_see_three_channels_at_299_in_the_uint8_range(inception):
-    model = predict.load_inception(inception, torch.device("cpu"))
+    model = metrics.load_inception(inception, torch.device("cpu"))
     images = torch.full((5, 1, 16, 16), 200, dtype=torch.uint8)
     images[0, 0, 0, 0] = 0
-    f = predict.inception_features(model, images, batch=2)
+    f = metrics.inception_features(model, images, batch=2)
     assert f.shape == (5, 5)
     assert f[1].tolist() == pytest.approx([200, 200, 200, 299, 299]) and f[0, 0] == 0
 

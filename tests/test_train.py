@@ -9,10 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import config
@@ -22,17 +20,6 @@ import runs
 import train
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    """20 small random grayscale PNGs."""
-    root = tmp_path_factory.mktemp("train_data") / "imgs"
-    root.mkdir()
-    for i in range(20):
-        pixels = (np.random.default_rng(i).random((16, 16)) * 255).astype(np.uint8)
-        Image.fromarray(pixels).save(root / f"{i:02d}.png")
-    return root
 
 
 def tiny_args(images: Path, outdir: Path, **extra) -> list:
