@@ -77,6 +77,12 @@ class TrainConfig:
     ada_target: float = 0.6             # ADA target for E[sign(D(real))]
     ada_interval: int = 4               # D steps between ADA updates
     ada_kimg: float = 500.0             # images (in kimg) for p to move from 0 to 1
+    # Quality tracked while training (metrics.py scores of G_ema against the training data)
+    metrics_num: int = 256              # generated slices scored at every snapshot (0 = no scoring)
+    metrics_every: int = 0              # also score every this many ticks (0 = at snapshots only)
+    metrics_real: int = 2000            # training slices they are compared with (a seeded random subset; 0 = all)
+    inception: str = ""                 # TorchScript Inception-v3 (inception-2015-12-05.pt) to add KID and FID
+    tensorboard: bool = True            # also write TensorBoard logs when the tensorboard package is installed
     # Outputs
     grid: str = "8x4"                   # image grid columns x rows for reals.png / fakes*.png
 
@@ -284,6 +290,13 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         value = getattr(cfg, f.name)
         if f.type is float and not math.isfinite(value):
             raise ConfigError(f"--{f.name} must be a finite number, got {value}")
+    for name in ("metrics_num", "metrics_every", "metrics_real"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
+    if 0 < cfg.metrics_num < 2:
+        raise ConfigError(f"--metrics_num must be 0 (off) or >= 2, got {cfg.metrics_num}")
+    if cfg.inception and not Path(cfg.inception).is_file():
+        raise ConfigError(f"--inception {cfg.inception}: no such file; give inception-2015-12-05.pt or leave it empty")
     if cfg.seed < 0 or cfg.seed >= 2 ** 31:
         raise ConfigError(f"--seed must be in [0, 2^31), got {cfg.seed}")
     if not 0 < cfg.pl_decay <= 1:

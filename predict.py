@@ -234,6 +234,8 @@ def save_closest_pairs(generated: torch.Tensor, reference: torch.Tensor, closest
 def build_parser() -> argparse.ArgumentParser:
     p = config_lib.Parser(prog="predict.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint file, or a run folder (its latest checkpoint)")
+    p.add_argument("--best", action="store_true", help="with a run folder: its best snapshot by the scores "
+                                                       "tracked while training (best.json)")
     p.add_argument("--seeds", help="seeds like 0-9,20,30-32 (default 0-15; --interpolate 0-3; --score 0..num-1)")
     p.add_argument("--trunc", type=float, default=1.0, help="truncation psi (1 = off; 0.5-0.7 trades variety "
                                                              "for typicality)")
@@ -414,7 +416,8 @@ def run(args) -> None:
                                      f"got --seeds {args.seeds}")
     rows = parse_seeds(args.row_seeds or DEFAULTS["row_seeds"], "--row_seeds")
     cols = parse_seeds(args.col_seeds or DEFAULTS["col_seeds"], "--col_seeds")
-    G, cfg, state, ckpt = runs.load_generator(args.checkpoint, device)
+    G, cfg, state, ckpt = runs.load_generator(runs.best_checkpoint(args.checkpoint) if args.best else args.checkpoint,
+                                              device)
     if args.export:
         runs.check_writable(Path(args.export).resolve().parent, "--export")
     else:

@@ -28,6 +28,7 @@ RESUME_KEYS = ("config", "G", "D", "G_ema", "opt_G", "opt_D", "pl_mean", "ada_p"
                "batch_idx", "tick", "nonfinite_total", "nonfinite_run", "sampler", "world_size", "rng")
 TMP_MARK = ".tmp-"                      # temporary files are .<name>.tmp-<pid>, next to their target
 LOCK_NAME = ".lock"
+BEST_NAME = "best.json"                 # the best snapshot so far by the run's quality scores (monitor.py)
 SNAPSHOT_RE = re.compile(r"snapshot-(\d+(?:\.\d+)?)\.pt")
 
 
@@ -165,6 +166,31 @@ def resolve_checkpoint(path, option: str = "--checkpoint") -> Path:
         return max(snaps)[1]
     if not path.is_file():
         raise RunError(f"{option} {path}: no such file or folder; give a checkpoint file or its run folder")
+    return path
+
+
+def read_best(run_dir):
+    """best.json of a run folder as a dict, or None when there is none (or it cannot be read)."""
+    try:
+        best = json.loads((Path(run_dir) / BEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return best if isinstance(best, dict) and isinstance(best.get("snapshot"), str) else None
+
+
+def best_checkpoint(run_dir, option: str = "--checkpoint") -> Path:
+    """The snapshot best.json names in a run folder (predict.py --best)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{option} {run_dir}: --best needs a run folder (it reads the folder's {BEST_NAME})")
+    best = read_best(run_dir)
+    if best is None:
+        raise RunError(f"{option} {run_dir}: no {BEST_NAME} (the run has not scored a snapshot yet, or ran with "
+                       f"--metrics_num=0); give a checkpoint without --best")
+    path = run_dir / best["snapshot"]
+    if not path.is_file():
+        raise RunError(f"{run_dir / BEST_NAME} names {best['snapshot']}, which is missing; give a checkpoint "
+                       f"without --best")
     return path
 
 
@@ -429,9 +455,12 @@ def plot_log(log_path, out, panels, dpi: int = 90) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels):
         for key in keys:
-            ax.plot(kimg, [r.get(key, float("nan")) for r in records], label=key)
+            points = [(r["kimg"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+            if points:
+                ax.plot(*zip(*points), label=key, marker="." if len(points) < len(kimg) else None)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("kimg")
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, out, dpi=dpi)

@@ -30,6 +30,7 @@ import config as config_lib
 import dataset
 import distributed
 import losses
+import monitor
 import runs
 from modules import count_params
 
@@ -322,12 +323,15 @@ def grid_latents(cfg: config_lib.TrainConfig, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def save_fakes(trainer: Trainer, z: torch.Tensor, path: Path) -> None:
-    """fakes*.png: the EMA generator's images of fixed latents (with masks: image and mask side by side)."""
+def save_fakes(trainer: Trainer, z: torch.Tensor, path: Path):
+    """fakes*.png: the EMA generator's images of fixed latents (with masks: image and mask side by side).
+    Returns the grid (uint8 [H, W] or [H, W, 3])."""
     x = torch.cat([trainer.G_ema(zb, noise_mode="const") for zb in z.split(trainer.batch_gpu)])
     c = trainer.cfg.img_channels
     labels = dataset.mask_labels(x[:, c:]) if trainer.cfg.masks else None
-    runs.save_grid(dataset.pair_tiles(dataset.to_uint8(x[:, :c]), labels), path, trainer.cfg.grid_size()[0])
+    grid = runs.tile(dataset.pair_tiles(dataset.to_uint8(x[:, :c]), labels).cpu(), trainer.cfg.grid_size()[0])
+    runs.save_png(grid, path)
+    return grid
 
 
 LOSS_PANELS = [("losses", ["loss_G", "loss_D"]), ("D output on reals", ["D_real"]),
@@ -353,6 +357,7 @@ class Run:
         self.trainer, self.dir, self.is_main, self.log = trainer, run_dir, is_main, log
         self.z_grid = grid_latents(trainer.cfg, trainer.device)
         self.last_checkpoint = time.time()
+        self.quality = self.board = self.lock = None
 
     def save_checkpoints(self, snapshot: bool) -> None:
         """snapshot-<kimg>.pt (networks only) first, then checkpoint.pt (everything): a kill between the two
@@ -362,10 +367,10 @@ class Run:
         streak = t.nonfinite_streak()
         state = t.state_dict()                                       # collective: every rank takes part
         if not self.is_main:
-            return
+            return None
         if streak:
             self.log(f"checkpoint deferred at kimg {t.cur_nimg / 1000:.3f}: {streak} non-finite step(s) in a row")
-            return
+            return None
         written = []
         if snapshot:
             name = f"snapshot-{runs.kimg_tag(t.cur_nimg)}.pt"
@@ -375,13 +380,18 @@ class Run:
         runs.append_log(self.dir / "log.jsonl", {"event": "checkpoint", "kimg": t.cur_nimg / 1000, "step": t.batch_idx,
                                                  "files": written + ["checkpoint.pt"], "time": time.time()})
         self.last_checkpoint = time.time()
+        return written[0] if snapshot else "checkpoint.pt"
 
     def save_pictures(self, snapshot: bool) -> None:
-        """losses.png and, at snapshots, fakes<kimg>.png. A failure here is a warning: the run goes on."""
+        """losses.png, metrics.png and, at snapshots, fakes<kimg>.png (also to TensorBoard). A failure here is a
+        warning: the run goes on."""
         try:
             plot_losses(self.dir / "log.jsonl", self.dir / "losses.png")
+            monitor.plot_metrics(self.dir / "log.jsonl", self.dir / "metrics.png")
             if snapshot:
-                save_fakes(self.trainer, self.z_grid, self.dir / f"fakes{runs.kimg_tag(self.trainer.cur_nimg)}.png")
+                kimg = self.trainer.cur_nimg
+                grid = save_fakes(self.trainer, self.z_grid, self.dir / f"fakes{runs.kimg_tag(kimg)}.png")
+                self.board.image("fakes", grid, kimg / 1000)
         except (runs.RunError, OSError, ValueError) as e:
             self.log(f"warning: {e}; training goes on")
 
@@ -426,8 +436,11 @@ def _prepare_run_dir(run: Run, cfg, data, resumed: bool) -> None:
         idx = np.random.default_rng(cfg.seed).choice(data.num_images, size=min(cols * rows, data.num_images),
                                                      replace=False)
         runs.save_grid(dataset.pair_tiles(*data.get(idx)), run_dir / "reals.png", cols)
+    if cfg.metrics_num > 0:
+        run.quality = monitor.QualityTracker(cfg, data.source.root, trainer.device, log)
+    run.board = monitor.TensorBoard(run_dir, cfg.tensorboard, log)
     if trainer.cur_nimg == 0:
-        save_fakes(trainer, run.z_grid, run_dir / "fakes000000.png")
+        run.board.image("fakes", save_fakes(trainer, run.z_grid, run_dir / "fakes000000.png"), 0)
 
 
 def end_tick(run: Run, tick_start_nimg: int, tick_start_time: float, done: bool) -> None:
@@ -446,13 +459,18 @@ def end_tick(run: Run, tick_start_nimg: int, tick_start_time: float, done: bool)
               "peak_mem_gb": round(peak_memory_gb(t.device), 3), "time": time.time()}
     if snapshot:
         record["ranks_in_sync"] = distributed.check_ranks_in_sync({"G": t.G, "D": t.D}, t.world_size)
+    if run.quality is not None and images > 0 and run.quality.due(t.tick, snapshot):
+        record.update(run.quality.score(t.G_ema))                    # rank 0 only: G_ema is the same everywhere
     if run.is_main and images > 0:
         runs.append_log(run.dir / "log.jsonl", record)
+        run.board.scalars(record)
         status = "  ".join(f"{k} {record[k]:.4g}" for k in ("kimg", "sec_per_kimg", "loss_G", "loss_D") if k in record)
         from tqdm import tqdm
         tqdm.write(f"tick {t.tick:<5} {status}  p {t.ada_p:.3f}", file=sys.stderr)
     if snapshot or time.time() - run.last_checkpoint >= cfg.checkpoint_minutes * 60:
-        run.save_checkpoints(snapshot=snapshot and images > 0)
+        written = run.save_checkpoints(snapshot=snapshot and images > 0)
+        if written and written.startswith("snapshot") and monitor.update_best(run.dir, record, written):
+            run.log(f"best snapshot so far: {written} ({'; '.join('%s %.4g' % monitor.criterion(record))})")
     if run.is_main and images > 0:
         run.save_pictures(snapshot)
     if t.device.type == "cuda":
@@ -607,6 +625,8 @@ def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
     except TrainingStopped as e:
         raise TrainingStopped(f"{e}; {last_checkpoint(run.dir)}") from None
     finally:
+        if run.board is not None:
+            run.board.close()
         if run.lock is not None:
             run.lock.release()
     return run.dir

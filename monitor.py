@@ -1,0 +1,148 @@
+"""What a training run reports about itself while it trains: the quality of G_ema at snapshots, the best
+snapshot so far, and TensorBoard logs.
+
+Owns QualityTracker (metrics.py's scores of a fixed sample of G_ema against the training slices and their
+held-out split, the same scores `predict.py --score` reports), the best-snapshot rule and its file
+(best.json, read by `predict.py --best`), metrics.png, and the optional TensorBoard writer. Does not own
+the scores' mathematics (metrics.py), the loop (train.py) or how files are written (runs.py).
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+import config as config_lib
+import dataset
+import metrics
+import runs
+
+DIVERSITY_PAIRS = 200                   # random generated pairs for the diversity SSIM at each scoring
+SAMPLE_SEED_OFFSET = 777                # the scored latents come from --seed + this (the training RNG is untouched)
+METRIC_PANELS = [("nearest-real SSIM (generated vs held-out real)", ["nearest_ssim", "heldout_nearest_ssim"]),
+                 ("diversity SSIM of pairs (generated vs real)", ["diversity_ssim", "real_diversity_ssim"]),
+                 ("memorization share", ["memorization_share"]),
+                 ("quality gap (lower is better) / KID", ["quality_gap", "kid"])]
+
+
+class QualityTracker:
+    """Scores of G_ema at snapshots. The real side (held-out nearest SSIM, real pair diversity, Inception
+    features of the reference) is computed once per run; each call generates the same latents again."""
+
+    def __init__(self, cfg: config_lib.TrainConfig, data_path, device: torch.device, log=print):
+        self.cfg, self.device, self.log = cfg, device, log
+        self.reference, _, self.heldout, self.info = dataset.reference_sets(
+            data_path, cfg.resolution, cfg.img_channels, cfg.fit, cfg.metrics_real or None, cfg.skip_bad,
+            log=lambda m: None, option="--data")
+        gen = torch.Generator().manual_seed(cfg.seed + SAMPLE_SEED_OFFSET)
+        self.z = torch.randn(cfg.metrics_num, cfg.z_dim, generator=gen)                # [num, z_dim]
+        try:
+            self.inception = metrics.load_inception(cfg.inception, device) if cfg.inception else None
+        except ValueError as e:
+            raise config_lib.ConfigError(str(e)) from None
+        self.baseline = self.reference_features = None
+
+    def due(self, tick: int, snapshot: bool) -> bool:
+        every = self.cfg.metrics_every
+        return snapshot or (every > 0 and tick % every == 0)
+
+    def _unit(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, torch.float32) / 255                               # uint8 -> [0, 1]
+
+    @torch.no_grad()
+    def score(self, G) -> dict:
+        """{score name: value} for G (its image channels), plus metrics_seconds, the time it took."""
+        start = time.time()
+        c, batch = self.cfg.img_channels, max(self.cfg.batch, 16)
+        x = torch.cat([G(zb.to(self.device), noise_mode="const")[:, :c] for zb in self.z.split(batch)])
+        generated = dataset.to_uint8(x).cpu()                                           # [num, C, R, R]
+        if self.baseline is None:
+            self.baseline = metrics.real_baseline(self._unit(self.reference), self._unit(self.heldout),
+                                                  DIVERSITY_PAIRS, ms_ssim=False)
+        features = None
+        if self.inception is not None:
+            if self.reference_features is None:
+                self.reference_features = metrics.inception_features(self.inception, self.reference, batch,
+                                                                      self.device)
+            features = (metrics.inception_features(self.inception, generated, batch, self.device),
+                        self.reference_features)
+        s = metrics.quality_scores(self._unit(generated), self._unit(self.reference), self._unit(self.heldout),
+                                   features, pairs=DIVERSITY_PAIRS, baseline=self.baseline, ms_ssim=False)
+        out = {"nearest_ssim": s["nearest_ssim_mean"], "heldout_nearest_ssim": s["heldout_nearest_ssim_mean"],
+               "diversity_ssim": s["diversity_ssim"], "real_diversity_ssim": s["real_diversity_ssim"],
+               "memorization_share": s["memorization_share"], "quality_gap": s["quality_gap"]}
+        out.update({k: s[k] for k in ("kid", "fid") if k in s})
+        out["metrics_seconds"] = round(time.time() - start, 3)
+        return out
+
+
+def criterion(record: dict):
+    """(name, value) that ranks snapshots, lower is better: KID when Inception features are there, else
+    the quality gap; None when the record was not scored."""
+    for name in ("kid", "quality_gap"):
+        if name in record and math.isfinite(record[name]):
+            return name, record[name]
+    return None
+
+
+def update_best(run_dir, record: dict, snapshot: str) -> bool:
+    """Record snapshot in best.json when its score beats the best so far (or none is recorded). Returns
+    whether it did."""
+    scored = criterion(record)
+    if scored is None:
+        return False
+    name, value = scored
+    best = runs.read_best(run_dir)
+    if best is not None and best.get("criterion") == name and best.get("value", math.inf) <= value:
+        return False
+    keep = {k: record[k] for k in ("kimg", "tick", "step") if k in record}
+    scores = {k: record[k] for k in ("nearest_ssim", "heldout_nearest_ssim", "diversity_ssim", "real_diversity_ssim",
+                                     "memorization_share", "quality_gap", "kid", "fid") if k in record}
+    runs.write_text(Path(run_dir) / runs.BEST_NAME,
+                    json.dumps({"snapshot": snapshot, "criterion": name, "value": value, **keep, "scores": scores},
+                               indent=1) + "\n")
+    return True
+
+
+def plot_metrics(log_path, out) -> None:
+    records = runs.read_log(log_path)
+    if any("quality_gap" in r for r in records):
+        runs.plot_log(log_path, out, METRIC_PANELS)
+
+
+class TensorBoard:
+    """Every scalar of log.jsonl and the image grids at snapshots, when the tensorboard package is installed
+    (an optional extra, imported here and nowhere else); without it every call does nothing."""
+
+    def __init__(self, run_dir, enabled: bool = True, log=print):
+        self.writer = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:                                    # the optional extra is absent: nothing changes
+            return
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        log(f"TensorBoard logs in {Path(run_dir) / 'tensorboard'} (tensorboard --logdir {run_dir})")
+
+    def scalars(self, record: dict) -> None:
+        if self.writer is None:
+            return
+        step = int(round(record["kimg"] * 1000))
+        for key, value in record.items():
+            if key not in ("tick", "kimg", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def image(self, tag: str, grid, kimg: float) -> None:
+        """grid: uint8 [H, W] or [H, W, 3] as runs.tile makes it."""
+        if self.writer is None:
+            return
+        self.writer.add_image(tag, grid, int(round(kimg * 1000)), dataformats="HW" if grid.ndim == 2 else "HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
