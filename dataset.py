@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -86,6 +87,13 @@ def list_images(folder: Path) -> list:
         found += [Path(dirpath) / f for f in filenames
                   if not f.startswith(".") and f.lower().endswith(IMAGE_EXTS)]
     return sorted(found)
+
+
+def slice_level(name) -> int:
+    """The slice number K of an OASIS name (case_001_slice_K.nii.png, its axial level: 0 = lowest of the
+    subject's slices), or None for other names."""
+    m = re.search(r"_slice_(\d+)\.", Path(name).name)
+    return int(m.group(1)) if m else None
 
 
 def mask_name(image_name: str) -> str:

@@ -215,8 +215,8 @@ def kid(features1: torch.Tensor, features2: torch.Tensor, subsets: int = 100, su
 def real_baseline(reference: torch.Tensor, heldout: torch.Tensor, pairs: int = 500, ms_ssim: bool = True) -> dict:
     """What real slices score, to set generated scores against: held-out slices' nearest SSIM to the reference
     set, and the diversity of reference pairs. Computed once per reference set."""
-    held_near, _ = nearest_ssim(heldout, reference)
-    out = {"heldout_near": held_near, "heldout_nearest_ssim_mean": held_near.mean().item(),
+    held_near, held_index = nearest_ssim(heldout, reference)
+    out = {"heldout_near": held_near, "heldout_index": held_index.tolist(), "heldout_nearest_ssim_mean": held_near.mean().item(),
            "heldout_nearest_ssim_median": float(held_near.median().item()),
            "real_diversity_ssim": pairwise_diversity(reference, pairs)}
     if ms_ssim:
@@ -234,7 +234,7 @@ def quality_scores(generated: torch.Tensor, reference: torch.Tensor, heldout: to
     base = baseline if baseline is not None else real_baseline(reference, heldout, pairs, ms_ssim)
     gen_near, gen_index = nearest_ssim(generated, reference)
     out = {"nearest_ssim_mean": gen_near.mean().item(), "nearest_ssim_median": float(gen_near.median().item()),
-           **{k: v for k, v in base.items() if k != "heldout_near"},
+           **{k: v for k, v in base.items() if k not in ("heldout_near", "heldout_index")},
            "diversity_ssim": pairwise_diversity(generated, pairs),
            "memorization_share": memorization_share(gen_near, base["heldout_near"])}
     if ms_ssim:
@@ -245,7 +245,22 @@ def quality_scores(generated: torch.Tensor, reference: torch.Tensor, heldout: to
         out["fid"], out["kid"] = fid(*features), kid(*features)
     order = gen_near.argsort(descending=True)[:closest].tolist()
     out["closest"] = [(i, int(gen_index[i]), gen_near[i].item()) for i in order]
+    out["nearest_index"], out["heldout_nearest_index"] = gen_index.tolist(), base["heldout_index"]
     return out
+
+
+def level_coverage(generated_levels, reference_levels) -> dict:
+    """How many of the reference set's axial levels are some generated slice's nearest-real level.
+    generated_levels: the level of each generated slice's nearest real slice; reference_levels: every level
+    present in the reference. level_coverage is the share of those hit; level_spread the share of generated
+    slices that would have to move to another level for all levels to be hit equally (0 = uniform)."""
+    levels = sorted(set(reference_levels))
+    counts = [sum(1 for g in generated_levels if g == lv) for lv in levels]
+    n = max(len(generated_levels), 1)
+    uniform = n / max(len(levels), 1)
+    return {"level_coverage": sum(c > 0 for c in counts) / max(len(levels), 1),
+            "level_spread": sum(abs(c - uniform) for c in counts) / (2 * n),
+            "level_counts": dict(zip(levels, counts))}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ DIVERSITY_PAIRS = 200                   # random generated pairs for the diversi
 SAMPLE_SEED_OFFSET = 777                # the scored latents come from --seed + this (the training RNG is untouched)
 METRIC_PANELS = [("nearest-real SSIM (generated vs held-out real)", ["nearest_ssim", "heldout_nearest_ssim"]),
                  ("diversity SSIM of pairs (generated vs real)", ["diversity_ssim", "real_diversity_ssim"]),
-                 ("memorization share", ["memorization_share"]),
+                 ("memorization share; axial levels covered, spread", ["memorization_share", "level_coverage",
+                                                                     "real_level_coverage", "level_spread"]),
                  ("quality gap (lower is better) / KID", ["quality_gap", "kid"])]
 
 
@@ -33,9 +34,10 @@ class QualityTracker:
 
     def __init__(self, cfg: config_lib.TrainConfig, data_path, device: torch.device, log=print):
         self.cfg, self.device, self.log = cfg, device, log
-        self.reference, _, self.heldout, self.info = dataset.reference_sets(
+        self.reference, names, self.heldout, self.info = dataset.reference_sets(
             data_path, cfg.resolution, cfg.img_channels, cfg.fit, cfg.metrics_real or None, cfg.skip_bad,
             log=lambda m: None, option="--data")
+        self.levels = [dataset.slice_level(n) for n in names]                         # None for non-OASIS names
         gen = torch.Generator().manual_seed(cfg.seed + SAMPLE_SEED_OFFSET)
         self.z = torch.randn(cfg.metrics_num, cfg.z_dim, generator=gen)                # [num, z_dim]
         try:
@@ -74,6 +76,11 @@ class QualityTracker:
                "diversity_ssim": s["diversity_ssim"], "real_diversity_ssim": s["real_diversity_ssim"],
                "memorization_share": s["memorization_share"], "quality_gap": s["quality_gap"]}
         out.update({k: s[k] for k in ("kid", "fid") if k in s})
+        if None not in self.levels:                  # OASIS names: which axial levels the samples are nearest to
+            cover = metrics.level_coverage([self.levels[i] for i in s["nearest_index"]], self.levels)
+            real = metrics.level_coverage([self.levels[i] for i in s["heldout_nearest_index"]], self.levels)
+            out.update(level_coverage=cover["level_coverage"], level_spread=cover["level_spread"],
+                       real_level_coverage=real["level_coverage"], real_level_spread=real["level_spread"])
         out["metrics_seconds"] = round(time.time() - start, 3)
         return out
 

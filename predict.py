@@ -192,10 +192,13 @@ def format_table(scores: dict) -> str:
             ("nearest-real SSIM, median", "nearest_ssim_median", "heldout_nearest_ssim_median"),
             ("diversity: SSIM of pairs", "diversity_ssim", "real_diversity_ssim"),
             ("diversity: MS-SSIM of pairs", "diversity_ms_ssim", "real_diversity_ms_ssim"),
-            ("memorization share", "memorization_share", None), ("FID", "fid", None), ("KID", "kid", None)]
+            ("memorization share", "memorization_share", None),
+            ("axial levels covered (nearest real)", "level_coverage", "real_level_coverage"),
+            ("axial-level spread (0 = even)", "level_spread", "real_level_spread"),
+            ("FID", "fid", None), ("KID", "kid", None)]
     cell = lambda key: f"{scores[key]:.4f}" if key in scores else ""                 # noqa: E731
-    lines = [f"{'':<28} {'generated':>10} {'real':>10}"]
-    lines += [f"{label:<28} {cell(g):>10} {cell(r):>10}" for label, g, r in rows if g in scores]
+    lines = [f"{'':<36} {'generated':>10} {'real':>10}"]
+    lines += [f"{label:<36} {cell(g):>10} {cell(r):>10}" for label, g, r in rows if g in scores]
     lines.append("real: held-out slices against the training slices (nearest), training pairs (diversity)")
     return "\n".join(lines)
 
@@ -393,6 +396,14 @@ def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode
     scores = metrics.quality_scores(unit(generated), unit(reference), unit(heldout), features,
                                     pairs=DIVERSITY_PAIRS, closest=CLOSEST_PAIRS)
     closest = scores.pop("closest")
+    levels = [dataset.slice_level(n) for n in names]
+    nearest, held_nearest = scores.pop("nearest_index"), scores.pop("heldout_nearest_index")
+    if None not in levels:                             # OASIS names: axial levels of the nearest real slices
+        generated_cover = metrics.level_coverage([levels[i] for i in nearest], levels)
+        real_cover = metrics.level_coverage([levels[i] for i in held_nearest], levels)
+        scores.update({k: generated_cover[k] for k in ("level_coverage", "level_spread")},
+                      real_level_coverage=real_cover["level_coverage"], real_level_spread=real_cover["level_spread"],
+                      level_counts=generated_cover["level_counts"])
     save_closest_pairs(generated, reference, closest, seeds, names, outdir / "closest_pairs.png")
     result = {**about, "real": str(args.real), **info, "num_generated": len(seeds),
               "seeds": args.seeds or f"0-{len(seeds) - 1}", "trunc": psi, "noise_mode": noise_mode, **scores,

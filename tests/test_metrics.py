@@ -119,3 +119,19 @@ def test_kid_is_the_unbiased_polynomial_mmd():
     same = metrics.kid(torch.randn(4000, 8, generator=g), torch.randn(4000, 8, generator=g), subsets=20,
                        subset_size=500)
     assert abs(same) < 0.02                                          # unbiased: about zero for one distribution
+
+
+def test_level_coverage_counts_levels_hit_and_their_evenness():
+    levels = [0, 0, 1, 1, 2, 2, 3, 3]
+    even = metrics.level_coverage([0, 1, 2, 3], levels)
+    assert even["level_coverage"] == 1.0 and even["level_spread"] == 0.0
+    collapsed = metrics.level_coverage([2, 2, 2, 2], levels)
+    assert collapsed["level_coverage"] == 0.25 and collapsed["level_spread"] == pytest.approx(0.75)
+    assert collapsed["level_counts"] == {0: 0, 1: 0, 2: 4, 3: 0}
+
+
+def test_slice_level_from_oasis_names():
+    import dataset
+    assert dataset.slice_level("keras_png_slices_train/case_012_slice_31.nii.png") == 31
+    assert dataset.slice_level("scan_0001.png") is None
+

@@ -251,6 +251,9 @@ def test_score_on_an_oasis_folder_with_and_without_inception(run_dir, inception,
                 "diversity_ssim", "real_diversity_ssim", "diversity_ms_ssim", "real_diversity_ms_ssim"):
         assert -1 <= scores[key] <= 1, key
     assert 0 <= scores["memorization_share"] <= 1
+    assert "axial levels covered (nearest real)" in out                          # OASIS names carry the level
+    assert sum(scores["level_counts"].values()) == 6 and set(scores["level_counts"]) == {"0", "1"}
+    assert scores["level_coverage"] in (0.5, 1.0) and scores["real_level_coverage"] in (0.5, 1.0)
     assert len(scores["closest_pairs"]) == 6 and scores["closest_pairs"][0]["real"].startswith("case_")
     ssims = [p["ssim"] for p in scores["closest_pairs"]]
     assert ssims == sorted(ssims, reverse=True)
