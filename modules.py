@@ -372,37 +372,65 @@ class Conv2dLayer(nn.Module):
 # Generator
 
 class MappingNetwork(nn.Module):
-    """z -> w: 2nd-moment normalization, `num_layers` lrelu FC layers (lr_mul 0.01), broadcast to
-    num_ws copies, running mean w_avg for truncation (StyleGAN sec. 2 and 4)."""
+    """(z, c) -> w: 2nd-moment normalization, `num_layers` lrelu FC layers (lr_mul 0.01), broadcast to
+    num_ws copies, running mean w_avg for truncation (StyleGAN sec. 2 and 4). With a label (c_dim > 0) the
+    first layer reads concat(normalize(z), normalize(embed(c))), embed a linear FC c_dim -> w_dim
+    (StyleGAN2-ADA's conditional mapping). With z_dim 0 and num_ws None it is D's label mapping: c -> [N, w_dim]."""
 
     def __init__(self,
-                 z_dim: int,                    # latent z width
+                 z_dim: int,                    # latent z width (0: label only, D's label mapping)
                  w_dim: int,                    # intermediate latent w width
-                 num_ws: int,                   # copies of w the synthesis network consumes
+                 num_ws: int,                   # copies of w the synthesis network consumes; None = return w
                  num_layers: int = 8,           # FC layers (8 in the paper, 2 in the official "auto")
                  lr_mul: float = 0.01,          # learning-rate multiplier of every FC layer
-                 w_avg_beta: float = 0.995):    # decay of the w_avg running mean (StyleGAN sec. 4)
+                 w_avg_beta: float = 0.995,     # decay of the w_avg running mean (StyleGAN sec. 4); None = none
+                 c_dim: int = 0):               # label width (0 = unconditional)
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"mapping_layers must be >= 1, got {num_layers}")
-        self.z_dim, self.w_dim, self.num_ws, self.w_avg_beta = z_dim, w_dim, num_ws, w_avg_beta
-        widths = [z_dim] + [w_dim] * num_layers
+        if c_dim < 0 or z_dim < 0 or z_dim + c_dim == 0:
+            raise ValueError(f"the mapping network needs z_dim > 0 or c_dim > 0, got z_dim={z_dim}, c_dim={c_dim}")
+        self.z_dim, self.w_dim, self.num_ws, self.w_avg_beta, self.c_dim = z_dim, w_dim, num_ws, w_avg_beta, c_dim
+        self.embed = FullyConnectedLayer(c_dim, w_dim, lr_mul=lr_mul) if c_dim else None
+        widths = [z_dim + (w_dim if c_dim else 0)] + [w_dim] * num_layers
         self.layers = nn.ModuleList(
             FullyConnectedLayer(widths[i], widths[i + 1], activation="lrelu", lr_mul=lr_mul)
             for i in range(num_layers))
-        self.register_buffer("w_avg", torch.zeros(w_dim))
+        if w_avg_beta is not None:
+            self.register_buffer("w_avg", torch.zeros(w_dim))
 
-    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int = None,
-                update_w_avg: bool = False) -> torch.Tensor:
-        """z [N, z_dim] -> ws [N, num_ws, w_dim]. update_w_avg=True (training only) tracks the mean w."""
-        if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"z must have shape [N, {self.z_dim}] (z_dim={self.z_dim}), got {list(z.shape)}")
+    def _input(self, z, c) -> torch.Tensor:
+        """concat(normalize(z), normalize(embed(c))) in float32, checking both shapes. [N, z_dim (+ w_dim)]"""
+        parts = []
+        dtype = self.layers[0].weight.dtype
+        if self.z_dim:
+            if z is None or z.ndim != 2 or z.shape[1] != self.z_dim:
+                raise ValueError(f"z must have shape [N, {self.z_dim}] (z_dim={self.z_dim}), got "
+                                 f"{None if z is None else list(z.shape)}")
+            parts.append(normalize_2nd_moment(z.to(dtype)))
+        if self.c_dim:
+            n = z.shape[0] if z is not None else (c.shape[0] if c is not None else 0)
+            if c is None or c.ndim != 2 or c.shape != (n, self.c_dim):
+                raise ValueError(f"c must have shape [N, {self.c_dim}] (c_dim={self.c_dim}), got "
+                                 f"{None if c is None else list(c.shape)}")
+            parts.append(normalize_2nd_moment(self.embed(c.to(dtype))))
+        elif c is not None:
+            raise ValueError(f"this network is unconditional (c_dim=0); give no label c, got {list(c.shape)}")
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor = None, truncation_psi: float = 1.0,
+                truncation_cutoff: int = None, update_w_avg: bool = False) -> torch.Tensor:
+        """z [N, z_dim] (and label c [N, c_dim]) -> ws [N, num_ws, w_dim], or w [N, w_dim] when num_ws is
+        None. update_w_avg=True (training only) tracks the mean w."""
+        device = (z if z is not None else c).device
         # The mapping network is cheap and w feeds w_avg and truncation, so it always runs in full
         # precision, also inside a bf16 autocast region.
-        with torch.autocast(z.device.type, enabled=False):
-            x = normalize_2nd_moment(z.to(self.w_avg.dtype))
+        with torch.autocast(device.type, enabled=False):
+            x = self._input(z, c)
             for layer in self.layers:
                 x = layer(x)                                             # [N, w_dim]
+        if self.num_ws is None:
+            return x
         if update_w_avg:
             with torch.no_grad():
                 self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
@@ -574,18 +602,21 @@ class Generator(nn.Module):
                  channel_max: int = 512,        # upper bound on channels
                  conv_clamp: float = None,      # activation clamp (256 with reduced precision); None = off
                  mapping_lr_mul: float = 0.01,  # learning-rate multiplier of the mapping network
-                 mask_classes: int = 0):        # tissue classes generated as extra channels (0 = image only)
+                 mask_classes: int = 0,         # tissue classes generated as extra channels (0 = image only)
+                 c_dim: int = 0):               # label width (0 = unconditional; StyleGAN2-ADA conditioning)
         super().__init__()
         self.z_dim, self.w_dim = z_dim, w_dim
         self.img_resolution, self.img_channels, self.mask_classes = img_resolution, img_channels, mask_classes
         self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max, conv_clamp,
                                           mask_classes)
         self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, lr_mul=mapping_lr_mul)
+        self.c_dim = c_dim
+        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, lr_mul=mapping_lr_mul, c_dim=c_dim)
 
-    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int = None,
-                noise_mode: str = "random", update_w_avg: bool = False, fused_modconv: bool = False) -> torch.Tensor:
-        ws = self.mapping(z, truncation_psi, truncation_cutoff, update_w_avg=update_w_avg)
+    def forward(self, z: torch.Tensor, c: torch.Tensor = None, truncation_psi: float = 1.0,
+                truncation_cutoff: int = None, noise_mode: str = "random", update_w_avg: bool = False,
+                fused_modconv: bool = False) -> torch.Tensor:
+        ws = self.mapping(z, c, truncation_psi, truncation_cutoff, update_w_avg=update_w_avg)
         return self.synthesis(ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
 
 
@@ -635,29 +666,33 @@ class MinibatchStd(nn.Module):
 
 
 class DiscriminatorEpilogue(nn.Module):
-    """4x4 head: minibatch stddev, conv 3x3, FC (C*16 -> C) + lrelu, FC (C -> 1)."""
+    """4x4 head: minibatch stddev, conv 3x3, FC (C*16 -> C) + lrelu, FC (C -> out_dim: 1, or cmap_dim
+    projected onto the label's embedding by a conditional D)."""
 
     def __init__(self,
                  in_channels: int,              # feature maps at 4x4
                  mbstd_group_size: int = 4,     # images per minibatch-stddev group (min'ed with N)
                  mbstd_num_channels: int = 1,   # stddev feature maps appended
-                 conv_clamp: float = None):     # activation clamp; None = off
+                 conv_clamp: float = None,      # activation clamp; None = off
+                 out_dim: int = 1):             # outputs of the last FC
         super().__init__()
         self.mbstd = MinibatchStd(mbstd_group_size, mbstd_num_channels)
         self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3, activation="lrelu",
                                 conv_clamp=conv_clamp)
         self.fc = FullyConnectedLayer(in_channels * 4 * 4, in_channels, activation="lrelu")
-        self.out = FullyConnectedLayer(in_channels, 1)
+        self.out = FullyConnectedLayer(in_channels, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(self.mbstd(x))                                     # [N, C, 4, 4]
         x = self.fc(x.flatten(1).to(self.fc.weight.dtype))               # [N, C*16] -> [N, C]
-        return self.out(x)                                               # [N, 1]
+        return self.out(x)                                               # [N, out_dim]
 
 
 class Discriminator(nn.Module):
     """StyleGAN2 "resnet" discriminator: image [N, img_channels (+ mask_classes), R, R] -> logits [N, 1]. With
-    mask_classes > 0 it judges image and mask together (FromRGB reads both)."""
+    mask_classes > 0 it judges image and mask together (FromRGB reads both). With c_dim > 0 it is the
+    projection discriminator of StyleGAN2-ADA: a label mapping network turns c into cmap [N, cmap_dim]
+    (cmap_dim = channels at 4x4) and the logit is (epilogue(x) * cmap).sum(1) / sqrt(cmap_dim)."""
 
     def __init__(self,
                  img_resolution: int = 256,     # input resolution (power of two >= 8)
@@ -667,7 +702,9 @@ class Discriminator(nn.Module):
                  mbstd_group_size: int = 4,     # minibatch-stddev group size (min'ed with the batch)
                  mbstd_num_channels: int = 1,   # minibatch-stddev feature maps
                  conv_clamp: float = None,      # activation clamp (256 with reduced precision); None = off
-                 mask_classes: int = 0):        # mask channels read after the image channels (0 = image only)
+                 mask_classes: int = 0,         # mask channels read after the image channels (0 = image only)
+                 c_dim: int = 0,                # label width (0 = unconditional)
+                 mapping_layers: int = 8):      # FC layers of the label mapping (as G's mapping)
         super().__init__()
         log2 = check_network_size(img_resolution, img_channels, channel_base, channel_max)
         self.img_resolution, self.mask_classes = img_resolution, check_mask_classes(mask_classes)
@@ -679,17 +716,29 @@ class Discriminator(nn.Module):
                 tmp_channels=channels_at(res, channel_base, channel_max),
                 out_channels=channels_at(res // 2, channel_base, channel_max),
                 img_channels=self.img_channels, conv_clamp=conv_clamp)
-        self.epilogue = DiscriminatorEpilogue(channels_at(4, channel_base, channel_max),
-                                              mbstd_group_size, mbstd_num_channels, conv_clamp)
+        self.c_dim, self.cmap_dim = c_dim, channels_at(4, channel_base, channel_max) if c_dim else 0
+        self.mapping = (MappingNetwork(0, self.cmap_dim, None, mapping_layers, w_avg_beta=None, c_dim=c_dim)
+                        if c_dim else None)
+        self.epilogue = DiscriminatorEpilogue(channels_at(4, channel_base, channel_max), mbstd_group_size,
+                                              mbstd_num_channels, conv_clamp, out_dim=self.cmap_dim or 1)
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, c: torch.Tensor = None) -> torch.Tensor:
         expected = (self.img_channels, self.img_resolution, self.img_resolution)
         if img.ndim != 4 or img.shape[1:] != expected:
             raise ValueError(f"D expects images of shape [N, {', '.join(map(str, expected))}], got {list(img.shape)}")
+        if self.c_dim == 0 and c is not None:
+            raise ValueError(f"this D is unconditional (c_dim=0); give no label c, got {list(c.shape)}")
         x = img
         for block in self.blocks.values():
             x = block(x)                                                 # [N, C, r/2, r/2]
-        return self.epilogue(x)
+        x = self.epilogue(x)                                             # [N, cmap_dim or 1]
+        if self.c_dim:
+            if c is None or c.shape[0] != img.shape[0]:
+                raise ValueError(f"c must have shape [{img.shape[0]}, {self.c_dim}] (c_dim={self.c_dim}), got "
+                                 f"{None if c is None else list(c.shape)}")
+            cmap = self.mapping(None, c)                                 # [N, cmap_dim]
+            x = (x * cmap.to(x.dtype)).sum(dim=1, keepdim=True) / math.sqrt(self.cmap_dim)   # [N, 1]
+        return x
 
 
 # ----------------------------------------------------------------------------------------------

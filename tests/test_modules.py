@@ -466,3 +466,50 @@ def test_conv_impl_rejects_unknown_name():
     with pytest.raises(ValueError, match="conv_impl"):
         with modules.conv_impl("cudnn"):
             pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Conditioning (StyleGAN2-ADA c_dim > 0)
+
+def conditional_extra(c_dim: int, w_dim: int, c4: int, layers: int):
+    """Parameters a label adds, counted from the official architecture: G gains embed (c_dim -> w_dim, with
+    bias) and a first mapping layer w_dim wider; D gains a label mapping (embed c_dim -> cmap, then `layers`
+    cmap -> cmap layers) and an epilogue output of cmap values instead of 1 (cmap = c4, channels at 4x4)."""
+    g = c_dim * w_dim + w_dim + w_dim * w_dim
+    d = (c_dim * c4 + c4) + layers * (c4 * c4 + c4) + (c4 * c4 + c4) - (c4 + 1)
+    return g, d
+
+
+@pytest.mark.parametrize("res,c_dim,layers,base,cmax,w_dim", [
+    (256, 1, 8, 16384, 512, 512),                # SPEC.md: official G 25,025,620 / D 26,365,376
+    (64, 3, 2, 2048, 64, 512), (32, 10, 4, 1024, 32, 64), (16, 2, 1, 256, 16, 32),
+])
+def test_conditional_parameter_counts(res, c_dim, layers, base, cmax, w_dim):
+    kw = dict(img_resolution=res, channel_base=base, channel_max=cmax)
+    G0 = Generator(w_dim=w_dim, mapping_layers=layers, **kw)
+    D0 = Discriminator(**kw)
+    G = Generator(w_dim=w_dim, mapping_layers=layers, c_dim=c_dim, **kw)
+    D = Discriminator(c_dim=c_dim, mapping_layers=layers, **kw)
+    g, d = conditional_extra(c_dim, w_dim, min(base // 4, cmax), layers)
+    assert count_params(G) - count_params(G0) == g and count_params(D) - count_params(D0) == d
+    if res == 256:
+        assert (count_params(G), count_params(D)) == (25_025_620, 26_365_376)
+        assert (count_params(G0), count_params(D0)) == (24_762_452, 24_000_961)   # unconditional unchanged
+
+
+def test_the_label_changes_the_output_and_is_checked():
+    G = Generator(z_dim=16, w_dim=16, img_resolution=16, channel_base=128, channel_max=16, mapping_layers=2, c_dim=3)
+    D = Discriminator(img_resolution=16, channel_base=128, channel_max=16, mapping_layers=2, c_dim=3)
+    z = torch.randn(4, 16)
+    a, b = torch.eye(3)[[0, 0, 0, 0]], torch.eye(3)[[2, 2, 2, 2]]
+    img_a, img_b = G(z, a, noise_mode="const"), G(z, b, noise_mode="const")
+    assert (img_a - img_b).abs().amax(dim=(1, 2, 3)).min() > 1e-3
+    assert torch.equal(img_a, G(z, a, noise_mode="const"))
+    assert not torch.allclose(D(img_a, a), D(img_a, b))
+    assert G.mapping(z, a).shape == (4, G.num_ws, 16) and "w_avg" not in dict(D.mapping.named_buffers())
+    with pytest.raises(ValueError, match=r"c must have shape \[N, 3\]"):
+        G(z)
+    with pytest.raises(ValueError, match=r"c must have shape \[4, 3\]"):
+        D(img_a, torch.eye(2))
+    with pytest.raises(ValueError, match="unconditional"):
+        tiny_D(16)(img_a, a)
