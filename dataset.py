@@ -932,6 +932,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(DEFAULT_DATA), help="new folder to create")
     p.add_argument("--seed", type=int, default=0, help="random seed of the virtual subjects")
     p.add_argument("--subjects", default="24,4,4", help="subjects in train,validate,test")
+    p = sub.add_parser("slices", help="cut NIfTI / Analyze volumes into OASIS-layout slices (volumes.py)")
+    import volumes                                       # the converter lives in its own file
+    volumes.add_arguments(p)
     p = sub.add_parser("figure", help="draw slices beside their masks")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="OASIS-layout folder")
     p.add_argument("--out", default="picture/demo_slices.png", help="PNG to write")
@@ -944,6 +947,8 @@ def main(argv=None) -> int:
                 more = f" (and {len(problems) - 1} more problem(s), see above)" if len(problems) > 1 else ""
                 raise DataError(problems[0] + more)
             print("OK: the data can be used for training")
+        elif args.command == "slices":
+            volumes.run(args)
         elif args.command == "demo":
             subjects = parse_subjects(args.subjects)
             print(f"demo data written to {build_demo(args.out, seed=args.seed, subjects=subjects)}")
