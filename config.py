@@ -45,6 +45,9 @@ class TrainConfig:
     fit: str = "crop"                   # non-square images: crop (centre) or pad (zeros)
     skip_bad: bool = False              # skip unreadable images with a warning instead of stopping
     masks: bool = False                 # image + tissue-mask pairs: G also outputs the OASIS mask, D judges the pair
+    cond: str = "none"                  # conditional training: none | slice (axial position from OASIS names) | json
+    c_dim: int = 0                      # label width, set from the data when a run starts (stored in checkpoints)
+    label_names: str = ""               # what the label values mean, comma-separated (set from the data)
     cache_dir: str = ""                 # decoded-image cache; "" = <data>/.cache
     # Networks
     z_dim: int = 512                    # latent z width
@@ -216,7 +219,7 @@ def parse_given(argv) -> dict:
 
 
 ARCHITECTURE_KEYS = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max",
-                     "masks")
+                     "masks", "cond", "c_dim")
 MASK_CLASSES = 4                        # OASIS tissue masks: background, CSF, grey matter, white matter
 
 
@@ -272,6 +275,10 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"--aug must be ada, fixed or noaug, got {cfg.aug!r}")
     if not cfg.aug_pipe or set(cfg.aug_pipe) - set("bgcfno"):
         raise ConfigError(f"--aug_pipe must use the letters b, g, c, f, n, o (e.g. bgc), got {cfg.aug_pipe!r}")
+    if cfg.cond not in ("none", "slice", "json"):
+        raise ConfigError(f"--cond must be none, slice or json, got {cfg.cond!r}")
+    if cfg.c_dim < 0:
+        raise ConfigError(f"--c_dim must be >= 0 (it is set from the data), got {cfg.c_dim}")
     if cfg.fit not in ("crop", "pad"):
         raise ConfigError(f"--fit must be crop or pad, got {cfg.fit!r}")
     try:

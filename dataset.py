@@ -531,10 +531,64 @@ def _decode_all(source: Source, resolution: int, channels: int, fit: str, with_m
 # ----------------------------------------------------------------------------------------------
 # The dataset a training run reads
 
+CONDITIONS = ("none", "slice", "json")
+LABELS_FILE = "dataset.json"
+
+
+def load_labels(source: Source, files: list, cond: str):
+    """Labels for conditional training: (float32 [N, c_dim], label names) for the kept files, or (None, [])
+    for cond 'none'. 'slice': the axial position K / (the case's highest K) in [0, 1] from OASIS names
+    case_XXX_slice_K. 'json': dataset.json in the data folder, in the official format {"labels": [[path,
+    label], ...]} with paths relative to that folder or to the image folder; an integer label is a class
+    (one-hot over the classes seen), a list is a vector of numbers (names from its "label_names")."""
+    if cond == "none":
+        return None, []
+    if cond == "slice":
+        keys = []
+        for f in files:
+            m = re.search(r"case_(\d+)_slice_(\d+)\.", Path(f).name)
+            if not m:
+                raise DataError(f"{source.image_dir / f}: --cond=slice needs OASIS names like "
+                                f"case_001_slice_0.nii.png; use --cond=json with a {LABELS_FILE} instead")
+            keys.append((m.group(1), int(m.group(2))))
+        top = {}
+        for case, k in keys:
+            top[case] = max(top.get(case, 0), k)
+        return np.array([[k / top[case] if top[case] else 0.5] for case, k in keys], np.float32), ["slice_position"]
+    path = source.root / LABELS_FILE
+    try:
+        info = json.loads(path.read_text())
+        table = {str(p): v for p, v in info["labels"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{path}: --cond=json needs this file with {{\"labels\": [[path, label], ...]}} "
+                        f"(the official dataset.json)") from None
+    prefix = source.image_dir.relative_to(source.root).as_posix()
+    values = []
+    for f in files:
+        rel = Path(f).as_posix()
+        label = table.get(f"{prefix}/{rel}" if prefix != "." else rel, table.get(rel))
+        if label is None:
+            raise DataError(f"{path}: no label for {rel} (every training image needs one for --cond=json)")
+        values.append(label)
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        classes = max(values) + 1
+        return np.eye(classes, dtype=np.float32)[values], [f"class_{i}" for i in range(classes)]
+    try:
+        array = np.array([[float(x) for x in (v if isinstance(v, list) else [v])] for v in values], np.float32)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.ndim != 2 or not np.isfinite(array).all():
+        raise DataError(f"{path}: labels must all be integers (classes) or all lists of numbers of one length")
+    names = info.get("label_names")
+    if not (isinstance(names, list) and len(names) == array.shape[1]):
+        names = [f"label_{i}" for i in range(array.shape[1])]
+    return array, [str(n) for n in names]
+
+
 class ImageDataset:
     """One split at one resolution, decoded into memory as uint8 [N, C, R, R] (through the cache).
 
-    Index i < N is image i; with mirror=True, i in [N, 2N) is image i - N flipped left-right.
+    Index i < N is image i; with mirror=True, i in [N, 2N) is image i - N flipped left-right (same label).
     """
 
     def __init__(self,
@@ -547,7 +601,8 @@ class ImageDataset:
                  with_masks: bool = False,      # also load the OASIS tissue masks (labels 0..3)
                  skip_bad: bool = False,        # skip unreadable files with a warning instead of stopping
                  cache_dir=None,                # where the decoded cache lives; None = <data>/.cache
-                 log=None):                     # callable for the one-line notes; None = stderr
+                 log=None,                      # callable for the one-line notes; None = stderr
+                 cond: str = "none"):           # labels for conditional training: none | slice | json
         check_resolution(resolution)
         if img_channels not in (1, 3):
             raise DataError(f"img_channels must be 1 (grayscale) or 3 (RGB), got {img_channels!r}")
@@ -557,6 +612,16 @@ class ImageDataset:
         self.resolution, self.img_channels, self.mirror = resolution, img_channels, mirror
         self.images, self.masks, self.files, self.info = load_images(
             self.source, resolution, img_channels, fit, with_masks, skip_bad, cache_dir, log)
+        self.labels, self.label_names = load_labels(self.source, self.files, cond)
+
+    @property
+    def c_dim(self) -> int:
+        return 0 if self.labels is None else self.labels.shape[1]
+
+    def label_batch(self, indices, device=None) -> torch.Tensor:
+        """Float labels [B, c_dim] for dataset indices (flipped copies share their image's label)."""
+        labels = torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64) % self.num_images])
+        return labels.to(device) if device is not None else labels
 
     @property
     def num_images(self) -> int:

@@ -32,14 +32,19 @@ class QualityTracker:
     """Scores of G_ema at snapshots. The real side (held-out nearest SSIM, real pair diversity, Inception
     features of the reference) is computed once per run; each call generates the same latents again."""
 
-    def __init__(self, cfg: config_lib.TrainConfig, data_path, device: torch.device, log=print):
+    def __init__(self, cfg: config_lib.TrainConfig, data, device: torch.device, log=print):
+        """data: the training ImageDataset (its folder gives the real sets; its labels, for a conditional G,
+        the labels the sample is generated with)."""
         self.cfg, self.device, self.log = cfg, device, log
         self.reference, names, self.heldout, self.info = dataset.reference_sets(
-            data_path, cfg.resolution, cfg.img_channels, cfg.fit, cfg.metrics_real or None, cfg.skip_bad,
+            data.source.root, cfg.resolution, cfg.img_channels, cfg.fit, cfg.metrics_real or None, cfg.skip_bad,
             log=lambda m: None, option="--data")
         self.levels = [dataset.slice_level(n) for n in names]                         # None for non-OASIS names
         gen = torch.Generator().manual_seed(cfg.seed + SAMPLE_SEED_OFFSET)
         self.z = torch.randn(cfg.metrics_num, cfg.z_dim, generator=gen)                # [num, z_dim]
+        self.c = None
+        if cfg.c_dim:                                            # labels of random training images
+            self.c = data.label_batch(torch.randint(len(data), (cfg.metrics_num,), generator=gen).numpy())
         try:
             self.inception = metrics.load_inception(cfg.inception, device) if cfg.inception else None
         except ValueError as e:
@@ -58,7 +63,9 @@ class QualityTracker:
         """{score name: value} for G (its image channels), plus metrics_seconds, the time it took."""
         start = time.time()
         c, batch = self.cfg.img_channels, max(self.cfg.batch, 16)
-        x = torch.cat([G(zb.to(self.device), noise_mode="const")[:, :c] for zb in self.z.split(batch)])
+        cs = self.c.split(batch) if self.c is not None else [None] * len(self.z.split(batch))
+        x = torch.cat([G(zb.to(self.device), None if cb is None else cb.to(self.device), noise_mode="const")[:, :c]
+                       for zb, cb in zip(self.z.split(batch), cs)])
         generated = dataset.to_uint8(x).cpu()                                           # [num, C, R, R]
         if self.baseline is None:
             self.baseline = metrics.real_baseline(self._unit(self.reference), self._unit(self.heldout),

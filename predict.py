@@ -51,7 +51,7 @@ GIF_FRAME_MS = 40                       # 25 frames per second
 CLOSEST_PAIRS = 8                       # generated / real pairs in closest_pairs.png
 DIVERSITY_PAIRS = 500                   # random pairs for the SSIM / MS-SSIM diversity
 MAX_SEEDS = 1_000_000                   # a typo like 0-99999999 should not fill the memory
-DEFAULTS = dict(seeds="0-15", walk_seeds="0-3", frames=24, row_seeds="0-3", col_seeds="4-7", num=1000)
+DEFAULTS = dict(seeds="0-15", walk_seeds="0-3", frames=24, row_seeds="0-3", col_seeds="4-7", num=1000, steps=8)
 
 
 class PredictError(ValueError):
@@ -89,8 +89,57 @@ def z_from_seed(seed: int, z_dim: int) -> torch.Tensor:
 
 @torch.no_grad()
 def seeds_to_ws(G, seeds, psi: float = 1.0, device="cpu", batch: int = 16) -> torch.Tensor:
+    """ws of seeds; a conditional G takes each seed's label from G.seed_labels (set by label_rule)."""
     z = torch.cat([z_from_seed(s, G.z_dim) for s in seeds]).to(device)               # [N, z_dim]
-    return torch.cat([G.mapping(zb, truncation_psi=psi) for zb in z.split(batch)])    # [N, num_ws, w_dim]
+    c = G.seed_labels(seeds).to(device) if getattr(G, "c_dim", 0) else None          # [N, c_dim]
+    cs = c.split(batch) if c is not None else [None] * len(z.split(batch))
+    return torch.cat([G.mapping(zb, cb, truncation_psi=psi) for zb, cb in zip(z.split(batch), cs)])
+
+
+def label_rule(cfg, args):
+    """seeds -> labels [N, c_dim] for a conditional model, from --class, --label or --slice; without them a
+    slice-position model draws each seed's position uniformly in [0, 1] and a class model each seed's class
+    (both seeded by the seed). None for an unconditional model. Wrong options are one ConfigError line."""
+    usage = config_lib.ConfigError
+    given = {k: v for k, v in (("--class", args.class_), ("--label", args.label), ("--slice", args.slice))
+             if v is not None}
+    names = cfg.label_names.split(",") if cfg.label_names else [f"label_{i}" for i in range(cfg.c_dim)]
+    if not cfg.c_dim:
+        if given:
+            raise usage(f"{', '.join(given)}: this model is unconditional (trained with --cond=none)")
+        return None
+    if len(given) > 1:
+        raise usage(f"give one of {', '.join(given)}, not several")
+    classes = all(n.startswith("class_") for n in names)
+    fixed = None
+    if "--label" in given:
+        try:
+            fixed = [float(v) for v in args.label.split(",")]
+        except ValueError:
+            raise usage(f"--label {args.label!r}: give {cfg.c_dim} numbers separated by commas") from None
+        if len(fixed) != cfg.c_dim:
+            raise usage(f"--label {args.label!r}: this model takes {cfg.c_dim} value(s) ({', '.join(names)}), "
+                        f"got {len(fixed)}")
+    elif "--class" in given:
+        if not classes or not 0 <= args.class_ < cfg.c_dim:
+            raise usage(f"--class {args.class_}: this model's labels are {', '.join(names)}; "
+                        + (f"give a class 0..{cfg.c_dim - 1}" if classes else "use --label or --slice"))
+        fixed = [float(i == args.class_) for i in range(cfg.c_dim)]
+    elif "--slice" in given:
+        if names != ["slice_position"] or not 0 <= args.slice <= 1:
+            raise usage(f"--slice {args.slice}: " + ("give a position in [0, 1] (0 = lowest slice)"
+                                                     if names == ["slice_position"] else
+                                                     f"this model's labels are {', '.join(names)}; use --label"))
+        fixed = [args.slice]
+    if fixed is not None:
+        return lambda seeds: torch.tensor([fixed] * len(seeds), dtype=torch.float32)
+    if names == ["slice_position"]:
+        return lambda seeds: torch.tensor([[np.random.default_rng([s, 1]).random()] for s in seeds],
+                                          dtype=torch.float32)
+    if classes:
+        return lambda seeds: torch.eye(cfg.c_dim)[[int(np.random.default_rng([s, 1]).integers(cfg.c_dim))
+                                                   for s in seeds]]
+    raise usage(f"this model is conditional on {', '.join(names)}; give --label v1,...,v{cfg.c_dim}")
 
 
 def _decode(G, x: torch.Tensor):
@@ -250,8 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--interpolate", action="store_true", help="latent walk: frame<NNNN>.png and interpolation.gif")
     mode.add_argument("--style_mix", action="store_true", help="style-mixing figures stylemix-<band>.png")
     mode.add_argument("--score", action="store_true", help="scores.json and closest_pairs.png against --real")
+    mode.add_argument("--sweep", action="store_true", help="a conditional model: sweep.png, one row per seed, "
+                                                           "columns sweeping the slice position (or the classes)")
     mode.add_argument("--export", metavar="DIR", help="a synthetic data set in the OASIS layout (images and, for "
                                                       "a --masks model, their masks) in a new folder DIR")
+    p.add_argument("--class", dest="class_", type=int, help="a class model: generate this class (0, 1, ...)")
+    p.add_argument("--label", help="a conditional model: the label as numbers v1,v2,... (its c_dim values)")
+    p.add_argument("--slice", type=float, help="a slice-position model: the axial position in [0, 1]")
+    p.add_argument("--steps", type=int, help="--sweep: slice positions from 0 to 1 (default 8)")
     p.add_argument("--frames", type=int, help="--interpolate: frames per pair of seeds (default 24)")
     p.add_argument("--row_seeds", help="--style_mix: seeds of the rows (default 0-3)")
     p.add_argument("--col_seeds", help="--style_mix: seeds whose layers are swapped in (default 4-7)")
@@ -263,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-MODE_OPTIONS = {"frames": ("interpolate",), "row_seeds": ("style_mix",), "col_seeds": ("style_mix",),
+MODE_OPTIONS = {"steps": ("sweep",), "frames": ("interpolate",), "row_seeds": ("style_mix",), "col_seeds": ("style_mix",),
                 "real": ("score",), "num": ("score", "export"), "max_real": ("score",), "inception": ("score",)}
 
 
@@ -285,7 +340,10 @@ def check_args(args) -> None:
         raise usage("--score needs --real PATH: an OASIS folder (keras_png_slices_*) or a folder of images")
     if not math.isfinite(args.trunc):
         raise usage(f"--trunc must be a finite number (1 = no truncation), got {args.trunc}")
+    if args.sweep and (args.class_ is not None or args.label is not None or args.slice is not None):
+        raise usage("--sweep chooses the labels itself; leave out --class, --label and --slice")
     for option, value, least in (("batch", args.batch, 1), ("frames", args.frames, 1), ("num", args.num, 2),
+                                 ("steps", args.steps, 2),
                                  ("max_real", args.max_real, 2)):
         if value is not None and value < least:
             raise usage(f"--{option} must be >= {least}, got {value}")
@@ -356,6 +414,28 @@ def write_export(G, seeds, outdir: Path, about: dict, psi, noise_mode, device, b
     return f"{len(seeds)} synthetic {what} in the OASIS layout ({img_dir.name})"
 
 
+def write_sweep(G, cfg, seeds, steps: int, outdir: Path, psi, noise_mode, device, batch) -> str:
+    """sweep.png: one row per seed, one column per label: the slice position from 0 (lowest) to 1, or each
+    class; everything else fixed."""
+    names = cfg.label_names.split(",") if cfg.label_names else []
+    if names == ["slice_position"]:
+        columns = [[float(v)] for v in np.linspace(0, 1, steps)]
+        what = f"slice positions {', '.join(f'{c[0]:.2f}' for c in columns)}"
+    elif names and all(n.startswith("class_") for n in names):
+        columns = [[float(i == k) for i in range(cfg.c_dim)] for k in range(cfg.c_dim)]
+        what = f"classes 0..{cfg.c_dim - 1}"
+    else:
+        raise config_lib.ConfigError("--sweep needs a model conditioned on the slice position or on classes "
+                                     f"(this one: {cfg.label_names or 'unconditional'})")
+    tiles = torch.empty(len(seeds), len(columns), G.img_channels, G.img_resolution, G.img_resolution,
+                        dtype=torch.uint8)
+    for j, label in enumerate(columns):
+        G.seed_labels = lambda s, label=label: torch.tensor([label] * len(s), dtype=torch.float32)
+        tiles[:, j] = generate(G, seeds, psi, noise_mode, device, batch)
+    runs.save_grid(tiles.flatten(0, 1), outdir / "sweep.png", len(columns))
+    return f"sweep.png (rows: seeds {seeds[0]}..{seeds[-1]}; columns: {what})"
+
+
 def write_walk(G, seeds, frames: int, outdir: Path, psi, noise_mode, device, batch) -> str:
     ws = interpolation_ws(G, seeds, frames, psi, device, batch)
     images = synthesize(G, ws, noise_mode, batch, noise_seeds=[seeds[0]] * len(ws))  # one noise along the walk
@@ -418,7 +498,7 @@ def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode
 def run(args) -> None:
     check_args(args)
     device = config_lib.resolve_device(args.device)
-    default = DEFAULTS["walk_seeds"] if args.interpolate else DEFAULTS["seeds"]
+    default = DEFAULTS["walk_seeds"] if args.interpolate or args.sweep else DEFAULTS["seeds"]
     seeds = parse_seeds(args.seeds if args.seeds is not None else default)
     if (args.score or args.export) and args.seeds is None:
         seeds = list(range(args.num or DEFAULTS["num"]))
@@ -429,6 +509,9 @@ def run(args) -> None:
     cols = parse_seeds(args.col_seeds or DEFAULTS["col_seeds"], "--col_seeds")
     G, cfg, state, ckpt = runs.load_generator(runs.best_checkpoint(args.checkpoint) if args.best else args.checkpoint,
                                               device)
+    rule = label_rule(cfg, args)                               # also refuses labels an unconditional model
+    if rule is not None:
+        G.seed_labels = rule
     if args.export:
         runs.check_writable(Path(args.export).resolve().parent, "--export")
     else:
@@ -436,6 +519,8 @@ def run(args) -> None:
     gen = dict(psi=args.trunc, noise_mode=args.noise_mode, device=device, batch=args.batch)
     if args.interpolate:
         wrote = write_walk(G, seeds, args.frames or DEFAULTS["frames"], outdir, **gen)
+    elif args.sweep:
+        wrote = write_sweep(G, cfg, seeds, args.steps or DEFAULTS["steps"], outdir, **gen)
     elif args.style_mix:
         wrote = write_style_mix(G, rows, cols, outdir, **gen)
     elif args.score:

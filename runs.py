@@ -265,10 +265,10 @@ def build_networks(cfg, conv_clamp=None):
     mask_classes = config_lib.MASK_CLASSES if cfg.masks else 0
     G = Generator(z_dim=cfg.z_dim, w_dim=cfg.w_dim, img_resolution=cfg.resolution, img_channels=cfg.img_channels,
                   mapping_layers=cfg.mapping_layers, channel_base=cfg.channel_base, channel_max=cfg.channel_max,
-                  conv_clamp=conv_clamp, mask_classes=mask_classes)
+                  conv_clamp=conv_clamp, mask_classes=mask_classes, c_dim=cfg.c_dim)
     D = Discriminator(img_resolution=cfg.resolution, img_channels=cfg.img_channels, channel_base=cfg.channel_base,
                       channel_max=cfg.channel_max, mbstd_group_size=cfg.mbstd_group, conv_clamp=conv_clamp,
-                      mask_classes=mask_classes)
+                      mask_classes=mask_classes, c_dim=cfg.c_dim, mapping_layers=cfg.mapping_layers)
     return G, D
 
 

@@ -14,6 +14,7 @@ augmentation pipeline (augment.py), the hyperparameters' definitions (config.py)
 """
 
 import copy
+import dataclasses
 import json
 import shutil
 import signal
@@ -94,11 +95,13 @@ class Trainer:
     # -- one iteration: D step, lazy R1, G step, lazy path length, EMA, ADA ---------------------
 
     def step(self) -> None:
-        reals = self.data.batch(self.sampler.next(self.batch_gpu), device=self.device)  # [B, C, R, R] in [-1, 1]
+        idx = self.sampler.next(self.batch_gpu)
+        reals = self.data.batch(idx, device=self.device)                # [B, C, R, R] in [-1, 1]
         reals = reals.contiguous(memory_format=self.memory_format)
-        self.d_step(reals)
+        c = self.data.label_batch(idx, device=self.device) if self.cfg.c_dim else None   # [B, c_dim]
+        self.d_step(reals, c)
         if self.r1_gamma > 0 and self.batch_idx % self.cfg.r1_interval == 0:
-            self.r1_step(reals)
+            self.r1_step(reals, c)
         self.g_step()
         if self.cfg.pl_weight > 0 and self.batch_idx % self.cfg.pl_interval == 0:
             self.pl_step()
@@ -117,29 +120,39 @@ class Trainer:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def run_G(self, z: torch.Tensor):
-        """Images and ws from z, with style mixing: a second z takes over from a random crossover."""
-        ws = self.G.mapping(z, update_w_avg=True)                     # [N, num_ws, w_dim]
+    def latents(self, n: int):
+        """(z [n, z_dim], labels [n, c_dim] of random training images, or None when unconditional): what G
+        is given, the labels following the data's label distribution as in StyleGAN2-ADA."""
+        z = torch.randn(n, self.cfg.z_dim, device=self.device)
+        if not self.cfg.c_dim:
+            return z, None
+        return z, self.data.label_batch(torch.randint(len(self.data), (n,)).numpy(), device=self.device)
+
+    def run_G(self, z: torch.Tensor, c=None):
+        """Images and ws from z (and labels c), with style mixing: a second z takes over from a random
+        crossover."""
+        ws = self.G.mapping(z, c, update_w_avg=True)                  # [N, num_ws, w_dim]
         if self.cfg.style_mixing > 0 and torch.rand([]).item() < self.cfg.style_mixing:
             cutoff = int(torch.randint(1, ws.shape[1], []).item())
-            ws[:, cutoff:] = self.G.mapping(torch.randn_like(z))[:, cutoff:]
+            ws[:, cutoff:] = self.G.mapping(torch.randn_like(z), c)[:, cutoff:]
         with self.autocast():
             img = self.G.synthesis(ws, noise_mode="random")
         return img.float(), ws
 
-    def run_D(self, img: torch.Tensor) -> torch.Tensor:
-        """D's logits for images, augmented first (every image D sees, the R1 pass included)."""
+    def run_D(self, img: torch.Tensor, c=None) -> torch.Tensor:
+        """D's logits for images (and labels c), augmented first (every image D sees, the R1 pass included)."""
         if self.augment_pipe is not None and self.ada_p > 0:
             self.augment_pipe.p = self.ada_p
             img = self.augment_pipe(img)
         with self.autocast():
-            return self.D(img).float()                                # [N, 1]
+            return self.D(img, c).float()                             # [N, 1]
 
-    def d_step(self, reals: torch.Tensor) -> None:
+    def d_step(self, reals: torch.Tensor, c_real=None) -> None:
+        z, c = self.latents(self.batch_gpu)
         with torch.no_grad():
-            fakes, _ = self.run_G(torch.randn(self.batch_gpu, self.cfg.z_dim, device=self.device))
-        real_logits = self.run_D(reals)
-        loss = losses.d_logistic_loss(real_logits, self.run_D(fakes)).mean()
+            fakes, _ = self.run_G(z, c)
+        real_logits = self.run_D(reals, c_real)
+        loss = losses.d_logistic_loss(real_logits, self.run_D(fakes, c)).mean()
         self.record("loss_D", loss)
         self.record("D_real", real_logits.mean())
         if self.cfg.aug == "ada":
@@ -147,23 +160,23 @@ class Trainer:
             self._ada_count += real_logits.shape[0]
         self.optimize(self.D, self.opt_D, loss, "D")
 
-    def r1_step(self, reals: torch.Tensor) -> None:
+    def r1_step(self, reals: torch.Tensor, c_real=None) -> None:
         reals = reals.detach().requires_grad_(True)
-        penalty = losses.r1_penalty(reals, self.run_D(reals))
+        penalty = losses.r1_penalty(reals, self.run_D(reals, c_real))
         self.record("r1_penalty", penalty.mean())
         self.optimize(self.D, self.opt_D, penalty.mean() * (self.r1_gamma / 2) * self.cfg.r1_interval, "R1")
 
     def g_step(self) -> None:
         self.D.requires_grad_(False)
-        fakes, _ = self.run_G(torch.randn(self.batch_gpu, self.cfg.z_dim, device=self.device))
-        loss = losses.g_nonsaturating_loss(self.run_D(fakes)).mean()
+        z, c = self.latents(self.batch_gpu)
+        fakes, _ = self.run_G(z, c)
+        loss = losses.g_nonsaturating_loss(self.run_D(fakes, c)).mean()
         self.D.requires_grad_(True)
         self.record("loss_G", loss)
         self.optimize(self.G, self.opt_G, loss, "G")
 
     def pl_step(self) -> None:
-        n = self.batch_gpu // self.cfg.pl_batch_shrink
-        fakes, ws = self.run_G(torch.randn(n, self.cfg.z_dim, device=self.device))
+        fakes, ws = self.run_G(*self.latents(self.batch_gpu // self.cfg.pl_batch_shrink))
         lengths = losses.path_lengths(fakes, ws)
         mean = None
         if self.world_size > 1:                                       # global mean value, local gradient
@@ -315,18 +328,29 @@ def make_augment_pipe(cfg: config_lib.TrainConfig, device: torch.device):
 # ----------------------------------------------------------------------------------------------
 # What a run writes: grids, plots, checkpoints
 
-def grid_latents(cfg: config_lib.TrainConfig, device) -> torch.Tensor:
-    """Fixed latents for fakes*.png, from their own generator (the training RNG is not touched)."""
+def grid_latents(cfg: config_lib.TrainConfig, data, device):
+    """Fixed (z, labels or None) for fakes*.png, from their own generators (the training RNG is not touched).
+    With slice-position labels the columns sweep the position from 0 to 1; other labels are those of fixed
+    training images."""
     cols, rows = cfg.grid_size()
     gen = torch.Generator().manual_seed(cfg.seed + 123)
-    return torch.randn(cols * rows, cfg.z_dim, generator=gen).to(device)
+    z = torch.randn(cols * rows, cfg.z_dim, generator=gen).to(device)
+    if not cfg.c_dim:
+        return z, None
+    if cfg.label_names == "slice_position":
+        c = torch.linspace(0, 1, cols).repeat(rows)[:, None]                     # [cols * rows, 1]
+    else:
+        c = data.label_batch(np.random.default_rng(cfg.seed).integers(len(data), size=cols * rows))
+    return z, c.to(device)
 
 
 @torch.no_grad()
-def save_fakes(trainer: Trainer, z: torch.Tensor, path: Path):
+def save_fakes(trainer: Trainer, latents, path: Path):
     """fakes*.png: the EMA generator's images of fixed latents (with masks: image and mask side by side).
     Returns the grid (uint8 [H, W] or [H, W, 3])."""
-    x = torch.cat([trainer.G_ema(zb, noise_mode="const") for zb in z.split(trainer.batch_gpu)])
+    z, c = latents
+    cs = c.split(trainer.batch_gpu) if c is not None else [None] * len(z.split(trainer.batch_gpu))
+    x = torch.cat([trainer.G_ema(zb, cb, noise_mode="const") for zb, cb in zip(z.split(trainer.batch_gpu), cs)])
     c = trainer.cfg.img_channels
     labels = dataset.mask_labels(x[:, c:]) if trainer.cfg.masks else None
     grid = runs.tile(dataset.pair_tiles(dataset.to_uint8(x[:, :c]), labels).cpu(), trainer.cfg.grid_size()[0])
@@ -355,7 +379,7 @@ class Run:
 
     def __init__(self, trainer: Trainer, run_dir: Path, is_main: bool, log):
         self.trainer, self.dir, self.is_main, self.log = trainer, run_dir, is_main, log
-        self.z_grid = grid_latents(trainer.cfg, trainer.device)
+        self.z_grid = grid_latents(trainer.cfg, trainer.data, trainer.device)
         self.last_checkpoint = time.time()
         self.quality = self.board = self.lock = None
 
@@ -437,7 +461,7 @@ def _prepare_run_dir(run: Run, cfg, data, resumed: bool) -> None:
                                                      replace=False)
         runs.save_grid(dataset.pair_tiles(*data.get(idx)), run_dir / "reals.png", cols)
     if cfg.metrics_num > 0:
-        run.quality = monitor.QualityTracker(cfg, data.source.root, trainer.device, log)
+        run.quality = monitor.QualityTracker(cfg, data, trainer.device, log)
     run.board = monitor.TensorBoard(run_dir, cfg.tensorboard, log)
     if trainer.cur_nimg == 0:
         run.board.image("fakes", save_fakes(trainer, run.z_grid, run_dir / "fakes000000.png"), 0)
@@ -575,10 +599,22 @@ def load_data(cfg, is_main: bool, world_size: int, log):
         dist.barrier()
     data = dataset.ImageDataset(data_path, split=cfg.split, resolution=cfg.resolution, img_channels=cfg.img_channels,
                                 fit=cfg.fit, mirror=cfg.mirror, skip_bad=cfg.skip_bad, with_masks=cfg.masks,
-                                cache_dir=cfg.cache_dir or None, log=log)
+                                cache_dir=cfg.cache_dir or None, log=log, cond=cfg.cond)
     if world_size > 1 and is_main:
         dist.barrier()
     return data
+
+
+def with_labels(cfg, data, resumed: bool):
+    """cfg with c_dim and label_names set from the data's labels (--cond); a resumed run's data must give
+    labels of the checkpoint's width."""
+    if cfg.cond == "none":
+        return cfg
+    names = ",".join(data.label_names)
+    if resumed and (data.c_dim, names) != (cfg.c_dim, cfg.label_names):
+        raise config_lib.ConfigError(f"--cond={cfg.cond}: the data now give labels {names!r} ({data.c_dim} values), "
+                                     f"the checkpoint was trained on {cfg.label_names!r} ({cfg.c_dim})")
+    return dataclasses.replace(cfg, c_dim=data.c_dim, label_names=names)
 
 
 def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
@@ -614,6 +650,7 @@ def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
         torch.backends.cudnn.benchmark = True
 
     data = load_data(cfg, is_main, world_size, log)
+    cfg = with_labels(cfg, data, resumed=state is not None)
     trainer = Trainer(cfg, device, rank, world_size, data, log)
     if state is not None:
         trainer.load_state_dict(state, run_dir / "checkpoint.pt")

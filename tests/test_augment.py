@@ -177,7 +177,7 @@ def test_ada_in_the_loop_follows_d_outputs(tiny_data, monkeypatch):
     trainer = make_trainer(tiny_data, ada_kimg=0.1)               # fast adaptation for the test
     weight = next(trainer.D.parameters())
     monkeypatch.setattr(trainer.D, "forward",                     # always sure the image is real
-                        lambda img: 5.0 + 1e-3 * img.mean(dim=[1, 2, 3])[:, None] * weight.sum())
+                        lambda img, c=None: 5.0 + 1e-3 * img.mean(dim=[1, 2, 3])[:, None] * weight.sum())
     for _ in range(8):
         trainer.step()
     assert trainer.ada_p == pytest.approx(2 * 4 * 4 / 100)        # two updates of batch * 4 / 100 images

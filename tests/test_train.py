@@ -118,7 +118,8 @@ def test_lazy_intervals_and_optimizer_settings(images, monkeypatch, device):
     trainer = make_trainer(images, device)
     calls = {"r1": [], "pl": []}
     real_r1, real_pl = trainer.r1_step, trainer.pl_step
-    monkeypatch.setattr(trainer, "r1_step", lambda reals: (calls["r1"].append(trainer.batch_idx), real_r1(reals)))
+    monkeypatch.setattr(trainer, "r1_step",
+                        lambda reals, c=None: (calls["r1"].append(trainer.batch_idx), real_r1(reals)))
     monkeypatch.setattr(trainer, "pl_step", lambda: (calls["pl"].append(trainer.batch_idx), real_pl()))
     for _ in range(17):
         trainer.step()

@@ -1,0 +1,101 @@
+"""Label-conditioned training and generation (--cond, c_dim): labels from OASIS names or dataset.json,
+bit-exact resume, predict.py's --class / --label / --slice / --sweep."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import config
+import dataset
+import predict
+import runs
+from test_dataset import make_oasis
+from test_train import assert_same_weights, run_train, tiny_args, weights
+
+
+@pytest.fixture(scope="module")
+def oasis(tmp_path_factory):
+    return make_oasis(tmp_path_factory.mktemp("cond") / "oasis", subjects=(3, 1, 1), slices=4, size=16)
+
+
+def test_slice_positions_from_oasis_names(oasis):
+    data = dataset.ImageDataset(oasis, resolution=16, mirror=True, log=lambda m: None, cond="slice")
+    assert data.c_dim == 1 and data.label_names == ["slice_position"]
+    by_name = {Path(f).name: float(v) for f, v in zip(data.files, data.labels[:, 0])}
+    assert by_name["case_001_slice_0.nii.png"] == 0 and by_name["case_001_slice_3.nii.png"] == 1
+    assert by_name["case_002_slice_1.nii.png"] == pytest.approx(1 / 3)
+    n = data.num_images
+    assert torch.equal(data.label_batch([1, n + 1]), data.label_batch([1, 1]))         # flipped copy: same label
+
+
+def test_labels_from_dataset_json(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((16, 16), 60 * i, np.uint8)).save(root / f"{i}.png")
+    (root / "dataset.json").write_text(json.dumps({"labels": [[f"{i}.png", i % 3] for i in range(4)]}))
+    data = dataset.ImageDataset(root, resolution=16, log=lambda m: None, cond="json")
+    assert data.label_names == ["class_0", "class_1", "class_2"]
+    assert data.labels.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]]
+    (root / "dataset.json").write_text(json.dumps({"labels": [[f"{i}.png", [i, 2.5]] for i in range(4)],
+                                                   "label_names": ["age", "cdr"]}))
+    data = dataset.ImageDataset(root, resolution=16, log=lambda m: None, cond="json")
+    assert data.label_names == ["age", "cdr"] and data.labels[3].tolist() == [3, 2.5]
+    (root / "dataset.json").write_text(json.dumps({"labels": [["0.png", 1]]}))
+    with pytest.raises(dataset.DataError, match=r"dataset.json: no label for 1.png"):
+        dataset.ImageDataset(root, resolution=16, log=lambda m: None, cond="json")
+    with pytest.raises(dataset.DataError, match="--cond=slice needs OASIS names"):
+        dataset.ImageDataset(root, resolution=16, log=lambda m: None, cond="slice")
+
+
+def test_a_conditional_run_resumes_bit_exactly_and_stores_its_labels(oasis, tmp_path):
+    args = tiny_args(oasis, tmp_path / "runs", cond="slice", metrics_num=8)
+    full = run_train(args + ["--kimg=0.12"])
+    part = run_train(args + ["--kimg=0.06"])
+    run_train([f"--resume={part}", "--kimg=0.12"])
+    assert_same_weights(weights(full / "checkpoint.pt"), weights(part / "checkpoint.pt"))
+    saved = weights(full / "checkpoint.pt")["config"]
+    assert (saved["cond"], saved["c_dim"], saved["label_names"]) == ("slice", 1, "slice_position")
+    G = runs.load_generator(full, torch.device("cpu"))[0]
+    assert G.c_dim == 1 and G.mapping.embed is not None
+    with pytest.raises(config.ConfigError, match="--cond cannot change when resuming"):
+        run_train([f"--resume={part}", "--cond=none"])
+
+
+@pytest.fixture(scope="module")
+def slice_run(oasis, tmp_path_factory):
+    return run_train(tiny_args(oasis, tmp_path_factory.mktemp("cond_run") / "runs", cond="slice", kimg=0.02,
+                               metrics_num=0))
+
+
+def test_predict_slice_label_and_sweep(slice_run, tmp_path, capsys):
+    base = ["--checkpoint", str(slice_run), "--seeds", "0-1", "--outdir"]
+    assert predict.main(base + [str(tmp_path / "low"), "--slice", "0"]) == 0
+    assert predict.main(base + [str(tmp_path / "high"), "--slice", "1"]) == 0
+    assert predict.main(base + [str(tmp_path / "lab"), "--label", "1"]) == 0
+    low, high, lab = (np.asarray(Image.open(tmp_path / d / "seed0000.png")) for d in ("low", "high", "lab"))
+    assert not np.array_equal(low, high) and np.array_equal(high, lab)
+    assert predict.main(["--checkpoint", str(slice_run), "--sweep", "--seeds", "0-2", "--steps", "5",
+                         "--outdir", str(tmp_path / "sw")]) == 0
+    assert "columns: slice positions 0.00, 0.25, 0.50, 0.75, 1.00" in capsys.readouterr().out
+    with Image.open(tmp_path / "sw" / "sweep.png") as im:
+        assert im.size == (5 * 16, 3 * 16)
+    for extra, message in ((["--label", "0.1,0.2"], "takes 1 value(s) (slice_position), got 2"),
+                           (["--class", "1"], "this model's labels are slice_position; use --label or --slice"),
+                           (["--slice", "1.5"], "give a position in [0, 1]"),
+                           (["--slice", "0.5", "--label", "0.5"], "not several")):
+        assert predict.main(base + [str(tmp_path / "x"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+
+
+def test_unconditional_models_refuse_labels(images, tmp_path, capsys):
+    run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.02, metrics_num=0))
+    assert predict.main(["--checkpoint", str(run_dir), "--slice", "0.5"]) == 2
+    assert "this model is unconditional" in capsys.readouterr().err
+    assert predict.main(["--checkpoint", str(run_dir), "--sweep"]) == 2
+    assert "--sweep needs a model conditioned" in capsys.readouterr().err
