@@ -1,7 +1,8 @@
 """What a training run reports about itself while it trains: the quality of G_ema at snapshots, the best
 snapshot so far, and TensorBoard logs.
 
-Owns QualityTracker (metrics.py's scores of a fixed sample of G_ema against the training slices and their
+Owns the image grids of fixed latents (fakes*.png), losses.png and the peak-memory reading, QualityTracker
+(metrics.py's scores of a fixed sample of G_ema against the training slices and their
 held-out split, the same scores `predict.py --score` reports), the best-snapshot rule and its file
 (best.json, read by `predict.py --best`), metrics.png, and the optional TensorBoard writer. Does not own
 the scores' mathematics (metrics.py), the loop (train.py) or how files are written (runs.py).
@@ -12,6 +13,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import config as config_lib
@@ -26,6 +28,50 @@ METRIC_PANELS = [("nearest-real SSIM (generated vs held-out real)", ["nearest_ss
                  ("memorization share; axial levels covered, spread", ["memorization_share", "level_coverage",
                                                                      "real_level_coverage", "level_spread"]),
                  ("quality gap (lower is better) / KID", ["quality_gap", "kid"])]
+
+
+def grid_latents(cfg: config_lib.TrainConfig, data, device):
+    """Fixed (z, labels or None) for fakes*.png, from their own generators (the training RNG is not touched).
+    With slice-position labels the columns sweep the position from 0 to 1; other labels are those of fixed
+    training images."""
+    cols, rows = cfg.grid_size()
+    gen = torch.Generator().manual_seed(cfg.seed + 123)
+    z = torch.randn(cols * rows, cfg.z_dim, generator=gen).to(device)
+    if not cfg.c_dim:
+        return z, None
+    if cfg.label_names == "slice_position":
+        c = torch.linspace(0, 1, cols).repeat(rows)[:, None]                     # [cols * rows, 1]
+    else:
+        c = data.label_batch(np.random.default_rng(cfg.seed).integers(len(data), size=cols * rows))
+    return z, c.to(device)
+
+
+@torch.no_grad()
+def save_fakes(G, cfg: config_lib.TrainConfig, latents, path, batch: int = 16):
+    """fakes*.png: G's images of fixed latents (with masks: image and mask side by side). Returns the grid
+    (uint8 [H, W] or [H, W, 3])."""
+    z, c = latents
+    cs = c.split(batch) if c is not None else [None] * len(z.split(batch))
+    x = torch.cat([G(zb, cb, noise_mode="const") for zb, cb in zip(z.split(batch), cs)])
+    labels = dataset.mask_labels(x[:, cfg.img_channels:]) if cfg.masks else None
+    grid = runs.tile(dataset.pair_tiles(dataset.to_uint8(x[:, :cfg.img_channels]), labels).cpu(), cfg.grid_size()[0])
+    runs.save_png(grid, path)
+    return grid
+
+
+LOSS_PANELS = [("losses", ["loss_G", "loss_D"]), ("D output on reals", ["D_real"]),
+               ("penalties", ["r1_penalty", "pl_penalty"]), ("augmentation p", ["ada_p"])]
+
+
+def plot_losses(log_path, out) -> None:
+    runs.plot_log(log_path, out, LOSS_PANELS)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20           # kB on Linux
 
 
 class QualityTracker:

@@ -300,6 +300,34 @@ def load_generator(path, device, option: str = "--checkpoint"):
     return G.eval().requires_grad_(False).to(device), cfg, state, path
 
 
+def last_checkpoint(run_dir: Path) -> str:
+    """Where a stopped run can go on from, in words (checkpoints only ever hold finite weights)."""
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        return f"no checkpoint was written yet in {run_dir}"
+    state = load_checkpoint(path, need=())
+    return f"the last good checkpoint is {path} (kimg {state['cur_nimg'] / 1000:g}, step {state['batch_idx']})"
+
+
+def load_for_resume(resume: str, given: dict):
+    """train.py --resume: (the checkpoint's config with the options given now on top, the state, the run
+    folder, the options that differ from the checkpoint's as 'key old -> new' lines). Only a full
+    checkpoint.pt (with optimizer state) can continue exactly."""
+    path = resolve_checkpoint(resume, "--resume")
+    state = load_checkpoint(path, "--resume", need=RESUME_KEYS[:4])
+    if "opt_G" not in state:
+        raise RunError(f"--resume {resume}: a snapshot keeps the networks but not the optimizer state, so it "
+                       f"cannot continue exactly; resume from the run folder's checkpoint.pt")
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise RunError(f"{path}: damaged checkpoint, the key '{missing[0]}' is missing; try the previous snapshot")
+    saved = checkpoint_config(state, path)
+    cfg = config_lib.resume_config(state["config"], dict(given, resume=resume))
+    changed = [f"{k} {getattr(saved, k)!r} -> {getattr(cfg, k)!r}" for k in given
+               if k not in ("resume", "preset") and getattr(saved, k) != getattr(cfg, k)]
+    return cfg, state, path.parent, changed
+
+
 # ----------------------------------------------------------------------------------------------
 # Run folders
 

@@ -328,58 +328,13 @@ def make_augment_pipe(cfg: config_lib.TrainConfig, device: torch.device):
 # ----------------------------------------------------------------------------------------------
 # What a run writes: grids, plots, checkpoints
 
-def grid_latents(cfg: config_lib.TrainConfig, data, device):
-    """Fixed (z, labels or None) for fakes*.png, from their own generators (the training RNG is not touched).
-    With slice-position labels the columns sweep the position from 0 to 1; other labels are those of fixed
-    training images."""
-    cols, rows = cfg.grid_size()
-    gen = torch.Generator().manual_seed(cfg.seed + 123)
-    z = torch.randn(cols * rows, cfg.z_dim, generator=gen).to(device)
-    if not cfg.c_dim:
-        return z, None
-    if cfg.label_names == "slice_position":
-        c = torch.linspace(0, 1, cols).repeat(rows)[:, None]                     # [cols * rows, 1]
-    else:
-        c = data.label_batch(np.random.default_rng(cfg.seed).integers(len(data), size=cols * rows))
-    return z, c.to(device)
-
-
-@torch.no_grad()
-def save_fakes(trainer: Trainer, latents, path: Path):
-    """fakes*.png: the EMA generator's images of fixed latents (with masks: image and mask side by side).
-    Returns the grid (uint8 [H, W] or [H, W, 3])."""
-    z, c = latents
-    cs = c.split(trainer.batch_gpu) if c is not None else [None] * len(z.split(trainer.batch_gpu))
-    x = torch.cat([trainer.G_ema(zb, cb, noise_mode="const") for zb, cb in zip(z.split(trainer.batch_gpu), cs)])
-    c = trainer.cfg.img_channels
-    labels = dataset.mask_labels(x[:, c:]) if trainer.cfg.masks else None
-    grid = runs.tile(dataset.pair_tiles(dataset.to_uint8(x[:, :c]), labels).cpu(), trainer.cfg.grid_size()[0])
-    runs.save_png(grid, path)
-    return grid
-
-
-LOSS_PANELS = [("losses", ["loss_G", "loss_D"]), ("D output on reals", ["D_real"]),
-               ("penalties", ["r1_penalty", "pl_penalty"]), ("augmentation p", ["ada_p"])]
-
-
-def plot_losses(log_path: Path, out: Path) -> None:
-    runs.plot_log(log_path, out, LOSS_PANELS)
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 30
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20           # kB on Linux
-
-
 class Run:
     """The run folder of one training process group: where it is, what has been written, and the lock.
     Only rank 0 writes (is_main)."""
 
     def __init__(self, trainer: Trainer, run_dir: Path, is_main: bool, log):
         self.trainer, self.dir, self.is_main, self.log = trainer, run_dir, is_main, log
-        self.z_grid = grid_latents(trainer.cfg, trainer.data, trainer.device)
+        self.z_grid = monitor.grid_latents(trainer.cfg, trainer.data, trainer.device)
         self.last_checkpoint = time.time()
         self.quality = self.board = self.lock = None
 
@@ -410,11 +365,11 @@ class Run:
         """losses.png, metrics.png and, at snapshots, fakes<kimg>.png (also to TensorBoard). A failure here is a
         warning: the run goes on."""
         try:
-            plot_losses(self.dir / "log.jsonl", self.dir / "losses.png")
+            monitor.plot_losses(self.dir / "log.jsonl", self.dir / "losses.png")
             monitor.plot_metrics(self.dir / "log.jsonl", self.dir / "metrics.png")
             if snapshot:
                 kimg = self.trainer.cur_nimg
-                grid = save_fakes(self.trainer, self.z_grid, self.dir / f"fakes{runs.kimg_tag(kimg)}.png")
+                grid = monitor.save_fakes(self.trainer.G_ema, self.trainer.cfg, self.z_grid, self.dir / f"fakes{runs.kimg_tag(kimg)}.png")
                 self.board.image("fakes", grid, kimg / 1000)
         except (runs.RunError, OSError, ValueError) as e:
             self.log(f"warning: {e}; training goes on")
@@ -464,7 +419,7 @@ def _prepare_run_dir(run: Run, cfg, data, resumed: bool) -> None:
         run.quality = monitor.QualityTracker(cfg, data, trainer.device, log)
     run.board = monitor.TensorBoard(run_dir, cfg.tensorboard, log)
     if trainer.cur_nimg == 0:
-        run.board.image("fakes", save_fakes(trainer, run.z_grid, run_dir / "fakes000000.png"), 0)
+        run.board.image("fakes", monitor.save_fakes(trainer.G_ema, cfg, run.z_grid, run_dir / "fakes000000.png"), 0)
 
 
 def end_tick(run: Run, tick_start_nimg: int, tick_start_time: float, done: bool) -> None:
@@ -480,7 +435,7 @@ def end_tick(run: Run, tick_start_nimg: int, tick_start_time: float, done: bool)
               "sec_per_kimg": round(seconds / max(images / 1000, 1e-9), 3),
               "images_per_s": round(images / max(seconds, 1e-9), 2), **t.pop_stats(),
               "pl_mean": t.pl_mean.item(), "ada_p": t.ada_p, "nonfinite_skipped": int(t.nonfinite_total),
-              "peak_mem_gb": round(peak_memory_gb(t.device), 3), "time": time.time()}
+              "peak_mem_gb": round(monitor.peak_memory_gb(t.device), 3), "time": time.time()}
     if snapshot:
         record["ranks_in_sync"] = distributed.check_ranks_in_sync({"G": t.G, "D": t.D}, t.world_size)
     if run.quality is not None and images > 0 and run.quality.due(t.tick, snapshot):
@@ -563,33 +518,6 @@ def run_loop(run: Run, stop: StopSignals) -> None:
 # ----------------------------------------------------------------------------------------------
 # main
 
-def last_checkpoint(run_dir: Path) -> str:
-    """Where a stopped run can go on from, in words (checkpoints only ever hold finite weights)."""
-    path = run_dir / "checkpoint.pt"
-    if not path.is_file():
-        return f"no checkpoint was written yet in {run_dir}"
-    state = runs.load_checkpoint(path, need=())
-    return f"the last good checkpoint is {path} (kimg {state['cur_nimg'] / 1000:g}, step {state['batch_idx']})"
-
-
-def resolve_resume(resume: str, given: dict):
-    """(the checkpoint's config with the options given now on top, the state, the run folder, the options
-    that differ from the checkpoint's as 'key old -> new' lines)."""
-    path = runs.resolve_checkpoint(resume, "--resume")
-    state = runs.load_checkpoint(path, "--resume", need=runs.RESUME_KEYS[:4])
-    if "opt_G" not in state:
-        raise TrainingStopped(f"--resume {resume}: a snapshot keeps the networks but not the optimizer state, so "
-                              f"it cannot continue exactly; resume from the run folder's checkpoint.pt")
-    missing = [k for k in runs.RESUME_KEYS if k not in state]
-    if missing:
-        raise runs.RunError(f"{path}: damaged checkpoint, the key '{missing[0]}' is missing; try the previous snapshot")
-    saved = runs.checkpoint_config(state, path)
-    cfg = config_lib.resume_config(state["config"], dict(given, resume=resume))
-    changed = [f"{k} {getattr(saved, k)!r} -> {getattr(cfg, k)!r}" for k in given
-               if k not in ("resume", "preset") and getattr(saved, k) != getattr(cfg, k)]
-    return cfg, state, path.parent, changed
-
-
 def load_data(cfg, is_main: bool, world_size: int, log):
     """The training images: rank 0 decodes (or builds the demo) first, the other ranks then read its cache."""
     data_path = cfg.data
@@ -627,7 +555,7 @@ def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
     state = run_dir = None
     changed = []
     if cfg.resume:
-        cfg, state, run_dir, changed = resolve_resume(cfg.resume, given if given is not None else {})
+        cfg, state, run_dir, changed = runs.load_for_resume(cfg.resume, given if given is not None else {})
     config_lib.validate(cfg, world_size)
     if cfg.dry_run:
         G, D = runs.build_networks(cfg)
@@ -660,7 +588,7 @@ def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
         with StopSignals() as stop:
             run_loop(run, stop)
     except TrainingStopped as e:
-        raise TrainingStopped(f"{e}; {last_checkpoint(run.dir)}") from None
+        raise TrainingStopped(f"{e}; {runs.last_checkpoint(run.dir)}") from None
     finally:
         if run.board is not None:
             run.board.close()

@@ -12,6 +12,7 @@ import torch
 
 import config
 import losses
+import monitor
 import runs
 import train
 from test_train import run_train, tiny_args, weights
@@ -114,7 +115,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(images, tmp_path
 def test_a_failed_plot_costs_no_checkpoint(images, tmp_path, monkeypatch, capsys):
     def broken_plot(log_path, out):
         raise runs.RunError(f"{out}: cannot be written (Read-only file system)")
-    monkeypatch.setattr(train, "plot_losses", broken_plot)
+    monkeypatch.setattr(monitor, "plot_losses", broken_plot)
     run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.08))
     assert weights(run_dir / "checkpoint.pt")["cur_nimg"] == 80
     err = capsys.readouterr().err

@@ -296,7 +296,7 @@ def test_resume_refuses_a_different_architecture_or_a_snapshot(images, tmp_path)
     run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.08))
     with pytest.raises(config.ConfigError, match=r"--channel_max cannot change when resuming"):
         run_train([f"--resume={run_dir}", "--channel_max=32"])
-    with pytest.raises(train.TrainingStopped, match=r"a snapshot keeps the networks but not the optimizer state"):
+    with pytest.raises(runs.RunError, match=r"a snapshot keeps the networks but not the optimizer state"):
         run_train([f"--resume={run_dir / 'snapshot-0000.080.pt'}"])
 
 
