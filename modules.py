@@ -540,9 +540,13 @@ class SynthesisBlock(nn.Module):
 
 
 def mask_activation(logits: torch.Tensor) -> torch.Tensor:
-    """Mask channels of G: softmax over the classes (dim 1), scaled to [-1, 1] like the image channels, in
-    float32. A real mask in this form is its one-hot map times 2 minus 1. [N, K, R, R]"""
-    return torch.softmax(logits.float(), dim=1) * 2 - 1
+    """Mask channels of G: the one-hot map of the most likely class, scaled to {-1, 1} like a real mask
+    (one-hot * 2 - 1), in float32. Its gradient is the softmax's (straight-through estimator, Bengio et al.
+    2013): D sees masks exactly as discrete as the real ones, so it cannot tell fakes by soft values, and G
+    still learns through the class probabilities. [N, K, R, R]"""
+    soft = torch.softmax(logits.float(), dim=1)
+    hard = F.one_hot(soft.argmax(dim=1), soft.shape[1]).permute(0, 3, 1, 2).to(soft.dtype)
+    return (hard + (soft - soft.detach())) * 2 - 1                # exactly hard: the difference is 0
 
 
 class SynthesisNetwork(nn.Module):

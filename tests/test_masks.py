@@ -26,12 +26,24 @@ def test_generated_masks_hold_only_the_four_classes(device):
     for noise_mode in ("random", "const"):
         x = G(torch.randn(6, 16, device=device) * 5, noise_mode=noise_mode)      # large z: extreme logits too
         assert x.shape == (6, 1 + K, 16, 16) and torch.isfinite(x).all()
-        probs = (x[:, 1:] + 1) / 2
-        torch.testing.assert_close(probs.sum(dim=1), torch.ones(6, 16, 16, device=device))
+        onehot = (x[:, 1:] + 1) / 2                                             # exactly one class per pixel
+        assert set(onehot.unique().tolist()) <= {0.0, 1.0}
+        torch.testing.assert_close(onehot.sum(dim=1), torch.ones(6, 16, 16, device=device))
         labels = dataset.mask_labels(x[:, 1:])
         assert labels.dtype == torch.uint8 and set(labels.unique().tolist()) <= {0, 1, 2, 3}
         levels = dataset.mask_to_levels(labels)
         assert set(levels.unique().tolist()) <= set(dataset.MASK_LEVELS)
+
+
+def test_mask_gradients_reach_the_logits_through_the_softmax():
+    logits = torch.randn(2, K, 4, 4, requires_grad=True)
+    out = modules.mask_activation(logits)
+    assert torch.equal(out, dataset.mask_channels(logits.argmax(dim=1), K))          # forward: a real-like mask
+    weights = torch.randn_like(out)
+    (grad,) = torch.autograd.grad((out * weights).sum(), logits)
+    soft = torch.softmax(logits, dim=1)
+    (expected,) = torch.autograd.grad((soft * 2 * weights).sum(), logits)            # backward: the softmax's
+    torch.testing.assert_close(grad, expected)
 
 
 def test_image_only_networks_are_unchanged_and_masks_add_only_rgb_outputs():
