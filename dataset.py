@@ -1013,7 +1013,10 @@ def main(argv=None) -> int:
                 raise DataError(problems[0] + more)
             print("OK: the data can be used for training")
         elif args.command == "slices":
-            volumes.run(args)
+            try:
+                volumes.run(args)
+            except volumes.VolumeError as e:
+                raise DataError(str(e)) from None
         elif args.command == "demo":
             subjects = parse_subjects(args.subjects)
             print(f"demo data written to {build_demo(args.out, seed=args.seed, subjects=subjects)}")

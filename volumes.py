@@ -33,8 +33,9 @@ DEFAULT_LABEL_MAP = "0:0,1:1,2:2,3:3"     # FSL FAST order: background, CSF, gre
 PERCENTILES = (0.5, 99.5)
 
 
-class VolumeError(dataset.DataError):
-    """A volume, label map or CSV row that cannot be used, as one line naming the file."""
+class VolumeError(ValueError):
+    """A volume, label map or CSV row that cannot be used, as one line naming the file. (Not a subclass of
+    dataset.DataError: when dataset.py runs as a program its own DataError is another class.)"""
 
 
 @dataclass

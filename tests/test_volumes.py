@@ -141,3 +141,15 @@ def test_analyze_volumes_read_like_nifti(tmp_path):
                             log=lambda m: None)
     rel = "keras_png_slices_train/case_001_slice_1.nii.png"
     assert np.array_equal(png(tmp_path / "out_nii" / rel), png(tmp_path / "out_analyze" / rel))
+
+
+def test_the_command_line_program_gives_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "dataset.py", "slices", "--volumes", str(tmp_path / "nope"), "--out",
+                             str(tmp_path / "out")], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "--volumes" in result.stderr and "no such folder" in result.stderr
+
