@@ -485,7 +485,7 @@ def plot_log(log_path, out, panels, dpi: int = 90) -> None:
         for key in keys:
             points = [(r["kimg"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
             if points:
-                ax.plot(*zip(*points), label=key, marker="." if len(points) < len(kimg) else None)
+                ax.plot(*zip(*points), label=key, marker="." if len(points) < len(kimg) or len(points) == 1 else None)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("kimg")
         if ax.lines:
