@@ -30,6 +30,8 @@ class TrainConfig:
     split: str = "train"                # OASIS split to train on
     outdir: str = "runs"                # parent of the numbered run folders
     resume: str = ""                    # checkpoint file or run folder to continue exactly
+    init_from: str = ""                 # transfer learning: start a new run from this checkpoint's G, D and G_ema
+                                        # weights (a run folder, a checkpoint or a convert.py output)
     seed: int = 0                       # seeds the networks' initial weights and the data order; process k of n
                                         # draws its latents and noise from seed * n + k
     device: str = "auto"                # auto | cpu | cuda | cuda:N
@@ -73,6 +75,9 @@ class TrainConfig:
     conv_clamp: float = 256.0           # activation clamp used with bf16
     channels_last: bool = True          # NHWC memory layout for G, D and images (faster convolutions)
     max_nonfinite: int = 10             # non-finite steps in a row before the run stops
+    compile: bool = False               # torch.compile G and D for the first-order D and G steps (R1, path length
+                                        # stay eager: they need double backward)
+    freeze_d: int = 0                   # Freeze-D: D's first N layers (from the highest resolution) are not trained
     # Augmentation (augment.py)
     aug: str = "ada"                    # ada (p adapts) | fixed (p stays) | noaug
     aug_pipe: str = "bgc"               # transform groups: b blit, g geometry, c colour, f filter, n noise, o cutout
