@@ -33,6 +33,7 @@ import distributed
 import losses
 import monitor
 import runs
+import transfer
 from modules import count_params
 
 HEALTH_CHECK_INTERVAL = 4      # iterations between host reads of the non-finite counters (ADA reads at 4 too)
@@ -60,6 +61,12 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.G = self.G.to(device, memory_format=self.memory_format).train()
         self.D = self.D.to(device, memory_format=self.memory_format).train()
+        self.D_trainable = transfer.freeze_d(self.D, cfg.freeze_d)       # all of D's parameters unless --freeze_d
+        # --compile: compiled forwards for the first-order D and G steps; R1 and path length need double
+        # backward, which compiled graphs do not give, so they run the eager modules (same parameters).
+        self.synthesis_fast, self.D_fast = self.G.synthesis, self.D
+        if cfg.compile:
+            self.synthesis_fast, self.D_fast = torch.compile(self.G.synthesis), torch.compile(self.D)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         (g_lr, g_betas), (d_lr, d_betas) = self.adam_hparams()
         # fused Adam can skip a step on a device-side flag (found_inf): no host sync per step.
@@ -128,31 +135,32 @@ class Trainer:
             return z, None
         return z, self.data.label_batch(torch.randint(len(self.data), (n,)).numpy(), device=self.device)
 
-    def run_G(self, z: torch.Tensor, c=None):
+    def run_G(self, z: torch.Tensor, c=None, fast: bool = False):
         """Images and ws from z (and labels c), with style mixing: a second z takes over from a random
-        crossover."""
+        crossover. fast: the compiled synthesis network (--compile), for first-order steps only."""
         ws = self.G.mapping(z, c, update_w_avg=True)                  # [N, num_ws, w_dim]
         if self.cfg.style_mixing > 0 and torch.rand([]).item() < self.cfg.style_mixing:
             cutoff = int(torch.randint(1, ws.shape[1], []).item())
             ws[:, cutoff:] = self.G.mapping(torch.randn_like(z), c)[:, cutoff:]
         with self.autocast():
-            img = self.G.synthesis(ws, noise_mode="random")
+            img = (self.synthesis_fast if fast else self.G.synthesis)(ws, noise_mode="random")
         return img.float(), ws
 
-    def run_D(self, img: torch.Tensor, c=None) -> torch.Tensor:
-        """D's logits for images (and labels c), augmented first (every image D sees, the R1 pass included)."""
+    def run_D(self, img: torch.Tensor, c=None, fast: bool = False) -> torch.Tensor:
+        """D's logits for images (and labels c), augmented first (every image D sees, the R1 pass included).
+        fast: the compiled D (--compile), for first-order steps only."""
         if self.augment_pipe is not None and self.ada_p > 0:
             self.augment_pipe.p = self.ada_p
             img = self.augment_pipe(img)
         with self.autocast():
-            return self.D(img, c).float()                             # [N, 1]
+            return (self.D_fast if fast else self.D)(img, c).float()  # [N, 1]
 
     def d_step(self, reals: torch.Tensor, c_real=None) -> None:
         z, c = self.latents(self.batch_gpu)
         with torch.no_grad():
-            fakes, _ = self.run_G(z, c)
-        real_logits = self.run_D(reals, c_real)
-        loss = losses.d_logistic_loss(real_logits, self.run_D(fakes, c)).mean()
+            fakes, _ = self.run_G(z, c, fast=True)
+        real_logits = self.run_D(reals, c_real, fast=True)
+        loss = losses.d_logistic_loss(real_logits, self.run_D(fakes, c, fast=True)).mean()
         self.record("loss_D", loss)
         self.record("D_real", real_logits.mean())
         if self.cfg.aug == "ada":
@@ -169,9 +177,10 @@ class Trainer:
     def g_step(self) -> None:
         self.D.requires_grad_(False)
         z, c = self.latents(self.batch_gpu)
-        fakes, _ = self.run_G(z, c)
-        loss = losses.g_nonsaturating_loss(self.run_D(fakes, c)).mean()
-        self.D.requires_grad_(True)
+        fakes, _ = self.run_G(z, c, fast=True)
+        loss = losses.g_nonsaturating_loss(self.run_D(fakes, c, fast=True)).mean()
+        for p in self.D_trainable:                                    # --freeze_d layers stay off
+            p.requires_grad_(True)
         self.record("loss_G", loss)
         self.optimize(self.G, self.opt_G, loss, "G")
 
@@ -552,10 +561,13 @@ def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
     is_main = rank == 0
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if is_main else (lambda msg: None)
     device = config_lib.resolve_device(cfg.device, local_rank)
-    state = run_dir = None
+    state = run_dir = source = None
     changed = []
     if cfg.resume:
         cfg, state, run_dir, changed = runs.load_for_resume(cfg.resume, given if given is not None else {})
+    elif cfg.init_from:                                              # transfer learning: the source's shapes
+        source = transfer.load_source(cfg.init_from)
+        cfg = transfer.config_for(cfg, given if given is not None else {}, source[1])
     config_lib.validate(cfg, world_size)
     if cfg.dry_run:
         G, D = runs.build_networks(cfg)
@@ -583,6 +595,11 @@ def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
     if state is not None:
         trainer.load_state_dict(state, run_dir / "checkpoint.pt")
         state = None
+    if source is not None:
+        transfer.init_networks({"G": trainer.G, "D": trainer.D, "G_ema": trainer.G_ema}, *source, cfg, log)
+        log(f"initialised G, D and G_ema from {source[2]} (trained {source[0].get('cur_nimg', 0) / 1000:g} kimg "
+            f"there); optimizers and counters start fresh")
+        source = None
     run = open_run(cfg, trainer, data, run_dir, bool(cfg.resume), is_main, log)
     try:
         with StopSignals() as stop:
