@@ -1,6 +1,7 @@
 """Data loading, validation, the cache, the sampler and the demo builder (dataset.py), on tiny PNG fixtures."""
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -543,9 +544,15 @@ def small_demo(tmp_path_factory) -> Path:
 
 
 def test_demo_has_the_oasis_layout_split_by_subject(small_demo):
-    train = sorted(p.name for p in (small_demo / "keras_png_slices_train").iterdir())
-    assert train == [f"case_{c:03d}_slice_{k}.nii.png" for c in (1, 2) for k in (0, 1, 2, 3)]
-    assert sorted(p.name for p in (small_demo / "keras_png_slices_test").iterdir())[0] == "case_004_slice_0.nii.png"
+    cases = {}
+    for split in ("train", "validate", "test"):
+        names = sorted(p.name for p in (small_demo / f"keras_png_slices_{split}").iterdir())
+        cases[split] = {int(n[5:8]) for n in names}
+        assert names == [f"case_{c:03d}_slice_{k}.nii.png" for c in sorted(cases[split]) for k in (0, 1, 2, 3)]
+    assert [len(cases[s]) for s in ("train", "validate", "test")] == [2, 1, 1]
+    assert set().union(*cases.values()) == {1, 2, 3, 4}                  # each subject in one split only
+    labels = json.loads((small_demo / "dataset.json").read_text())        # cut by the volume slicer
+    assert labels["label_names"] == ["slice_position"] and len(labels["labels"]) == 16
     ds = load(small_demo, resolution=64, with_masks=True)
     assert ds.images.shape == (8, 1, 64, 64)
     assert set(np.unique(ds.masks)) <= {0, 1, 2, 3} and {0, 2, 3} <= set(np.unique(ds.masks))
@@ -561,8 +568,13 @@ def test_demo_has_the_oasis_layout_split_by_subject(small_demo):
 def test_demo_is_deterministic_and_never_overwrites(small_demo, tmp_path):
     again = dataset.build_demo(tmp_path / "again", seed=5, subjects=(2, 1, 1), slices=4, resolution=64,
                                log=lambda m: None)
-    for name in ["keras_png_slices_train/case_002_slice_3.nii.png", "keras_png_slices_seg_test/seg_004_slice_1.nii.png"]:
-        assert (again / name).read_bytes() == (small_demo / name).read_bytes()
+    def files(folder):                                               # not the decoded-image cache of other tests
+        return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
+    written = files(small_demo)
+    assert written == files(again)
+    for name in written:
+        if name.suffix != ".json":                                   # demo.json names its folder's settings only
+            assert (again / name).read_bytes() == (small_demo / name).read_bytes(), name
     with pytest.raises(DataError, match="already exists and is not empty; choose another --out or delete it"):
         dataset.build_demo(small_demo, log=lambda m: None)
 
