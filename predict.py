@@ -11,17 +11,27 @@ metrics' mathematics (metrics.py), the networks (modules.py), checkpoints and fi
     python predict.py --checkpoint runs/00000-demo --interpolate --seeds 0-3 --frames 24
     python predict.py --checkpoint runs/00000-demo --style_mix --row_seeds 0-3 --col_seeds 4-7
     python predict.py --checkpoint runs/00000-demo --score --real data/demo [--inception FILE]
+    python predict.py --checkpoint runs/00000-demo --project slice.png more_slices/ [--steps 1000 --w_plus]
+    python predict.py --checkpoint runs/00000-demo --projected_w runs/00000-demo/predict/projected_w.npz
 
 Options are spelled with underscores like train.py's; the hyphenated spellings (--style-mix) work too.
 
 --checkpoint is a checkpoint file or a run folder (its checkpoint.pt, else its highest-kimg snapshot).
 Output goes to <folder of the checkpoint>/predict unless --outdir is given; only this program's own names
 there are rewritten (seed<NNNN>.png, grid.png, frame<NNNN>.png, interpolation.gif, stylemix-<band>.png,
-scores.json, closest_pairs.png). Seed s gives z = np.random.RandomState(s).randn(1, z_dim), as in the
+scores.json, closest_pairs.png, projection<NNNN>.png / .gif, projections.png, projection.json, projected_w.npz,
+projected<NNNN>.png). Seed s gives z = np.random.RandomState(s).randn(1, z_dim), as in the
 official StyleGAN2-ADA tools; with --noise_mode random each image is made alone, torch seeded by its seed.
 --score: the reference is the train split; the held-out baseline is validate (else test), or a random 10 %
 (seed 0) of a plain image folder. FID / KID need --inception inception-2015-12-05.pt, the TorchScript
 Inception-v3 of the StyleGAN2-ADA metrics; nothing is downloaded.
+--project: each image (files, or folders searched recursively) is decoded as the training data was (grayscale,
+centre-cropped or padded as the model's --fit, then resized to the model's resolution with Lanczos) and
+projected by project.py; the distance is (1 - SSIM) + L1 unless --distance names a TorchScript feature network.
+Per image: projection<NNNN>.png (target | reconstruction | mask for a --masks model) and projection<NNNN>.gif
+(the optimization); for all: projections.png, projection.json (SSIM and PSNR of each reconstruction, and the
+means) and projected_w.npz (w [N, num_ws, w_dim], names, and the optimized noise maps noise.<layer> [N, R, R]).
+--projected_w FILE makes projected<NNNN>.png (and _seg.png) from such a file: the same images, bit for bit.
 """
 
 import argparse
@@ -42,6 +52,7 @@ import config as config_lib
 import dataset
 import metrics
 import modules
+import project
 import runs
 
 GRID_MAX = 64                           # grid.png shows at most the first 64 images (8 x 8)
@@ -51,7 +62,9 @@ GIF_FRAME_MS = 40                       # 25 frames per second
 CLOSEST_PAIRS = 8                       # generated / real pairs in closest_pairs.png
 DIVERSITY_PAIRS = 500                   # random pairs for the SSIM / MS-SSIM diversity
 MAX_SEEDS = 1_000_000                   # a typo like 0-99999999 should not fill the memory
-DEFAULTS = dict(seeds="0-15", walk_seeds="0-3", frames=24, row_seeds="0-3", col_seeds="4-7", num=1000, steps=8)
+DEFAULTS = dict(seeds="0-15", walk_seeds="0-3", frames=24, row_seeds="0-3", col_seeds="4-7", num=1000, steps=8,
+                project_steps=1000)
+GIF_FRAMES = 50                         # --project: frames of each optimization GIF (one every steps // 50)
 
 
 class PredictError(ValueError):
@@ -301,12 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--score", action="store_true", help="scores.json and closest_pairs.png against --real")
     mode.add_argument("--sweep", action="store_true", help="a conditional model: sweep.png, one row per seed, "
                                                            "columns sweeping the slice position (or the classes)")
+    mode.add_argument("--project", nargs="+", metavar="IMAGE_OR_FOLDER", help="find the latents of real slices: "
+                      "projection<NNNN>.png / .gif, projections.png, projection.json, projected_w.npz")
+    mode.add_argument("--projected_w", metavar="FILE", help="images projected<NNNN>.png from a projected_w.npz")
     mode.add_argument("--export", metavar="DIR", help="a synthetic data set in the OASIS layout (images and, for "
                                                       "a --masks model, their masks) in a new folder DIR")
     p.add_argument("--class", dest="class_", type=int, help="a class model: generate this class (0, 1, ...)")
     p.add_argument("--label", help="a conditional model: the label as numbers v1,v2,... (its c_dim values)")
     p.add_argument("--slice", type=float, help="a slice-position model: the axial position in [0, 1]")
-    p.add_argument("--steps", type=int, help="--sweep: slice positions from 0 to 1 (default 8)")
+    p.add_argument("--steps", type=int, help="--sweep: slice positions from 0 to 1 (default 8); --project: "
+                                             "optimization steps (default 1000)")
+    p.add_argument("--w_plus", action="store_true", help="--project: one w per layer (W+) instead of one w")
+    p.add_argument("--seed", type=int, help="--project: seed of the noise maps and the w noise (default 0)")
+    p.add_argument("--distance", metavar="FILE", help="--project: a TorchScript feature network (float [N, 3, H, W] "
+                                                      "in 0..255 -> features) instead of (1 - SSIM) + L1")
     p.add_argument("--frames", type=int, help="--interpolate: frames per pair of seeds (default 24)")
     p.add_argument("--row_seeds", help="--style_mix: seeds of the rows (default 0-3)")
     p.add_argument("--col_seeds", help="--style_mix: seeds whose layers are swapped in (default 4-7)")
@@ -318,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-MODE_OPTIONS = {"steps": ("sweep",), "frames": ("interpolate",), "row_seeds": ("style_mix",), "col_seeds": ("style_mix",),
+MODE_OPTIONS = {"steps": ("sweep", "project"), "seed": ("project",), "distance": ("project",), "frames": ("interpolate",), "row_seeds": ("style_mix",), "col_seeds": ("style_mix",),
                 "real": ("score",), "num": ("score", "export"), "max_real": ("score",), "inception": ("score",)}
 
 
@@ -330,6 +351,12 @@ def check_args(args) -> None:
             raise usage(f"--{option} is used only with {' or '.join('--' + m for m in modes)}")
     if args.export and args.outdir:
         raise usage("--export DIR is the output folder; --outdir is not used with it")
+    if args.w_plus and not args.project:
+        raise usage("--w_plus is used only with --project")
+    if args.seeds is not None and (args.project or args.projected_w):
+        raise usage("--project and --projected_w take no --seeds (--seed sets the projection's noise)")
+    if args.seed is not None and not 0 <= args.seed < 2 ** 32:
+        raise usage(f"--seed must be in [0, 2^32), got {args.seed}")
     if args.skip_bad and not args.score:
         raise usage("--skip_bad is used only with --score (it skips unreadable files in --real)")
     if args.num is not None and args.seeds is not None:
@@ -495,6 +522,146 @@ def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode
     return "scores.json and closest_pairs.png"
 
 
+# ----------------------------------------------------------------------------------------------
+# Projection of real slices (the optimization lives in project.py)
+
+def read_targets(paths, cfg: config_lib.TrainConfig):
+    """--project's files (folders searched recursively, sorted) decoded as the training data: (paths, uint8
+    [N, C, R, R], how many were resized). Every file is read before any projection; errors name the file."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            if dataset.is_oasis_layout(path):
+                raise PredictError(f"--project {path}: an OASIS folder (images and masks); give one split's image "
+                                   f"folder, e.g. {path / (dataset.OASIS_PREFIX + 'validate')}")
+            found = dataset.list_images(path)
+            if not found:
+                raise PredictError(f"--project {path}: no images ({', '.join(dataset.IMAGE_EXTS)}) in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise PredictError(f"--project {path}: no such file or folder")
+    stats = dataset.DecodeStats()
+    images = [torch.from_numpy(dataset.decode_image(f, cfg.resolution, cfg.img_channels, cfg.fit, stats).copy())
+              for f in files]
+    return files, torch.stack(images), stats.resized
+
+
+def _remove_stale(outdir: Path, prefix: str, count: int) -> None:
+    """An earlier, longer run's <prefix><NNNN>.* files (index >= count) would mix in."""
+    for old in outdir.glob(f"{prefix}*"):
+        m = re.fullmatch(rf"{prefix}(\d{{4,}})(_seg)?\.(png|gif)", old.name)
+        if m and int(m.group(1)) >= count:
+            old.unlink()
+
+
+def _savez(path, arrays: dict) -> None:
+    with open(path, "wb") as f:                             # a file object: np.savez would append .npz to a name
+        np.savez(f, **arrays)
+
+
+def save_projection_figure(targets, results, names, path: Path) -> None:
+    """Targets above their reconstructions (and masks), each titled with its name and SSIM."""
+    plt = runs.pyplot()
+    rows = 3 if results[0].labels is not None else 2
+    fig, axes = plt.subplots(rows, len(results), figsize=(1.6 * len(results), 1.75 * rows + 0.4), squeeze=False)
+    for j, (target, r) in enumerate(zip(targets, results)):
+        tiles = [(target, Path(names[j]).name.replace(".nii.png", "")[-18:]), (r.image, f"SSIM {r.ssim:.3f}")]
+        if r.labels is not None:
+            tiles.append((dataset.mask_to_levels(r.labels[None])[0], "mask"))
+        for ax, (image, title) in zip(axes[:, j], tiles):
+            ax.imshow(_array(image), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    fig.suptitle(f"projection: real slices (top), reconstructions (below); mean SSIM "
+                 f"{np.mean([r.ssim for r in results]):.3f}", fontsize=8)
+    fig.tight_layout()
+    runs.save_figure(fig, path, dpi=100)
+
+
+def write_projections(G, cfg, args, c, outdir: Path, about: dict) -> str:
+    files, targets, resized = read_targets(args.project, cfg)
+    steps = args.steps or DEFAULTS["project_steps"]
+    settings = project.Settings(steps=steps, w_plus=args.w_plus, seed=args.seed or 0,
+                                frame_every=max(1, steps // GIF_FRAMES))
+    device = next(G.parameters()).device
+    try:
+        net = project.load_feature_net(args.distance, device, G.img_resolution) if args.distance else None
+    except ValueError as e:
+        raise PredictError(str(e)) from None
+    if resized:
+        print(f"{resized} of {len(files)} image(s) resized to {G.img_resolution}x{G.img_resolution} "
+              f"(--fit {cfg.fit}, Lanczos)", file=sys.stderr)
+    _remove_stale(outdir, "projection", len(files))
+    results = []
+    for i, (path, target) in enumerate(zip(files, targets)):
+        r = project.project(G, target, settings, c, net, desc=f"project {i + 1}/{len(files)} {path.name}")
+        tiles = [target, r.image] + ([dataset.mask_to_levels(r.labels[None])[0].expand_as(target)]
+                                     if r.labels is not None else [])
+        runs.save_png(_array(torch.cat(tiles, dim=2)), outdir / f"projection{i:04d}.png")
+        save_gif(torch.stack([torch.cat([target, f], dim=2) for f in r.frames]), outdir / f"projection{i:04d}.gif")
+        results.append(r)
+        print(f"{i:4d}  SSIM {r.ssim:.4f}  PSNR {r.psnr:6.2f} dB  {path}")
+    names = [str(f) for f in files]
+    arrays = {"w": torch.stack([r.ws for r in results]).numpy(), "names": np.array(names)}
+    arrays.update({f"noise.{k}": torch.stack([r.noise[k] for r in results]).numpy() for k in results[0].noise})
+    runs.atomic_write(outdir / "projected_w.npz", lambda tmp: _savez(tmp, arrays))
+    save_projection_figure(targets, results, names, outdir / "projections.png")
+    mean = lambda key: float(np.mean([getattr(r, key) for r in results]))             # noqa: E731
+    summary = {**about, "steps": steps, "w_plus": args.w_plus, "seed": settings.seed,
+               "distance": args.distance or "(1 - SSIM) + L1", "label": None if c is None else c[0].tolist(),
+               "resized": resized, "ssim_mean": mean("ssim"), "psnr_mean": mean("psnr"),
+               "images": [{"name": n, "file": f"projection{i:04d}.png", "ssim": r.ssim, "psnr": r.psnr}
+                          for i, (n, r) in enumerate(zip(names, results))]}
+    runs.write_text(outdir / "projection.json", json.dumps(summary, indent=1) + "\n")
+    print(f"mean  SSIM {summary['ssim_mean']:.4f}  PSNR {summary['psnr_mean']:6.2f} dB  ({len(files)} images, "
+          f"{steps} steps, {'W+' if args.w_plus else 'w'})")
+    return (f"{len(files)} projections projection0000.png ... (.png, .gif), projections.png, projection.json and "
+            f"projected_w.npz")
+
+
+def read_projected_w(path, G):
+    """(ws [N, num_ws, w_dim], noise maps {name: [N, R, R]} or None) from a projected_w.npz; every problem is one
+    PredictError line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictError(f"--projected_w {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise PredictError(f"--projected_w {path}: not a readable .npz file ({e}); give the projected_w.npz "
+                           f"that --project wrote") from None
+    w = arrays.get("w")
+    want = (G.num_ws, G.w_dim)
+    if w is None or w.ndim != 3 or w.shape[1:] != want or len(w) == 0:
+        got = "no array 'w'" if w is None else f"w of shape {list(w.shape)}"
+        raise PredictError(f"--projected_w {path}: {got}; this generator takes w of shape [N, {want[0]}, {want[1]}] "
+                           f"(N, num_ws, w_dim): was it projected with another model?")
+    shapes = dict(G.synthesis.named_buffers())
+    noise = {k[len("noise."):]: v for k, v in arrays.items() if k.startswith("noise.")}
+    if noise and (sorted(noise) != sorted(project.noise_names(G)) or
+                  any(v.shape != (len(w), *shapes[k].shape) for k, v in noise.items())):
+        raise PredictError(f"--projected_w {path}: its noise maps do not match this generator's layers; was it "
+                           f"projected with another model?")
+    if not all(np.isfinite(a).all() for a in [w, *noise.values()]):
+        raise PredictError(f"--projected_w {path}: holds NaN or inf")
+    return torch.from_numpy(w).float(), {k: torch.from_numpy(v).float() for k, v in noise.items()} or None
+
+
+def write_from_projected_w(G, path, outdir: Path, noise_mode: str) -> str:
+    ws, noise = read_projected_w(path, G)
+    images, labels = project.from_ws(G, ws, noise, noise_mode)
+    _remove_stale(outdir, "projected", len(ws))
+    for i, image in enumerate(images):
+        runs.save_png(_array(image), outdir / f"projected{i:04d}.png")
+        if labels is not None:
+            runs.save_png(_array(dataset.mask_to_levels(labels[i:i + 1])[0]), outdir / f"projected{i:04d}_seg.png")
+    source = "its saved noise maps" if noise is not None and noise_mode == "const" else f"--noise_mode {noise_mode}"
+    return f"{len(ws)} images projected0000.png ... from {path} ({source})"
+
+
 def run(args) -> None:
     check_args(args)
     device = config_lib.resolve_device(args.device)
@@ -510,6 +677,9 @@ def run(args) -> None:
     G, cfg, state, ckpt = runs.load_generator(runs.best_checkpoint(args.checkpoint) if args.best else args.checkpoint,
                                               device)
     rule = label_rule(cfg, args)                               # also refuses labels an unconditional model
+    if args.project and cfg.c_dim and args.class_ is None and args.label is None and args.slice is None:
+        raise config_lib.ConfigError("--project with a conditional model needs the slices' label: --label, --slice "
+                                     "or --class")
     if rule is not None:
         G.seed_labels = rule
     if args.export:
@@ -526,6 +696,11 @@ def run(args) -> None:
     elif args.score:
         about = {"checkpoint": str(ckpt), "kimg": state.get("cur_nimg", 0) / 1000}
         wrote = write_scores(G, cfg, seeds, args, outdir, about, **gen)
+    elif args.project:
+        about = {"checkpoint": str(ckpt), "kimg": state.get("cur_nimg", 0) / 1000}
+        wrote = write_projections(G, cfg, args, rule([0]).to(device) if rule else None, outdir, about)
+    elif args.projected_w:
+        wrote = write_from_projected_w(G, args.projected_w, outdir, args.noise_mode)
     elif args.export:
         outdir = Path(args.export)
         wrote = write_export(G, seeds, outdir, {"checkpoint": str(ckpt), "kimg": state.get("cur_nimg", 0) / 1000},
