@@ -32,15 +32,16 @@ METRIC_PANELS = [("nearest-real SSIM (generated vs held-out real)", ["nearest_ss
 
 def grid_latents(cfg: config_lib.TrainConfig, data, device):
     """Fixed (z, labels or None) for fakes*.png, from their own generators (the training RNG is not touched).
-    With slice-position labels the columns sweep the position from 0 to 1; other labels are those of fixed
-    training images."""
+    With slice-position labels the columns sweep the data's positions from lowest to highest; other labels are
+    those of fixed training images."""
     cols, rows = cfg.grid_size()
     gen = torch.Generator().manual_seed(cfg.seed + 123)
     z = torch.randn(cols * rows, cfg.z_dim, generator=gen).to(device)
     if not cfg.c_dim:
         return z, None
-    if cfg.label_names == "slice_position":
-        c = torch.linspace(0, 1, cols).repeat(rows)[:, None]                     # [cols * rows, 1]
+    if cfg.label_names == "slice_position":                      # from the lowest to the highest trained position
+        lo, hi = (0.0, 1.0) if data is None else (float(data.labels.min()), float(data.labels.max()))
+        c = torch.linspace(lo, hi, cols).repeat(rows)[:, None]                   # [cols * rows, 1]
     else:
         c = data.label_batch(np.random.default_rng(cfg.seed).integers(len(data), size=cols * rows))
     return z, c.to(device)
