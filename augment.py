@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modules import conv2d, conv_transpose2d   # convolutions with fast second-order gradients (R1)
+from modules import FirSpec, conv2d, conv_transpose2d, fir2d, fir_uses_conv   # fast higher-order gradients (R1)
 
 GROUPS = {
     "b": ("xflip", "rotate90", "xint"),
@@ -47,7 +47,14 @@ def windowed_sinc(taps: int, cutoff: float) -> torch.Tensor:
 
 
 def _sep_conv(x: torch.Tensor, f: torch.Tensor, stride: int = 1, transpose: bool = False, pad: int = 0):
-    """Apply the 1D filter f along H and W of every channel (f as a [1, 1, 1, L] and [1, 1, L, 1] conv)."""
+    """Apply the 1D filter f along H and W of every channel: as conv2d (stride) or conv_transpose2d
+    (stride 2, gain 2 per axis, cropping pad), written as modules.fir2d's slice sums, or under
+    modules.fir_impl("conv") as [1, 1, 1, L] and [1, 1, L, 1] convolutions (the reference)."""
+    if not fir_uses_conv():
+        if transpose:
+            taps = f.flip(0) * 2
+            return fir2d(x, taps, taps, FirSpec.transposed(f.shape[0], stride=2, padding=pad))
+        return fir2d(x, f, f, FirSpec(1, stride, 0, 0))
     n, c, h, w = x.shape
     x = x.reshape(n * c, 1, h, w)
     fx = f.to(x.dtype)[None, None, None, :]

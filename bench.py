@@ -3,6 +3,8 @@ modules.py (the networks), train.py (a training iteration), augment.py, dataset.
 
     python bench.py networks --resolution 256 --batch 16 --device cuda
     python bench.py train --preset oasis256 --conv_impl torch,regrad --profile R1,PL
+    python bench.py train --preset oasis256 --compare --device cuda      (FIR: previous vs new, [--compile])
+    python bench.py networks --compare --resolution 64 --channel_base 2048 --channel_max 64 --batch 8
     python bench.py data --images 10000 --resolution 256 --batch 32
     python bench.py augment --resolution 256 --batch 32
     python bench.py ssim --queries 1000 --references 10000
@@ -269,6 +271,9 @@ def bench_train(args) -> None:
     print(f"device: {name} | torch {torch.__version__} | preset {args.preset} {' '.join(args.set)} | "
           f"{cfg.resolution} px, batch {cfg.batch}, aug {cfg.aug} at p={args.p}, "
           f"precision {cfg.mixed_precision}" + (f" | measured bf16 matmul peak {peak:.0f} TFLOP/s" if peak else ""))
+    if args.compare or args.compile:
+        bench_train_compare(cfg, device, args, peak)
+        return
     if args.flops_only:
         r = bench_train_once(cfg, device, args)
         print(f"FLOPs per image: G forward {r['g_fwd'] / 1e9:.2f} G, D forward {r['d_fwd'] / 1e9:.2f} G, training "
@@ -286,6 +291,136 @@ def bench_train(args) -> None:
               f"| {'-' if r['peak_gib'] != r['peak_gib'] else format(r['peak_gib'], '.1f')} |", flush=True)
     print(f"FLOPs per image: G forward {r['g_fwd'] / 1e9:.2f} G, D forward {r['d_fwd'] / 1e9:.2f} G, "
           f"training image (D + G steps, R1 / {cfg.r1_interval}, PL / {cfg.pl_interval}) {r['flops_img'] / 1e9:.1f} G")
+
+
+FIR_VARIANTS = (("previous: conv FIR", "conv", False), ("new: slice FIR", "slices", False),
+                ("new + compile", "slices", True))
+
+
+def median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def bench_train_compare(cfg, device: torch.device, args, peak) -> None:
+    """The FIR implementations (modules.fir_impl) side by side on one preset: one Trainer each (same seed,
+    so the same networks), repetitions interleaved (A B, B A, ...) with the same random draws,
+    medians reported. Each repetition times every phase alone, then `--iters` real training iterations."""
+    import dataclasses
+    import train
+    reals = torch.rand(cfg.batch, cfg.img_channels, cfg.resolution, cfg.resolution, device=device) * 2 - 1
+    variants = [v for v in FIR_VARIANTS if args.compile or not v[2]]
+    trainers = {}
+    for name, impl, compiled in variants:
+        vcfg = dataclasses.replace(cfg, compile=compiled)
+        trainer = train.Trainer(vcfg, device, data=StandIn(reals), log=lambda m: None)
+        trainer.ada_p = args.p if cfg.aug != "noaug" else 0.0
+        trainers[name] = trainer
+    with modules.fir_impl("conv"):                     # model FLOPs, the same for every variant (MFU)
+        first = trainers[variants[0][0]]
+        flops = {k: count_flops(fn) for k, fn in training_phases(first, reals).items()}
+    rates = {"D": 1, "G": 1, "R1": 1 / cfg.r1_interval, "PL": 1 / cfg.pl_interval}
+    flops_img = sum(flops[k] * rates[k] for k in flops) / cfg.batch
+    times = {name: {k: [] for k in ("D", "R1", "G", "PL", "aug", "step")} for name, _, _ in variants}
+    peak_gib = {}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda d=None: None)
+    for rep in range(-args.warmup, args.reps):        # negative repetitions: warm-up (and compilation)
+        for name, impl, _ in (variants if rep % 2 == 0 else variants[::-1]):   # A B, B A: load drifts cancel
+            trainer = trainers[name]
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            with modules.fir_impl(impl):
+                torch.manual_seed(1000 + rep)
+                phases = dict(training_phases(trainer, reals))
+                if trainer.augment_pipe is not None and trainer.ada_p > 0:
+                    trainer.augment_pipe.p = trainer.ada_p
+                    phases["aug"] = lambda t=trainer: t.augment_pipe(reals)
+                for k, fn in phases.items():
+                    sync(device)
+                    start = time.perf_counter()
+                    fn()
+                    sync(device)
+                    if rep >= 0:
+                        times[name][k].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                for _ in range(args.iters):
+                    trainer.step()
+                sync(device)
+                if rep >= 0:
+                    times[name]["step"].append((time.perf_counter() - start) / args.iters)
+            if device.type == "cuda":
+                peak_gib[name] = max(peak_gib.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2 ** 30)
+    print(f"{args.reps} interleaved repetitions (after {args.warmup} warm-up), medians; each: every phase once, then "
+          f"{args.iters} training iterations; model FLOPs {flops_img / 1e9:.3g} G per image")
+    cols = ["D", "R1", "G", "PL", "aug"]
+    print("| implementation | img/s | s/kimg | " + " | ".join(f"{c} ms" for c in cols)
+          + " | TFLOP/s | MFU | peak GiB |")
+    print("|---|---:|---:|" + "---:|" * len(cols) + "---:|---:|---:|")
+    base = None
+    for name, _, _ in variants:
+        t = times[name]
+        step_s = median(t["step"])
+        ms = {c: median(t[c]) * 1e3 if t[c] else float("nan") for c in cols}
+        tflops = flops_img * cfg.batch / step_s / 1e12
+        mfu = f"{tflops / peak:.1%}" if peak else "-"
+        gib = format(peak_gib[name], ".1f") if name in peak_gib else "-"
+        print(f"| {name} | {cfg.batch / step_s:.1f} | {step_s * 1000 / cfg.batch:.2f} | "
+              + " | ".join(f"{ms[c]:.0f}" for c in cols) + f" | {tflops:.3g} | {mfu} | {gib} |")
+        if base is None:
+            base = (step_s, ms)
+            continue
+        print(f"| speed-up over previous | {base[0] / step_s:.2f}x | | "
+              + " | ".join(f"{base[1][c] / ms[c]:.2f}x" if ms[c] == ms[c] else "-" for c in cols) + " | | | |",
+              flush=True)
+
+
+def bench_networks_compare(G, D, args, device: torch.device) -> None:
+    """The FIR implementations side by side on the networks alone (fp32, unfused modconv): one G+D
+    forward+backward (non-saturating losses), one R1 pass (D's input gradient, then its square's
+    gradient) and one path-length pass (G's gradient w.r.t. ws, then its square's); interleaved, medians."""
+    gen = torch.Generator(device).manual_seed(0)
+    z = torch.randn(args.batch, G.z_dim, device=device, generator=gen)
+    reals = torch.randn(args.batch, G.img_channels, G.img_resolution, G.img_resolution, device=device,
+                        generator=gen).contiguous(memory_format=torch.channels_last)
+    G.to(memory_format=torch.channels_last)
+    D.to(memory_format=torch.channels_last)
+
+    def gan_step():
+        fakes = G(z)
+        (F.softplus(-D(fakes)).mean() + F.softplus(D(reals)).mean()).backward()
+
+    def r1_pass():
+        x = reals.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(D(x).sum(), [x], create_graph=True)
+        g.square().sum().backward()
+
+    def pl_pass():
+        ws = G.mapping(z[:max(1, args.batch // 2)]).detach().requires_grad_(True)
+        img = G.synthesis(ws)
+        (g,) = torch.autograd.grad((img * torch.randn_like(img)).sum(), [ws], create_graph=True)
+        g.square().sum().backward()
+
+    passes = {"G+D fwd+bwd": gan_step, "R1 pass": r1_pass, "path-length pass": pl_pass}
+    impls = ("conv", "slices")
+    times = {(p, i): [] for p in passes for i in impls}
+    for rep in range(-args.warmup, args.iters):
+        for p, fn in passes.items():
+            for impl in (impls if rep % 2 == 0 else impls[::-1]):             # A B, B A: load drifts cancel
+                with modules.fir_impl(impl):
+                    torch.manual_seed(rep)
+                    start = time.perf_counter()
+                    fn()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    if rep >= 0:
+                        times[p, impl].append(time.perf_counter() - start)
+    print(f"FIR implementations, {args.iters} interleaved repetitions after {args.warmup} warm-up, medians (fp32)")
+    print("| pass | previous: conv FIR ms | new: slice FIR ms | speed-up |")
+    print("|---|---:|---:|---:|")
+    for p in passes:
+        a, b = median(times[p, "conv"]), median(times[p, "slices"])
+        print(f"| {p} | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.2f}x |", flush=True)
 
 
 def demo_slices(data, split: str, resolution: int = 256) -> torch.Tensor:
@@ -371,6 +506,9 @@ def bench_networks_cli(args) -> None:
     print(f"device: {name} | torch {torch.__version__} | {args.resolution} px x{args.img_channels}, batch {args.batch}, "
           f"G {count_params(G):,} / D {count_params(D):,} params, conv_clamp {conv_clamp}"
           f"{', TF32 allowed for fp32' if device.type == 'cuda' else ''}")
+    if args.compare:
+        bench_networks_compare(G, D, args, device)
+        return
     print("| precision | modconv | generation img/s | G+D fwd+bwd img/s | peak GiB (fwd+bwd) | G error vs fp64 |")
     print("|---|---|---:|---:|---:|---:|")
     for precision in args.precision.split(","):
@@ -408,6 +546,8 @@ def build_parser() -> config.Parser:
     net.add_argument("--modconv", default="fused,unfused", help="comma list of fused, unfused")
     net.add_argument("--iters", type=int, default=20, help="timed iterations")
     net.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+    net.add_argument("--compare", action="store_true", help="previous vs new FIR resampling: G+D fwd+bwd, R1 and "
+                     "path-length passes, interleaved (--iters repetitions)")
     data = sub.add_parser("data", help="decode, cache and batch-serving speed of dataset.py")
     data.add_argument("--data", default=None, help="slices to copy (default: the demo data, built if missing)")
     data.add_argument("--images", type=int, default=10000, help="PNG files to decode")
@@ -435,6 +575,11 @@ def build_parser() -> config.Parser:
     tr.add_argument("--warmup", type=int, default=3, help="untimed calls first")
     tr.add_argument("--flops_only", action="store_true", help="count FLOPs per image and stop (no timing)")
     tr.add_argument("--profile", default="", help="comma list of phases (D,R1,G,PL) to profile once")
+    tr.add_argument("--compare", action="store_true", help="previous (depthwise conv) vs new (slice sum) FIR "
+                    "resampling, interleaved in one process: phases, images/s, speed-up")
+    tr.add_argument("--compile", action="store_true", help="with --compare: also the new FIR with cfg.compile "
+                    "(train.py compiles G's synthesis and D for the first-order steps)")
+    tr.add_argument("--reps", type=int, default=3, help="--compare: interleaved repetitions (medians)")
     sim = sub.add_parser("ssim", help="metrics.ssim against scikit-image; nearest-real search at scale")
     sim.add_argument("--data", default=None, help="slices (default: the demo data, built if missing)")
     sim.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -163,7 +163,10 @@ def _pair(v) -> tuple:
 
 
 def _conv(x: torch.Tensor, w: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
-    if _CONV_IMPL.get() == "torch" or not torch.is_grad_enabled() or not (x.requires_grad or w.requires_grad):
+    # Compiled graphs (train.py --compile) serve first-order steps only, where PyTorch's own gradients are
+    # what regrad computes; the check comes first so the compiler never reads the context variable.
+    if torch.compiler.is_compiling() or _CONV_IMPL.get() == "torch" or not torch.is_grad_enabled() \
+            or not (x.requires_grad or w.requires_grad):
         return _conv_plain(x, w, spec)
     if torch.is_autocast_enabled(x.device.type):       # autocast does not see inside a Function: cast here
         dtype = torch.get_autocast_dtype(x.device.type)
@@ -194,22 +197,176 @@ def fir_kernel(taps=FIR_TAPS) -> torch.Tensor:
     return f / f.sum()
 
 
+# ----------------------------------------------------------------------------------------------
+# FIR resampling as sums of shifted slices
+#
+# Every resampling filter here is separable, so a 2D filter runs as a pass along H, then one along W,
+# and each pass as K shifted (strided) slices of the input, times the taps, added into the output: no
+# grouped (depthwise) convolution, whose higher derivatives were the slow part of R1 and path length on an
+# H100 (BENCHMARKS.md), and a form that torch.compile fuses into one kernel. A pass is linear in x, so its
+# gradient is the adjoint pass (taps flipped, up and down swapped) and every derivative order is again a
+# slice sum (_Fir2d). fir_impl("conv") selects the depthwise-convolution form of the same functions, kept as
+# the reference. On the 2-core CPU both cost the same in the networks; the augment pipe's 12-tap filters
+# are 1.6-2.7x faster as slices.
+
+class FirSpec(NamedTuple):
+    """One 1D pass (StyleGAN2-ADA's upfirdn along one axis): insert up-1 zeros after each sample, pad
+    pad0 / pad1 zeros (negative crops), correlate with the K taps, keep every down-th sample."""
+    up: int
+    down: int
+    pad0: int
+    pad1: int
+
+    def out_len(self, n: int, k: int) -> int:
+        return (n * self.up + self.pad0 + self.pad1 - k) // self.down + 1
+
+    def adjoint(self, n: int, k: int) -> "FirSpec":
+        """The pass (with the taps flipped) that maps dL/dy back to dL/dx, sized to the input length n."""
+        pad0 = k - 1 - self.pad0
+        return FirSpec(self.down, self.up, pad0, n * self.up - self.out_len(n, k) * self.down - pad0 + k - 1)
+
+    @staticmethod
+    def transposed(k: int, stride: int, padding: int, output_padding: int = 0) -> "FirSpec":
+        """The pass equal to conv_transpose1d with a K-tap kernel (taps flipped, since a transposed
+        convolution convolves where a pass correlates)."""
+        return FirSpec(stride, 1, k - 1 - padding, k - stride - padding + output_padding)
+
+
+def _fir1d(x: torch.Tensor, taps, dim: int, spec: FirSpec) -> torch.Tensor:
+    """One pass along dim: y[j] = sum_t taps[t] * xz[j * down + t - pad0], xz = x with the zeros inserted.
+    Each tap adds one strided slice of x into one strided slice of y (polyphase: the inserted zeros are
+    never multiplied). taps: K 0-dim tensors; up > 1 needs down == 1, which all callers use."""
+    n, k, u, d, p0 = x.shape[dim], len(taps), spec.up, spec.down, spec.pad0
+    if u > 1 and d > 1:
+        raise ValueError(f"a FIR pass resamples by up or down, not both (up={u}, down={d})")
+    out = spec.out_len(n, k)
+    lead = (slice(None),) * (dim % x.ndim)
+    terms = []                                   # (output phase, covers the whole phase, y slice, x slice, tap)
+    for t, c in enumerate(taps):
+        if u == 1:        # y[j] += c * x[j*d + t - p0] for the j whose source is inside x
+            r, j0, j1 = 0, max(0, -((t - p0) // d)), min(out - 1, (n - 1 + p0 - t) // d)
+            i0 = j0 * d + t - p0
+            ys, xs, full = slice(j0, j1 + 1), slice(i0, i0 + d * (j1 - j0) + 1, d), j0 == 0 and j1 == out - 1
+        else:             # y[r + u*m] += c * x[m + s]: the outputs of phase r see tap t
+            r = (p0 - t) % u
+            s = (r + t - p0) // u
+            j0, j1 = max(0, -s), min((out - 1 - r) // u, n - 1 - s)
+            ys, xs = slice(r + u * j0, r + u * j1 + 1, u), slice(j0 + s, j1 + s + 1)
+            full = j0 == 0 and j1 == (out - 1 - r) // u
+        if j1 >= j0:
+            terms.append((r, full, lead + (ys,), lead + (xs,), c))
+    shape = list(x.shape)
+    shape[dim] = out
+    nhwc = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last if nhwc else
+                    torch.contiguous_format)
+    first = {}                                   # phase -> the term that writes it first (no zero fill)
+    for term in terms:
+        if term[1] and term[0] not in first:
+            first[term[0]] = term
+    for r in range(min(u, out)):
+        if r not in first:
+            y[lead + (slice(r, None, u),)].zero_()
+    for r, _, ys, xs, c in first.values():
+        torch.mul(x[xs], c, out=y[ys])
+    for term in terms:
+        r, _, ys, xs, c = term
+        if first.get(r) is not term:
+            y[ys].addcmul_(x[xs], c)
+    return y
+
+
+def _fir1d_functional(x: torch.Tensor, taps: torch.Tensor, dim: int, spec: FirSpec) -> torch.Tensor:
+    """_fir1d written out of place (zero insertion, pad, sum of slices), for torch.compile, which derives
+    its gradients and fuses the sum into one kernel."""
+    dim = dim % x.ndim
+    if spec.up > 1:
+        zeros = [torch.zeros_like(x)] * (spec.up - 1)
+        x = torch.stack([x, *zeros], dim=dim + 1).flatten(dim, dim + 1)  # [.., n * up, ..]
+    pad = [0, 0] * (x.ndim - 1 - dim) + [spec.pad0, spec.pad1]
+    x = F.pad(x, pad)
+    k = taps.shape[0]
+    out = (x.shape[dim] - k) // spec.down + 1
+    taken = (slice(None),) * dim
+    return sum(x[taken + (slice(t, t + spec.down * (out - 1) + 1, spec.down),)] * taps[t] for t in range(k))
+
+
+class _Fir2d(torch.autograd.Function):
+    """Separable FIR pass along H (taps fy) then W (taps fx); its gradient is the adjoint pass, so it is
+    differentiable to every order with slice sums only. The taps are constants (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, fy, fx, spec_h, spec_w):
+        ctx.save_for_backward(fy, fx)
+        ctx.specs, ctx.size = (spec_h, spec_w), x.shape[2:]
+        return _fir1d(_fir1d(x, fy.unbind(), 2, spec_h), fx.unbind(), 3, spec_w)
+
+    @staticmethod
+    def backward(ctx, gy):
+        fy, fx = ctx.saved_tensors
+        (spec_h, spec_w), (h, w) = ctx.specs, ctx.size
+        gx = _Fir2d.apply(gy, fy.flip(0), fx.flip(0), spec_h.adjoint(h, fy.shape[0]), spec_w.adjoint(w, fx.shape[0]))
+        return gx, None, None, None, None
+
+
+_FIR_IMPL = contextvars.ContextVar("fir_impl", default="slices")
+
+
+@contextlib.contextmanager
+def fir_impl(name: str):
+    """Choose the FIR resampling implementation inside a with-block: "slices" (the default, above) or
+    "conv" (depthwise convolutions, the reference). Covers modules.py and augment.py. For tests and bench.py."""
+    if name not in ("slices", "conv"):
+        raise ValueError(f"fir_impl must be slices or conv, got {name!r}")
+    token = _FIR_IMPL.set(name)
+    try:
+        yield
+    finally:
+        _FIR_IMPL.reset(token)
+
+
+def fir_uses_conv() -> bool:
+    """True inside fir_impl("conv"); always False while torch.compile traces (the slice form fuses)."""
+    return not torch.compiler.is_compiling() and _FIR_IMPL.get() == "conv"
+
+
+def fir2d(x: torch.Tensor, fy: torch.Tensor, fx: torch.Tensor, spec_h: FirSpec,
+          spec_w: FirSpec = None) -> torch.Tensor:
+    """Separable FIR resampling of every channel of x [N, C, H, W]: the pass spec_h with taps fy [K]
+    along H, then spec_w (default: the same) with taps fx [L] along W. Runs in x's dtype."""
+    spec_w = spec_h if spec_w is None else spec_w
+    fy, fx = fy.to(device=x.device, dtype=x.dtype), fx.to(device=x.device, dtype=x.dtype)
+    if torch.compiler.is_compiling():
+        return _fir1d_functional(_fir1d_functional(x, fy, 2, spec_h), fx, 3, spec_w)
+    return _Fir2d.apply(x, fy, fx, spec_h, spec_w)
+
+
+def _separable(f: torch.Tensor, gain: float = 1.0):
+    """(taps along H [K], taps along W [K]) of a separable 2D kernel f [K, K] (fir_kernel's), gain on H."""
+    return f.sum(dim=1) * gain, f.sum(dim=0) / f.sum()
+
+
 def _depthwise(f: torch.Tensor, channels: int, x: torch.Tensor) -> torch.Tensor:
     return f.to(device=x.device, dtype=x.dtype).expand(channels, 1, *f.shape)  # [C, 1, K, K]
 
 
 def blur2d(x: torch.Tensor, f: torch.Tensor, pad: int, gain: float = 1.0, stride: int = 1) -> torch.Tensor:
     """Filter every channel of x with the 2D kernel f after zero-padding `pad` on each side."""
-    c = x.shape[1]
-    return conv2d(x, _depthwise(f * gain, c, x), stride=stride, padding=pad, groups=c)
+    if fir_uses_conv():
+        c = x.shape[1]
+        return conv2d(x, _depthwise(f * gain, c, x), stride=stride, padding=pad, groups=c)
+    return fir2d(x, *_separable(f, gain), FirSpec(1, stride, pad, pad))
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """x2 upsampling: zero insertion then FIR low-pass with gain 4, centred. [N,C,H,W] -> [N,C,2H,2W]"""
-    c = x.shape[1]
-    # A stride-2 transposed conv with the filter is zero insertion + filtering; padding=1 crops the
-    # 4-tap filter's overhang so that pixel centres stay aligned (output = 2H exactly).
-    return conv_transpose2d(x, _depthwise(f * 4, c, x), stride=2, padding=1, groups=c)
+    if fir_uses_conv():
+        c = x.shape[1]
+        # A stride-2 transposed conv with the filter is zero insertion + filtering; padding=1 crops the
+        # 4-tap filter's overhang so that pixel centres stay aligned (output = 2H exactly).
+        return conv_transpose2d(x, _depthwise(f * 4, c, x), stride=2, padding=1, groups=c)
+    fy, fx = _separable(f, gain=4)
+    return fir2d(x, fy.flip(0), fx.flip(0), FirSpec.transposed(f.shape[-1], stride=2, padding=1))
 
 
 def downsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -235,6 +392,9 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor = None, up
         x = conv_transpose2d(x, w, stride=2, groups=groups)  # [N, O, 2H+k-2, 2W+k-2]
         return blur2d(x, f, pad=(f.shape[-1] + 1 - k) // 2, gain=4)  # [N, O, 2H, 2W]
     if down == 2:
+        if k == 1 and not fir_uses_conv():
+            # A 1x1 conv at stride 2 reads only the even pixels: blur those alone (the same values).
+            return conv2d(blur2d(x, f, pad=(f.shape[-1] - 2) // 2, stride=2), w, groups=groups)  # [N, O, H/2, W/2]
         x = blur2d(x, f, pad=k // 2 + (f.shape[-1] - 2) // 2)  # [N, I, H+k-2, W+k-2]
         return conv2d(x, w, stride=2, groups=groups)
     raise ValueError(f"conv2d_resample supports up=1|2 and down=1|2, got up={up}, down={down}")
