@@ -5,6 +5,7 @@ modules.py (the networks), train.py (a training iteration), augment.py, dataset.
     python bench.py train --preset oasis256 --conv_impl torch,regrad --profile R1,PL
     python bench.py train --preset oasis256 --compare --device cuda      (FIR: previous vs new, [--compile])
     python bench.py networks --compare --resolution 64 --channel_base 2048 --channel_max 64 --batch 8
+    python bench.py networks --against /tmp/old --resolution 64 --channel_base 2048 --channel_max 64 --batch 8
     python bench.py data --images 10000 --resolution 256 --batch 32
     python bench.py augment --resolution 256 --batch 32
     python bench.py ssim --queries 1000 --references 10000
@@ -375,13 +376,13 @@ def bench_train_compare(cfg, device: torch.device, args, peak) -> None:
               flush=True)
 
 
-def bench_networks_compare(G, D, args, device: torch.device) -> None:
-    """The FIR implementations side by side on the networks alone (fp32, unfused modconv): one G+D
-    forward+backward (non-saturating losses), one R1 pass (D's input gradient, then its square's
-    gradient) and one path-length pass (G's gradient w.r.t. ws, then its square's); interleaved, medians."""
+def network_passes(G, D, batch: int, device: torch.device) -> dict:
+    """{name: callable}: one G+D forward+backward (non-saturating losses), one R1 pass (D's input gradient,
+    then its square's gradient) and one path-length pass (G's gradient w.r.t. ws, then its square's), fp32,
+    unfused modconv, channels_last. Also run by --against inside an older checkout (keep it self-contained)."""
     gen = torch.Generator(device).manual_seed(0)
-    z = torch.randn(args.batch, G.z_dim, device=device, generator=gen)
-    reals = torch.randn(args.batch, G.img_channels, G.img_resolution, G.img_resolution, device=device,
+    z = torch.randn(batch, G.z_dim, device=device, generator=gen)
+    reals = torch.randn(batch, G.img_channels, G.img_resolution, G.img_resolution, device=device,
                         generator=gen).contiguous(memory_format=torch.channels_last)
     G.to(memory_format=torch.channels_last)
     D.to(memory_format=torch.channels_last)
@@ -396,18 +397,76 @@ def bench_networks_compare(G, D, args, device: torch.device) -> None:
         g.square().sum().backward()
 
     def pl_pass():
-        ws = G.mapping(z[:max(1, args.batch // 2)]).detach().requires_grad_(True)
+        ws = G.mapping(z[:max(1, batch // 2)]).detach().requires_grad_(True)
         img = G.synthesis(ws)
         (g,) = torch.autograd.grad((img * torch.randn_like(img)).sum(), [ws], create_graph=True)
         g.square().sum().backward()
 
-    passes = {"G+D fwd+bwd": gan_step, "R1 pass": r1_pass, "path-length pass": pl_pass}
-    impls = ("conv", "slices")
+    return {"G+D fwd+bwd": gan_step, "R1 pass": r1_pass, "path-length pass": pl_pass}
+
+
+# One process of --against: builds the networks of the checkout on sys.path[0] and prints median ms per pass.
+_AGAINST_CHILD = """
+import sys, time, torch
+sys.path.insert(0, sys.argv[1])
+import modules
+torch.manual_seed(0)
+a = dict(img_resolution=int(sys.argv[2]), img_channels=1, channel_base=int(sys.argv[3]), channel_max=int(sys.argv[4]))
+G = modules.Generator(mapping_layers=int(sys.argv[5]), **a)
+D = modules.Discriminator(**a)
+passes = network_passes(G, D, int(sys.argv[6]), torch.device("cpu"))
+for fn in passes.values():
+    fn()
+out = {}
+for p, fn in passes.items():
+    ts = []
+    for r in range(int(sys.argv[7])):
+        torch.manual_seed(r)
+        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+    out[p] = sorted(ts)[len(ts) // 2]
+print(repr(out))
+"""
+
+
+def bench_networks_against(args) -> None:
+    """This checkout against another (e.g. `git worktree add /tmp/old <commit>`), CPU: one fresh process per
+    checkout and repetition, alternating (A B, B A, ...); each times every pass --iters times (median) after
+    one warm-up call; medians over the repetitions."""
+    import inspect
+    import subprocess
+    code = "import torch\nimport torch.nn.functional as F\n" + inspect.getsource(network_passes) + _AGAINST_CHILD
+    repos = {"previous: " + args.against: os.path.abspath(args.against),
+             "this checkout": os.path.dirname(os.path.abspath(__file__))}
+    times = {name: [] for name in repos}
+    for rep in range(args.reps):
+        for name in (list(repos) if rep % 2 == 0 else list(repos)[::-1]):
+            out = subprocess.run([sys.executable, "-c", code, repos[name], str(args.resolution), str(args.channel_base),
+                                  str(args.channel_max), str(args.mapping_layers), str(args.batch), str(args.iters)],
+                                 capture_output=True, text=True, check=True, cwd=repos[name]).stdout
+            times[name].append(eval(out.strip().splitlines()[-1]))
+    print(f"{args.reps} alternating processes per checkout, each {args.iters} timed calls per pass after 1 warm-up; "
+          f"medians of the per-process medians (fp32, {torch.get_num_threads()} threads in this process; "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
+    a, b = list(repos)
+    print(f"| pass | {a} ms | {b} ms | speed-up |")
+    print("|---|---:|---:|---:|")
+    for p in times[a][0]:
+        ta, tb = median([t[p] for t in times[a]]), median([t[p] for t in times[b]])
+        print(f"| {p} | {ta * 1e3:.1f} | {tb * 1e3:.1f} | {ta / tb:.2f}x |", flush=True)
+
+
+def bench_networks_compare(G, D, args, device: torch.device) -> None:
+    """Two implementations side by side on the networks alone (network_passes): --compare_what fir
+    (depthwise-conv vs slice FIR) or layers (modules.layer_impl: reference vs fused); interleaved, medians."""
+    passes = network_passes(G, D, args.batch, device)
+    impls, label = {"fir": (("conv", "slices"), ("previous: conv FIR", "new: slice FIR")),
+                    "layers": (("reference", "fused"), ("reference layers", "fused layers"))}[args.compare_what]
+    select = modules.fir_impl if args.compare_what == "fir" else modules.layer_impl
     times = {(p, i): [] for p in passes for i in impls}
     for rep in range(-args.warmup, args.iters):
         for p, fn in passes.items():
             for impl in (impls if rep % 2 == 0 else impls[::-1]):             # A B, B A: load drifts cancel
-                with modules.fir_impl(impl):
+                with select(impl):
                     torch.manual_seed(rep)
                     start = time.perf_counter()
                     fn()
@@ -415,11 +474,12 @@ def bench_networks_compare(G, D, args, device: torch.device) -> None:
                         torch.cuda.synchronize(device)
                     if rep >= 0:
                         times[p, impl].append(time.perf_counter() - start)
-    print(f"FIR implementations, {args.iters} interleaved repetitions after {args.warmup} warm-up, medians (fp32)")
-    print("| pass | previous: conv FIR ms | new: slice FIR ms | speed-up |")
+    print(f"{args.compare_what} implementations, {args.iters} interleaved repetitions after {args.warmup} warm-up, "
+          f"medians (fp32)")
+    print(f"| pass | {label[0]} ms | {label[1]} ms | speed-up |")
     print("|---|---:|---:|---:|")
     for p in passes:
-        a, b = median(times[p, "conv"]), median(times[p, "slices"])
+        a, b = median(times[p, impls[0]]), median(times[p, impls[1]])
         print(f"| {p} | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.2f}x |", flush=True)
 
 
@@ -506,6 +566,9 @@ def bench_networks_cli(args) -> None:
     print(f"device: {name} | torch {torch.__version__} | {args.resolution} px x{args.img_channels}, batch {args.batch}, "
           f"G {count_params(G):,} / D {count_params(D):,} params, conv_clamp {conv_clamp}"
           f"{', TF32 allowed for fp32' if device.type == 'cuda' else ''}")
+    if args.against:
+        bench_networks_against(args)
+        return
     if args.compare:
         bench_networks_compare(G, D, args, device)
         return
@@ -546,8 +609,13 @@ def build_parser() -> config.Parser:
     net.add_argument("--modconv", default="fused,unfused", help="comma list of fused, unfused")
     net.add_argument("--iters", type=int, default=20, help="timed iterations")
     net.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
-    net.add_argument("--compare", action="store_true", help="previous vs new FIR resampling: G+D fwd+bwd, R1 and "
-                     "path-length passes, interleaved (--iters repetitions)")
+    net.add_argument("--compare", action="store_true", help="two implementations (--compare_what): G+D fwd+bwd, "
+                     "R1 and path-length passes, interleaved (--iters repetitions)")
+    net.add_argument("--compare_what", default="layers", choices=("layers", "fir"),
+                     help="--compare: layers (modules.layer_impl reference vs fused) or fir (conv vs slices)")
+    net.add_argument("--against", default="", help="another checkout's folder (git worktree add /tmp/old <commit>): "
+                     "the same passes in alternating processes, CPU (--reps processes each, --iters calls each)")
+    net.add_argument("--reps", type=int, default=4, help="--against: processes per checkout")
     data = sub.add_parser("data", help="decode, cache and batch-serving speed of dataset.py")
     data.add_argument("--data", default=None, help="slices to copy (default: the demo data, built if missing)")
     data.add_argument("--images", type=int, default=10000, help="PNG files to decode")

@@ -95,28 +95,52 @@ class ConvSpec(NamedTuple):
         return self._replace(transpose=True, output_padding=out_pad)
 
 
-def _conv_plain(x: torch.Tensor, w: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
+def _conv_plain(x: torch.Tensor, w: torch.Tensor, spec: ConvSpec, b: torch.Tensor = None) -> torch.Tensor:
     if spec.transpose:
-        return F.conv_transpose2d(x, w, None, spec.stride, spec.padding, spec.output_padding, spec.groups)
-    return F.conv2d(x, w, None, spec.stride, spec.padding, 1, spec.groups)
+        return F.conv_transpose2d(x, w, b, spec.stride, spec.padding, spec.output_padding, spec.groups)
+    return F.conv2d(x, w, b, spec.stride, spec.padding, 1, spec.groups)
+
+
+def _grad_used(ctx, i: int) -> bool:
+    """Whether this backward pass uses the gradient of input i. The autograd engine knows what
+    autograd.grad(..., inputs) will reach: R1 and path length ask only for the image's or the ws'
+    gradient in their first pass, so every conv skips its weight gradient there (StyleGAN2-ADA does the
+    same by hand, conv2d_gradfix.no_weight_gradients). A leaf inside autograd.grad cannot be asked: computed."""
+    if not ctx.needs_input_grad[i]:
+        return False
+    node = ctx.next_functions[i][0]
+    try:
+        return node is not None and torch._C._will_engine_execute_node(node)
+    except RuntimeError:
+        return True
 
 
 class _Conv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, spec):
+    def forward(ctx, x, w, b, spec):
         ctx.save_for_backward(x, w)
-        ctx.spec = spec
-        return _conv_plain(x, w, spec)
+        ctx.spec, ctx.fused = spec, _LAYER_IMPL.get() == "fused"   # read here: backward may run on another thread
+        return _conv_plain(x, w, spec, b)
 
     @staticmethod
     def backward(ctx, gy):
         x, w = ctx.saved_tensors
-        gx = gw = None
-        if ctx.needs_input_grad[0]:
-            gx = _Conv.apply(gy, w, ctx.spec.adjoint(x.shape, w.shape, gy.shape))
-        if ctx.needs_input_grad[1]:
-            gw = _ConvWeightGrad.apply(gy, x, w, ctx.spec)
-        return gx, gw, None
+        spec = ctx.spec
+        need = [_grad_used(ctx, i) for i in range(3)] if ctx.fused else list(ctx.needs_input_grad[:3])
+        if ctx.fused and not torch.is_grad_enabled() and spec.stride == (1, 1) and not spec.transpose:
+            # First-order backward (no create_graph) of a stride-1 conv: PyTorch's kernel gives dL/dx, dL/dw and
+            # dL/db in one call (as fast as two calls or faster on the CPU; slower at stride 2, so not there).
+            return (*torch.ops.aten.convolution_backward(
+                gy, x, w, [w.shape[0]], list(spec.stride), list(spec.padding), [1, 1], False, [0, 0],
+                spec.groups, need), None)
+        gx = gw = gb = None
+        if need[0]:
+            gx = _Conv.apply(gy, w, None, spec.adjoint(x.shape, w.shape, gy.shape))
+        if need[1]:
+            gw = _ConvWeightGrad.apply(gy, x, w, spec)
+        if need[2]:
+            gb = gy.sum(dim=[0, 2, 3])
+        return gx, gw, gb, None
 
 
 class _ConvWeightGrad(torch.autograd.Function):
@@ -136,9 +160,9 @@ class _ConvWeightGrad(torch.autograd.Function):
         spec = ctx.spec
         ggy = gx = None
         if ctx.needs_input_grad[0]:            # d<ggw, dW(gy, x)>/dgy = conv(x, ggw)
-            ggy = _Conv.apply(x, ggw, spec)
+            ggy = _Conv.apply(x, ggw, None, spec)
         if ctx.needs_input_grad[1]:            # d<ggw, dW(gy, x)>/dx = adjoint conv of gy with ggw
-            gx = _Conv.apply(gy, ggw, spec.adjoint(x.shape, ctx.w_shape, gy.shape))
+            gx = _Conv.apply(gy, ggw, None, spec.adjoint(x.shape, ctx.w_shape, gy.shape))
         return ggy, gx, None, None
 
 
@@ -162,21 +186,51 @@ def _pair(v) -> tuple:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def _conv(x: torch.Tensor, w: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
+_LAYER_IMPL = contextvars.ContextVar("layer_impl", default="fused")
+
+
+@contextlib.contextmanager
+def layer_impl(name: str):
+    """Choose how the layers run their elementwise work and convolution gradients inside a with-block:
+    "fused" (the default: gains folded into weights, bias inside the convolution, noise in the
+    demodulation's multiply-add, in-place leaky ReLU, one convolution_backward call in first-order passes,
+    no unused weight gradients) or "reference" (one op per step of the formula, as before). Same functions.
+    For tests and bench.py."""
+    if name not in ("fused", "reference"):
+        raise ValueError(f"layer_impl must be fused or reference, got {name!r}")
+    token = _LAYER_IMPL.set(name)
+    try:
+        yield
+    finally:
+        _LAYER_IMPL.reset(token)
+
+
+def layers_fused() -> bool:
+    """True outside layer_impl("reference"); always True while torch.compile traces."""
+    return torch.compiler.is_compiling() or _LAYER_IMPL.get() == "fused"
+
+
+def _conv(x: torch.Tensor, w: torch.Tensor, spec: ConvSpec, b: torch.Tensor = None) -> torch.Tensor:
     # Compiled graphs (train.py --compile) serve first-order steps only, where PyTorch's own gradients are
     # what regrad computes; the check comes first so the compiler never reads the context variable.
     if torch.compiler.is_compiling() or _CONV_IMPL.get() == "torch" or not torch.is_grad_enabled() \
-            or not (x.requires_grad or w.requires_grad):
-        return _conv_plain(x, w, spec)
+            or not (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)):
+        return _conv_plain(x, w, spec, b)
     if torch.is_autocast_enabled(x.device.type):       # autocast does not see inside a Function: cast here
         dtype = torch.get_autocast_dtype(x.device.type)
-        x, w = x.to(dtype), w.to(dtype)
-    return _Conv.apply(x, w, spec)
+        x, w, b = x.to(dtype), w.to(dtype), (b.to(dtype) if b is not None else None)
+    return _Conv.apply(x, w, b, spec)
 
 
-def conv2d(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, groups: int = 1) -> torch.Tensor:
-    """F.conv2d without bias or dilation, with fast higher-order gradients (see above)."""
-    return _conv(x, w, ConvSpec(False, _pair(stride), _pair(padding), (0, 0), groups))
+def conv2d(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, groups: int = 1, bias=None) -> torch.Tensor:
+    """F.conv2d without dilation, with fast higher-order gradients (see above)."""
+    if w.shape[2:] == (1, 1) and stride == 1 and padding == 0 and groups == 1 and layers_fused() \
+            and x.is_contiguous(memory_format=torch.channels_last):
+        # A 1x1 convolution of NHWC activations is one matrix product over channels, whose output is NHWC
+        # again (the convolution kernels took a slow path here and returned NCHW, copied back by the next
+        # conv) and whose every derivative is a matrix product.
+        return F.linear(x.permute(0, 2, 3, 1), w.flatten(1), bias).permute(0, 3, 1, 2)   # [N, O, H, W]
+    return _conv(x, w, ConvSpec(False, _pair(stride), _pair(padding), (0, 0), groups), bias)
 
 
 def conv_transpose2d(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, output_padding=0,
@@ -375,8 +429,9 @@ def downsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 
 def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor = None, up: int = 1, down: int = 1,
-                    groups: int = 1) -> torch.Tensor:
-    """Size-preserving conv with weight w [O, I/groups, k, k], optionally x2 up- or downsampled.
+                    groups: int = 1, bias: torch.Tensor = None) -> torch.Tensor:
+    """Size-preserving conv with weight w [O, I/groups, k, k], optionally x2 up- or downsampled; bias [O]
+    (not with up=2) is added by the convolution itself.
 
     up=2:   stride-2 transposed conv, then FIR blur (gain 4) to remove the checkerboard.
     down=2: FIR blur, then stride-2 conv (the blur runs at the input resolution, before decimation).
@@ -384,7 +439,9 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor = None, up
     k = w.shape[-1]
     f = fir_kernel() if f is None else f
     if up == 1 and down == 1:
-        return conv2d(x, w, padding=k // 2, groups=groups)
+        return conv2d(x, w, padding=k // 2, groups=groups, bias=bias)
+    if up == 2 and bias is not None:
+        raise ValueError("conv2d_resample: a bias is added after the upsampling filter; add it there")
     if up == 2:
         o, i = w.shape[0] // groups, w.shape[1]
         # conv_transpose2d wants [in, out/groups, k, k] per group: swap the O and I axes in each group.
@@ -394,9 +451,10 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor = None, up
     if down == 2:
         if k == 1 and not fir_uses_conv():
             # A 1x1 conv at stride 2 reads only the even pixels: blur those alone (the same values).
-            return conv2d(blur2d(x, f, pad=(f.shape[-1] - 2) // 2, stride=2), w, groups=groups)  # [N, O, H/2, W/2]
+            return conv2d(blur2d(x, f, pad=(f.shape[-1] - 2) // 2, stride=2), w, groups=groups,
+                          bias=bias)  # [N, O, H/2, W/2]
         x = blur2d(x, f, pad=k // 2 + (f.shape[-1] - 2) // 2)  # [N, I, H+k-2, W+k-2]
-        return conv2d(x, w, stride=2, groups=groups)
+        return conv2d(x, w, stride=2, groups=groups, bias=bias)
     raise ValueError(f"conv2d_resample supports up=1|2 and down=1|2, got up={up}, down={down}")
 
 
@@ -414,14 +472,16 @@ def bias_act(x: torch.Tensor, b, activation: str = "linear", gain: float = 1.0, 
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
-                     up: int = 1, f: torch.Tensor = None, fused: bool = False) -> torch.Tensor:
-    """StyleGAN2 modulated convolution (sec. 2.2, eqs. 1-3).
+                     up: int = 1, f: torch.Tensor = None, fused: bool = False, gain: float = 1.0,
+                     noise: torch.Tensor = None) -> torch.Tensor:
+    """StyleGAN2 modulated convolution (sec. 2.2, eqs. 1-3), times gain, plus noise (broadcast to the output).
 
     x [N, I, H, W], weight [O, I, k, k], styles [N, I]. Each sample gets its own weight
     w' = weight * s (eq. 1), demodulated to unit L2 norm per output channel (eq. 3).
     fused=True runs one grouped conv over the batch; fused=False scales the activations instead
     (x * s, shared conv, * demod coefficients), which is the same function. The networks default to
-    fused=False: it was faster on both an H100 and the CPU (BENCHMARKS.md).
+    fused=False: it was faster on both an H100 and the CPU (BENCHMARKS.md). The gain and the noise ride
+    on the demodulation's multiply (one multiply-add over the output, as StyleGAN2-ADA's fma).
     """
     n, i = x.shape[:2]
     o, _, k, _ = weight.shape
@@ -430,15 +490,22 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         if demodulate:
             w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + DEMOD_EPS).rsqrt()
         x = x.reshape(1, n * i, *x.shape[2:])                              # [1, N*I, H, W]
-        x = conv2d_resample(x, w.reshape(n * o, i, k, k), f, up=up, groups=n)
-        return x.reshape(n, o, *x.shape[2:])                               # [N, O, H', W']
+        x = conv2d_resample(x, (w * gain).reshape(n * o, i, k, k), f, up=up, groups=n)
+        x = x.reshape(n, o, *x.shape[2:])                                  # [N, O, H', W']
+        return x if noise is None else x + noise.to(x.dtype)
     x = x * styles[:, :, None, None].to(x.dtype)
     x = conv2d_resample(x, weight.to(x.dtype), f, up=up)
     if demodulate:
         # sum_{i,k,k} (weight * s_i)^2 = s^2 @ sum_{k,k} weight^2, without materializing [N, O, I, k, k].
         dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).T + DEMOD_EPS).rsqrt()  # [N, O]
-        x = x * dcoefs[:, :, None, None].to(x.dtype)
-    return x
+        if not layers_fused():
+            x = x * dcoefs[:, :, None, None].to(x.dtype)
+            x = x * gain if gain != 1 else x
+            return x if noise is None else x + noise.to(x.dtype)
+        dcoefs = (dcoefs * gain)[:, :, None, None].to(x.dtype)           # [N, O, 1, 1]
+        return x * dcoefs if noise is None else torch.addcmul(noise.to(x.dtype), x, dcoefs)
+    x = x * gain if gain != 1 else x
+    return x if noise is None else x + noise.to(x.dtype)
 
 
 def minibatch_stddev(x: torch.Tensor, group_size: int, num_channels: int = 1) -> torch.Tensor:
@@ -484,6 +551,10 @@ class FullyConnectedLayer(nn.Module):
         self.bias_gain = lr_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation == "lrelu" and layers_fused():
+            # LRELU_GAIN * lrelu(x w^T + b) = lrelu(x (g w)^T + g b): the leaky ReLU is positively homogeneous.
+            b = self.bias * (self.bias_gain * LRELU_GAIN) if self.bias is not None else None
+            return F.leaky_relu(F.linear(x, self.weight * (self.weight_gain * LRELU_GAIN), b), LRELU_SLOPE)
         w = self.weight * self.weight_gain
         b = self.bias * self.bias_gain if self.bias is not None else None
         if self.activation == "linear":
@@ -518,6 +589,18 @@ class Conv2dLayer(nn.Module):
         self.register_buffer("resample_filter", fir_kernel(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if layers_fused():
+            # act_gain * lrelu(conv(x, w) + b) = lrelu(conv(x, act_gain w) + act_gain b) (act_gain > 0): the
+            # gain rides on the weights, the bias on the convolution, the leaky ReLU runs in place on its
+            # output (which no backward needs). One pass over the activations instead of three.
+            g = self.act_gain
+            b = (self.bias * (self.bias_gain * g)).to(x.dtype) if self.bias is not None else None
+            x = conv2d_resample(x, (self.weight * (self.weight_gain * g)).to(x.dtype), self.resample_filter,
+                                down=self.down, bias=b)
+            if self.activation == "lrelu":     # in place, unless x is a view (the 1x1 conv's): autograd would copy
+                inplace = not torch.compiler.is_compiling() and not x._is_view()   # the compiler fuses it anyway
+                x = F.leaky_relu_(x, LRELU_SLOPE) if inplace else F.leaky_relu(x, LRELU_SLOPE)
+            return x.clamp(-self.act_clamp, self.act_clamp) if self.act_clamp is not None else x
         w = (self.weight * self.weight_gain).to(x.dtype)
         x = conv2d_resample(x, w, self.resample_filter, down=self.down)
         b = self.bias * self.bias_gain if self.bias is not None else None
@@ -629,6 +712,20 @@ class SynthesisLayer(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random",
                 fused_modconv: bool = False) -> torch.Tensor:
         styles = self.affine(w)                                          # [N, I]
+        if layers_fused():
+            # LRELU_GAIN * lrelu(y + noise + b) = lrelu(g y + g noise + g b): the gain joins the demodulation
+            # coefficients, the noise their multiply-add, the bias and leaky ReLU run in place.
+            g = LRELU_GAIN
+            noise = None
+            if noise_mode == "random":
+                noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
+                noise = noise * (self.noise_strength * g).to(x.dtype)              # [N, 1, R, R]
+            elif noise_mode == "const":
+                noise = self.noise_const * (self.noise_strength * g)              # [R, R]
+            x = modulated_conv2d(x, self.weight * self.weight_gain, styles, up=self.up, f=self.resample_filter,
+                                 fused=fused_modconv, gain=g, noise=noise)        # [N, O, R, R]
+            x = F.leaky_relu_(x.add_(self.bias.to(x.dtype)[:, None, None] * g), LRELU_SLOPE)
+            return x.clamp(-self.conv_clamp, self.conv_clamp) if self.conv_clamp is not None else x
         x = modulated_conv2d(x, self.weight * self.weight_gain, styles, up=self.up,
                              f=self.resample_filter, fused=fused_modconv)  # [N, O, R, R]
         if noise_mode == "random":
