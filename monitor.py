@@ -111,8 +111,13 @@ class QualityTracker:
         start = time.time()
         c, batch = self.cfg.img_channels, max(self.cfg.batch, 16)
         cs = self.c.split(batch) if self.c is not None else [None] * len(self.z.split(batch))
-        x = torch.cat([G(zb.to(self.device), None if cb is None else cb.to(self.device), noise_mode="const")[:, :c]
-                       for zb, cb in zip(self.z.split(batch), cs)])
+        # Each sample with its own per-pixel noise (noise_mode="random"), as G's distribution is and as the
+        # official metrics sample it; the same noise at every scoring (a fixed seed, the training RNG untouched).
+        # With one shared noise map ("const") the samples share its texture, which inflates pair SSIM.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.cfg.seed + SAMPLE_SEED_OFFSET)
+            x = torch.cat([G(zb.to(self.device), None if cb is None else cb.to(self.device), noise_mode="random")[:, :c]
+                           for zb, cb in zip(self.z.split(batch), cs)])
         generated = dataset.to_uint8(x).cpu()                                           # [num, C, R, R]
         if self.baseline is None:
             self.baseline = metrics.real_baseline(self._unit(self.reference), self._unit(self.heldout),

@@ -304,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", help="seeds like 0-9,20,30-32 (default 0-15; --interpolate 0-3; --score 0..num-1)")
     p.add_argument("--trunc", type=float, default=1.0, help="truncation psi (1 = off; 0.5-0.7 trades variety "
                                                              "for typicality)")
-    p.add_argument("--noise_mode", default="const", choices=modules.NOISE_MODES, help="per-pixel noise (default const)")
+    p.add_argument("--noise_mode", choices=modules.NOISE_MODES,
+                   help="per-pixel noise: const (default) | random (default for --score and --export: each slice its "
+                        "own noise, seeded by its seed, as G's distribution is) | none")
     p.add_argument("--outdir", help="output folder (default <folder of the checkpoint>/predict)")
     p.add_argument("--device", default="auto", help="auto (cuda if visible), cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, default=16, help="images per forward pass (default 16)")
@@ -686,7 +688,10 @@ def run(args) -> None:
         runs.check_writable(Path(args.export).resolve().parent, "--export")
     else:
         outdir = runs.check_writable(Path(args.outdir) if args.outdir else ckpt.parent / "predict")
-    gen = dict(psi=args.trunc, noise_mode=args.noise_mode, device=device, batch=args.batch)
+    # Scores and exported data sets sample G's distribution, so each slice gets its own noise (a shared const
+    # noise map would give every slice the same fine texture); pictures default to the reproducible const map.
+    noise_mode = args.noise_mode or ("random" if args.score or args.export else "const")
+    gen = dict(psi=args.trunc, noise_mode=noise_mode, device=device, batch=args.batch)
     if args.interpolate:
         wrote = write_walk(G, seeds, args.frames or DEFAULTS["frames"], outdir, **gen)
     elif args.sweep:
@@ -700,7 +705,7 @@ def run(args) -> None:
         about = {"checkpoint": str(ckpt), "kimg": state.get("cur_nimg", 0) / 1000}
         wrote = write_projections(G, cfg, args, rule([0]).to(device) if rule else None, outdir, about)
     elif args.projected_w:
-        wrote = write_from_projected_w(G, args.projected_w, outdir, args.noise_mode)
+        wrote = write_from_projected_w(G, args.projected_w, outdir, noise_mode)
     elif args.export:
         outdir = Path(args.export)
         wrote = write_export(G, seeds, outdir, {"checkpoint": str(ckpt), "kimg": state.get("cur_nimg", 0) / 1000},
