@@ -69,6 +69,8 @@ class TrainConfig:
     pl_batch_shrink: int = 2            # path-length batch = batch / this
     pl_decay: float = 0.01              # decay of the running mean path length
     style_mixing: float = 0.9           # probability of mixing two latents at a random crossover
+    noise: bool = True                  # G's per-pixel noise inputs while training (StyleGAN2); false trains
+                                        # without them (their strengths stay 0), a deviation (README, Results)
     ema_kimg: float = 0.0               # G EMA half-life in kimg; 0 = the auto rule batch * 10 / 32
     ema_rampup: float = 0.05            # EMA half-life limited to cur_kimg * this (0 = no ramp-up)
     mixed_precision: str = "auto"       # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32

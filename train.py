@@ -143,7 +143,7 @@ class Trainer:
             cutoff = int(torch.randint(1, ws.shape[1], []).item())
             ws[:, cutoff:] = self.G.mapping(torch.randn_like(z), c)[:, cutoff:]
         with self.autocast():
-            img = (self.synthesis_fast if fast else self.G.synthesis)(ws, noise_mode="random")
+            img = (self.synthesis_fast if fast else self.G.synthesis)(ws, noise_mode="random" if self.cfg.noise else "none")
         return img.float(), ws
 
     def run_D(self, img: torch.Tensor, c=None, fast: bool = False) -> torch.Tensor:

@@ -390,3 +390,15 @@ def test_signal_handlers_are_restored_after_a_run(images, tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signal == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+
+
+def test_training_without_noise_inputs_keeps_their_strengths_at_zero(images):
+    trainer = make_trainer(images, noise=False)
+    for _ in range(5):
+        trainer.step()
+    strengths = {k: v for k, v in trainer.G.state_dict().items() if k.endswith("noise_strength")}
+    assert strengths and all(float(v) == 0 for v in strengths.values())
+    with_noise = make_trainer(images)
+    for _ in range(5):
+        with_noise.step()
+    assert any(float(v) != 0 for k, v in with_noise.G.state_dict().items() if k.endswith("noise_strength"))
