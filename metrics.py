@@ -273,27 +273,38 @@ class FeatureError(ValueError):
     """A feature network that returns something other than [N, D] features."""
 
 
-def load_inception(path, device, option: str = "--inception"):
-    """A user-supplied TorchScript feature network (inception-2015-12-05.pt), tried on two blank images so
-    that a wrong file fails before any work. Errors are one ValueError line naming option."""
+def load_torchscript(path, device, option: str, give: str):
+    """A user-supplied TorchScript file loaded on device (nothing in it runs but its scripted code). A missing
+    file or another format is one ValueError line naming option and saying what to give."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{option} {path}: no such file")
     try:
-        with warnings.catch_warnings():              # torch.jit is deprecated, but it is the standard file's format
+        with warnings.catch_warnings():              # torch.jit is deprecated, but it is these files' format
             warnings.simplefilter("ignore", DeprecationWarning)
-            model = torch.jit.load(str(path), map_location=device).eval()
+            return torch.jit.load(str(path), map_location=device).eval()
     except (RuntimeError, ValueError, OSError):
-        raise ValueError(f"{option} {path}: not a TorchScript file; give inception-2015-12-05.pt, the "
-                         f"TorchScript Inception-v3 of the StyleGAN2-ADA metrics") from None
+        raise ValueError(f"{option} {path}: not a TorchScript file; give {give}") from None
+
+
+def error_reason(e: Exception) -> str:
+    """The first line of an exception raised by a user's scripted model (which can raise anything)."""
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
+
+
+def load_inception(path, device, option: str = "--inception"):
+    """A user-supplied TorchScript feature network (inception-2015-12-05.pt), tried on two blank images so
+    that a wrong file fails before any work. Errors are one ValueError line naming option."""
+    model = load_torchscript(path, device, option, "inception-2015-12-05.pt, the TorchScript Inception-v3 of the "
+                                                   "StyleGAN2-ADA metrics")
     try:
         inception_features(model, torch.zeros(2, 1, 8, 8, dtype=torch.uint8), device=device)
     except FeatureError as e:
         raise ValueError(f"{option} {path}: {e}") from None
     except Exception as e:                                    # a scripted model can raise anything
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ValueError(f"{option} {path}: fails on a [2, 3, 299, 299] batch with model(x, "
-                         f"return_features=True) ({reason}); give the TorchScript Inception-v3 "
+                         f"return_features=True) ({error_reason(e)}); give the TorchScript Inception-v3 "
                          f"inception-2015-12-05.pt") from None
     return model
 

@@ -30,9 +30,7 @@ statistics (the mapping network sees c), while the synthesis network itself take
 """
 
 import math
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -172,22 +170,14 @@ def load_feature_net(path, device, resolution: int, option: str = "--distance"):
     """A user-supplied TorchScript feature network, tried on two blank images so that a wrong file fails before
     any work: it must return [2, ...] finite features that depend differentiably on the input. Errors are one
     ValueError line naming option."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{option} {path}: no such file")
-    try:
-        with warnings.catch_warnings():              # torch.jit is deprecated, but it is the feature file's format
-            warnings.simplefilter("ignore", DeprecationWarning)
-            model = torch.jit.load(str(path), map_location=device).eval()
-    except (RuntimeError, ValueError, OSError):
-        raise ValueError(f"{option} {path}: not a TorchScript file; give a TorchScript feature network "
-                         f"(float [N, 3, H, W] in 0..255 -> features [N, ...])") from None
+    model = metrics.load_torchscript(path, device, option, "a TorchScript feature network (float [N, 3, H, W] in "
+                                                          "0..255 -> features [N, ...])")
     x = torch.zeros(2, 3, resolution, resolution, device=device, requires_grad=True)
     try:
         f = model(x)
     except Exception as e:                                    # a scripted model can raise anything
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{option} {path}: fails on a [2, 3, {resolution}, {resolution}] batch ({reason}); give a "
+        raise ValueError(f"{option} {path}: fails on a [2, 3, {resolution}, {resolution}] batch "
+                         f"({metrics.error_reason(e)}); give a "
                          f"network that takes float [N, 3, H, W] images in 0..255") from None
     if not torch.is_tensor(f) or f.ndim < 2 or f.shape[0] != 2:
         shape = list(f.shape) if torch.is_tensor(f) else type(f).__name__
