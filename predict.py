@@ -324,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_", type=int, help="a class model: generate this class (0, 1, ...)")
     p.add_argument("--label", help="a conditional model: the label as numbers v1,v2,... (its c_dim values)")
     p.add_argument("--slice", type=float, help="a slice-position model: the axial position in [0, 1]")
+    p.add_argument("--sweep_range", help="--sweep: the slice positions swept, lo,hi (default 0,1; "
+                                                         "a dataset.py slices data set holds 0.1,0.9)")
     p.add_argument("--steps", type=int, help="--sweep: slice positions from 0 to 1 (default 8); --project: "
                                              "optimization steps (default 1000)")
     p.add_argument("--w_plus", action="store_true", help="--project: one w per layer (W+) instead of one w")
@@ -341,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-MODE_OPTIONS = {"steps": ("sweep", "project"), "seed": ("project",), "distance": ("project",), "frames": ("interpolate",), "row_seeds": ("style_mix",), "col_seeds": ("style_mix",),
+MODE_OPTIONS = {"steps": ("sweep", "project"), "sweep_range": ("sweep",), "seed": ("project",), "distance": ("project",), "frames": ("interpolate",), "row_seeds": ("style_mix",), "col_seeds": ("style_mix",),
                 "real": ("score",), "num": ("score", "export"), "max_real": ("score",), "inception": ("score",)}
 
 
@@ -443,12 +445,23 @@ def write_export(G, seeds, outdir: Path, about: dict, psi, noise_mode, device, b
     return f"{len(seeds)} synthetic {what} in the OASIS layout ({img_dir.name})"
 
 
-def write_sweep(G, cfg, seeds, steps: int, outdir: Path, psi, noise_mode, device, batch) -> str:
-    """sweep.png: one row per seed, one column per label: the slice position from 0 (lowest) to 1, or each
-    class; everything else fixed."""
+def parse_range(text: str, option: str = "--sweep_range") -> tuple:
+    """'lo,hi' with 0 <= lo < hi <= 1, or one ConfigError line."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        lo = hi = -1.0
+    if not 0 <= lo < hi <= 1:
+        raise config_lib.ConfigError(f"{option} must be lo,hi with 0 <= lo < hi <= 1, got {text!r}")
+    return lo, hi
+
+
+def write_sweep(G, cfg, seeds, steps: int, outdir: Path, psi, noise_mode, device, batch, span=(0.0, 1.0)) -> str:
+    """sweep.png: one row per seed, one column per label: the slice position from span[0] (lowest) to span[1],
+    or each class; everything else fixed."""
     names = cfg.label_names.split(",") if cfg.label_names else []
     if names == ["slice_position"]:
-        columns = [[float(v)] for v in np.linspace(0, 1, steps)]
+        columns = [[float(v)] for v in np.linspace(*span, steps)]
         what = f"slice positions {', '.join(f'{c[0]:.2f}' for c in columns)}"
     elif names and all(n.startswith("class_") for n in names):
         columns = [[float(i == k) for i in range(cfg.c_dim)] for k in range(cfg.c_dim)]
@@ -695,7 +708,8 @@ def run(args) -> None:
     if args.interpolate:
         wrote = write_walk(G, seeds, args.frames or DEFAULTS["frames"], outdir, **gen)
     elif args.sweep:
-        wrote = write_sweep(G, cfg, seeds, args.steps or DEFAULTS["steps"], outdir, **gen)
+        wrote = write_sweep(G, cfg, seeds, args.steps or DEFAULTS["steps"], outdir, **gen,
+                            span=parse_range(args.sweep_range or "0,1"))
     elif args.style_mix:
         wrote = write_style_mix(G, rows, cols, outdir, **gen)
     elif args.score:

@@ -84,6 +84,11 @@ def test_predict_slice_label_and_sweep(slice_run, tmp_path, capsys):
     assert "columns: slice positions 0.00, 0.25, 0.50, 0.75, 1.00" in capsys.readouterr().out
     with Image.open(tmp_path / "sw" / "sweep.png") as im:
         assert im.size == (5 * 16, 3 * 16)
+    assert predict.main(["--checkpoint", str(slice_run), "--sweep", "--seeds", "0", "--steps", "3", "--sweep_range",
+                         "0.1,0.9", "--outdir", str(tmp_path / "sw2")]) == 0
+    assert "columns: slice positions 0.10, 0.50, 0.90" in capsys.readouterr().out
+    assert predict.main(["--checkpoint", str(slice_run), "--sweep", "--sweep_range", "0.9,0.1"]) == 2
+    assert "--sweep_range must be lo,hi" in capsys.readouterr().err
     for extra, message in ((["--label", "0.1,0.2"], "takes 1 value(s) (slice_position), got 2"),
                            (["--class", "1"], "this model's labels are slice_position; use --label or --slice"),
                            (["--slice", "1.5"], "give a position in [0, 1]"),
