@@ -128,7 +128,9 @@ def test_lazy_intervals_and_optimizer_settings(images, monkeypatch, device):
     d_group, g_group = trainer.opt_D.param_groups[0], trainer.opt_G.param_groups[0]
     assert d_group["lr"] == pytest.approx(0.0025 * 16 / 17) and g_group["lr"] == pytest.approx(0.0025 * 4 / 5)
     assert d_group["betas"][1] == pytest.approx(0.99 ** (16 / 17)) and d_group["eps"] == 1e-8
-    assert trainer.r1_gamma == pytest.approx(0.0002 * 16 ** 2 / 4)            # the auto rule
+    assert trainer.r1_gamma == 1.0                                            # the demo preset's
+    assert config.TrainConfig(r1_gamma=0, resolution=16, batch=4).resolved_r1_gamma() == pytest.approx(
+        0.0002 * 16 ** 2 / 4)                                                    # the auto rule
     assert trainer.pl_mean.item() > 0
     assert trainer.G.mapping.w_avg.abs().sum() > 0                            # w_avg is tracked
 
