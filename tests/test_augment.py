@@ -159,7 +159,7 @@ def make_trainer(data, **extra):
 
 def test_p_rises_when_d_is_overconfident_and_falls_otherwise(tiny_data):
     trainer = make_trainer(tiny_data, p=0.5)
-    step = 4 * 4 / (500 * 1000)                                   # batch * interval / (ada_kimg * 1000)
+    step = 4 * 4 / (trainer.cfg.ada_kimg * 1000)                  # batch * interval / (ada_kimg * 1000)
     trainer._ada_sum.fill_(16.0)                                  # r_t = 1 > 0.6
     trainer._ada_count = 16
     trainer.ada_update()
