@@ -458,7 +458,7 @@ def end_tick(run: Run, tick_start_nimg: int, tick_start_time: float, done: bool)
     if snapshot or time.time() - run.last_checkpoint >= cfg.checkpoint_minutes * 60:
         written = run.save_checkpoints(snapshot=snapshot and images > 0)
         if written and written.startswith("snapshot") and monitor.update_best(run.dir, record, written):
-            run.log(f"best snapshot so far: {written} ({'; '.join('%s %.4g' % monitor.criterion(record))})")
+            run.log(f"best snapshot so far: {written} ({'%s %.4g' % monitor.criterion(record)})")
     if run.is_main and images > 0:
         run.save_pictures(snapshot)
     if t.device.type == "cuda":
