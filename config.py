@@ -318,6 +318,9 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"--seed must be in [0, 2^31), got {cfg.seed}")
     if not 0 < cfg.pl_decay <= 1:
         raise ConfigError(f"--pl_decay must be in (0, 1], got {cfg.pl_decay}")
+    d_layers = 3 * (int(math.log2(r)) - 2) + 1                      # FromRGB + 3 per block (transfer.d_layers)
+    if not 0 <= cfg.freeze_d <= d_layers:
+        raise ConfigError(f"--freeze_d={cfg.freeze_d}: this D has {d_layers} layers that can be frozen (0 to {d_layers})")
     if cfg.lr > 1:
         raise ConfigError(f"--lr={cfg.lr} is far above any working Adam rate (0.0025 is the default); use <= 1")
     parse_device(cfg.device)

@@ -13,6 +13,7 @@ from PIL import Image
 import config
 import modules
 import predict
+from test_predict import predict_main
 import project
 import runs
 from test_train import tiny_args
@@ -47,12 +48,6 @@ def slices(tmp_path_factory, run_dir) -> Path:
         Image.fromarray(image[0].numpy()).save(folder / f"slice{i}.png")
     Image.fromarray((np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8)).save(folder / "odd.png")
     return folder
-
-
-def predict_main(capsys, *args):
-    code = predict.main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def png(path: Path) -> np.ndarray:
