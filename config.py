@@ -50,6 +50,8 @@ class TrainConfig:
     cond: str = "none"                  # conditional training: none | slice (axial position from OASIS names) | json
     c_dim: int = 0                      # label width, set from the data when a run starts (stored in checkpoints)
     label_names: str = ""               # what the label values mean, comma-separated (set from the data)
+    label_encoding: str = "auto"        # what the label embedding reads: none (the label, official) | fourier
+                                        # (sin/cos features; continuous labels) | auto (fourier unless classes)
     cache_dir: str = ""                 # decoded-image cache; "" = <data>/.cache
     # Networks
     z_dim: int = 512                    # latent z width
@@ -229,7 +231,7 @@ def parse_given(argv) -> dict:
 
 
 ARCHITECTURE_KEYS = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max",
-                     "masks", "cond", "c_dim")
+                     "masks", "cond", "c_dim", "label_encoding")
 MASK_CLASSES = 4                        # OASIS tissue masks: background, CSF, grey matter, white matter
 
 
@@ -287,6 +289,8 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"--aug_pipe must use the letters b, g, c, f, n, o (e.g. bgc), got {cfg.aug_pipe!r}")
     if cfg.cond not in ("none", "slice", "json"):
         raise ConfigError(f"--cond must be none, slice or json, got {cfg.cond!r}")
+    if cfg.label_encoding not in ("auto", "none", "fourier"):
+        raise ConfigError(f"--label_encoding must be auto, none or fourier, got {cfg.label_encoding!r}")
     if cfg.c_dim < 0:
         raise ConfigError(f"--c_dim must be >= 0 (it is set from the data), got {cfg.c_dim}")
     if cfg.fit not in ("crop", "pad"):
@@ -335,7 +339,17 @@ def from_dict(values: dict) -> TrainConfig:
     unknown = set(values) - names
     if unknown:
         raise ConfigError(f"saved config has unknown keys {sorted(unknown)}; was it written by another version?")
-    return TrainConfig(**values)
+    # Configs saved before label_encoding existed fed the label to the embedding as it is.
+    return TrainConfig(**{"label_encoding": "none", **values})
+
+
+def label_encoding(cfg: TrainConfig) -> str:
+    """The label encoding the networks use: "auto" becomes "fourier" for numeric labels (slice position,
+    covariates) and "none" for one-hot classes, where the official embedding already tells labels apart."""
+    if cfg.label_encoding != "auto":
+        return cfg.label_encoding
+    names = cfg.label_names.split(",") if cfg.label_names else []
+    return "none" if names and all(n.startswith("class_") for n in names) else "fourier"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -268,7 +268,7 @@ def source_config(records: dict, label_names: str) -> config_lib.TrainConfig:
         resolution=g_kw["img_resolution"], img_channels=g_kw["img_channels"], z_dim=g_kw["z_dim"],
         w_dim=g_kw["w_dim"], mapping_layers=layers, channel_base=shape[0], channel_max=shape[1],
         mbstd_group=group, batch=-(-16 // group) * group, c_dim=g_kw["c_dim"],
-        cond="json" if g_kw["c_dim"] else "none", label_names=label_names,
+        cond="json" if g_kw["c_dim"] else "none", label_names=label_names, label_encoding="none",
         conv_clamp=float(clamp) if isinstance(clamp, (int, float)) and clamp > 0 else 256.0)
     try:
         config_lib.validate(cfg)

@@ -614,11 +614,36 @@ class Conv2dLayer(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Generator
 
+LABEL_ENCODINGS = ("none", "fourier")
+FOURIER_FREQUENCIES = 4                 # label value v -> sin / cos of pi * 2^j * v, j = 0..3
+
+
+def label_features(c: torch.Tensor, encoding: str) -> torch.Tensor:
+    """The embedding's input for labels c [N, c_dim]: c itself ("none", the official form), or per value v the
+    Fourier features sin(pi 2^j v), cos(pi 2^j v), j < FOURIER_FREQUENCIES ("fourier") [N, 2 * 4 * c_dim].
+    Why: the embedding is normalized to unit second moment, which divides a single value's embedding v * e + b
+    (b starts at 0 and learns at lr_mul 0.01) by its own size, so positions 0.3 and 0.9 reach the network
+    as almost the same vector; the features have a constant norm and a direction that moves with v."""
+    if encoding == "none":
+        return c
+    freqs = math.pi * 2.0 ** torch.arange(FOURIER_FREQUENCIES, device=c.device, dtype=c.dtype)
+    angles = (c[:, :, None] * freqs).flatten(1)                                     # [N, c_dim * 4]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def label_width(c_dim: int, encoding: str) -> int:
+    """The embedding's input width for c_dim label values under an encoding."""
+    if encoding not in LABEL_ENCODINGS:
+        raise ValueError(f"label encoding must be one of {', '.join(LABEL_ENCODINGS)}, got {encoding!r}")
+    return c_dim * 2 * FOURIER_FREQUENCIES if encoding == "fourier" else c_dim
+
+
 class MappingNetwork(nn.Module):
     """(z, c) -> w: 2nd-moment normalization, `num_layers` lrelu FC layers (lr_mul 0.01), broadcast to
     num_ws copies, running mean w_avg for truncation (StyleGAN sec. 2 and 4). With a label (c_dim > 0) the
     first layer reads concat(normalize(z), normalize(embed(c))), embed a linear FC c_dim -> w_dim
-    (StyleGAN2-ADA's conditional mapping). With z_dim 0 and num_ws None it is D's label mapping: c -> [N, w_dim]."""
+    (StyleGAN2-ADA's conditional mapping; label_encoding "fourier" feeds embed Fourier features of c instead,
+    see label_features). With z_dim 0 and num_ws None it is D's label mapping: c -> [N, w_dim]."""
 
     def __init__(self,
                  z_dim: int,                    # latent z width (0: label only, D's label mapping)
@@ -627,14 +652,16 @@ class MappingNetwork(nn.Module):
                  num_layers: int = 8,           # FC layers (8 in the paper, 2 in the official "auto")
                  lr_mul: float = 0.01,          # learning-rate multiplier of every FC layer
                  w_avg_beta: float = 0.995,     # decay of the w_avg running mean (StyleGAN sec. 4); None = none
-                 c_dim: int = 0):               # label width (0 = unconditional)
+                 c_dim: int = 0,                # label width (0 = unconditional)
+                 label_encoding: str = "none"): # what embed reads: the label ("none") or its "fourier" features
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"mapping_layers must be >= 1, got {num_layers}")
         if c_dim < 0 or z_dim < 0 or z_dim + c_dim == 0:
             raise ValueError(f"the mapping network needs z_dim > 0 or c_dim > 0, got z_dim={z_dim}, c_dim={c_dim}")
         self.z_dim, self.w_dim, self.num_ws, self.w_avg_beta, self.c_dim = z_dim, w_dim, num_ws, w_avg_beta, c_dim
-        self.embed = FullyConnectedLayer(c_dim, w_dim, lr_mul=lr_mul) if c_dim else None
+        self.label_encoding = label_encoding
+        self.embed = FullyConnectedLayer(label_width(c_dim, label_encoding), w_dim, lr_mul=lr_mul) if c_dim else None
         widths = [z_dim + (w_dim if c_dim else 0)] + [w_dim] * num_layers
         self.layers = nn.ModuleList(
             FullyConnectedLayer(widths[i], widths[i + 1], activation="lrelu", lr_mul=lr_mul)
@@ -656,7 +683,7 @@ class MappingNetwork(nn.Module):
             if c is None or c.ndim != 2 or c.shape != (n, self.c_dim):
                 raise ValueError(f"c must have shape [N, {self.c_dim}] (c_dim={self.c_dim}), got "
                                  f"{None if c is None else list(c.shape)}")
-            parts.append(normalize_2nd_moment(self.embed(c.to(dtype))))
+            parts.append(normalize_2nd_moment(self.embed(label_features(c.to(dtype), self.label_encoding))))
         elif c is not None:
             raise ValueError(f"this network is unconditional (c_dim=0); give no label c, got {list(c.shape)}")
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -864,7 +891,8 @@ class Generator(nn.Module):
                  conv_clamp: float = None,      # activation clamp (256 with reduced precision); None = off
                  mapping_lr_mul: float = 0.01,  # learning-rate multiplier of the mapping network
                  mask_classes: int = 0,         # tissue classes generated as extra channels (0 = image only)
-                 c_dim: int = 0):               # label width (0 = unconditional; StyleGAN2-ADA conditioning)
+                 c_dim: int = 0,                # label width (0 = unconditional; StyleGAN2-ADA conditioning)
+                 label_encoding: str = "none"): # "none" (official) or "fourier" (continuous labels; label_features)
         super().__init__()
         self.z_dim, self.w_dim = z_dim, w_dim
         self.img_resolution, self.img_channels, self.mask_classes = img_resolution, img_channels, mask_classes
@@ -872,7 +900,8 @@ class Generator(nn.Module):
                                           mask_classes)
         self.num_ws = self.synthesis.num_ws
         self.c_dim = c_dim
-        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, lr_mul=mapping_lr_mul, c_dim=c_dim)
+        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, lr_mul=mapping_lr_mul, c_dim=c_dim,
+                                      label_encoding=label_encoding)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor = None, truncation_psi: float = 1.0,
                 truncation_cutoff: int = None, noise_mode: str = "random", update_w_avg: bool = False,
@@ -965,7 +994,8 @@ class Discriminator(nn.Module):
                  conv_clamp: float = None,      # activation clamp (256 with reduced precision); None = off
                  mask_classes: int = 0,         # mask channels read after the image channels (0 = image only)
                  c_dim: int = 0,                # label width (0 = unconditional)
-                 mapping_layers: int = 8):      # FC layers of the label mapping (as G's mapping)
+                 mapping_layers: int = 8,       # FC layers of the label mapping (as G's mapping)
+                 label_encoding: str = "none"): # "none" (official) or "fourier" (as G's)
         super().__init__()
         log2 = check_network_size(img_resolution, img_channels, channel_base, channel_max)
         self.img_resolution, self.mask_classes = img_resolution, check_mask_classes(mask_classes)
@@ -978,8 +1008,8 @@ class Discriminator(nn.Module):
                 out_channels=channels_at(res // 2, channel_base, channel_max),
                 img_channels=self.img_channels, conv_clamp=conv_clamp)
         self.c_dim, self.cmap_dim = c_dim, channels_at(4, channel_base, channel_max) if c_dim else 0
-        self.mapping = (MappingNetwork(0, self.cmap_dim, None, mapping_layers, w_avg_beta=None, c_dim=c_dim)
-                        if c_dim else None)
+        self.mapping = (MappingNetwork(0, self.cmap_dim, None, mapping_layers, w_avg_beta=None, c_dim=c_dim,
+                                       label_encoding=label_encoding) if c_dim else None)
         self.epilogue = DiscriminatorEpilogue(channels_at(4, channel_base, channel_max), mbstd_group_size,
                                               mbstd_num_channels, conv_clamp, out_dim=self.cmap_dim or 1)
 

@@ -26,7 +26,8 @@ import config as config_lib
 import runs
 
 LUMA = (0.299, 0.587, 0.114)            # ITU-R BT.601 weights of R, G, B in the gray value
-TAKEN_FROM_SOURCE = ("resolution", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max")
+TAKEN_FROM_SOURCE = ("resolution", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max",
+                     "label_encoding")
 
 
 def load_source(path: str):

@@ -1,6 +1,7 @@
 """Label-conditioned training and generation (--cond, c_dim): labels from OASIS names or dataset.json,
 bit-exact resume, predict.py's --class / --label / --slice / --sweep."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import torch
 from PIL import Image
 
 import config
+from modules import Discriminator as modules_Discriminator
+from modules import Generator as modules_Generator
 import dataset
 import predict
 import runs
@@ -60,8 +63,9 @@ def test_a_conditional_run_resumes_bit_exactly_and_stores_its_labels(oasis, tmp_
     assert_same_weights(weights(full / "checkpoint.pt"), weights(part / "checkpoint.pt"))
     saved = weights(full / "checkpoint.pt")["config"]
     assert (saved["cond"], saved["c_dim"], saved["label_names"]) == ("slice", 1, "slice_position")
+    assert saved["label_encoding"] == "fourier"                       # "auto" is stored resolved
     G = runs.load_generator(full, torch.device("cpu"))[0]
-    assert G.c_dim == 1 and G.mapping.embed is not None
+    assert G.c_dim == 1 and G.mapping.embed.weight.shape[1] == 8      # sin / cos at 4 frequencies
     with pytest.raises(config.ConfigError, match="--cond cannot change when resuming"):
         run_train([f"--resume={part}", "--cond=none"])
 
@@ -104,3 +108,42 @@ def test_unconditional_models_refuse_labels(images, tmp_path, capsys):
     assert "this model is unconditional" in capsys.readouterr().err
     assert predict.main(["--checkpoint", str(run_dir), "--sweep"]) == 2
     assert "--sweep needs a model conditioned" in capsys.readouterr().err
+
+
+def label_part(G, c) -> torch.Tensor:
+    """What the first mapping layer reads of the label: normalize(embed(features of c)). [N, w_dim]"""
+    return G.mapping._input(torch.zeros(len(c), G.z_dim) + 1, c)[:, G.z_dim:]
+
+
+def test_fourier_labels_keep_slice_positions_apart():
+    torch.manual_seed(0)
+    kw = dict(z_dim=16, w_dim=32, img_resolution=8, channel_base=64, channel_max=16, mapping_layers=2, c_dim=1)
+    positions = torch.tensor([[0.1], [0.3], [0.6], [0.9]])
+    official = label_part(modules_Generator(**kw), positions)
+    # The official embedding of one value v is v * e (its bias starts at 0), and the 2nd-moment normalization
+    # divides that by its size: every positive position reaches the network as the same vector.
+    assert torch.allclose(official, official[:1].expand_as(official), atol=1e-5)
+    fourier = label_part(modules_Generator(label_encoding="fourier", **kw), positions)
+    cos = fourier @ fourier.T / fourier.shape[1]                     # rows have unit second moment
+    assert cos.diagonal().allclose(torch.ones(4), atol=1e-5)
+    assert (cos - torch.eye(4)).abs().max() < 0.9                    # distinct directions for distinct positions
+    near = label_part(modules_Generator(label_encoding="fourier", **kw), torch.tensor([[0.5], [0.52]]))
+    assert (near[0] - near[1]).abs().max() > 0                       # and it is smooth, not binned
+    D = modules_Discriminator(img_resolution=8, channel_base=64, channel_max=16, mapping_layers=2, c_dim=1,
+                              label_encoding="fourier")
+    assert D.mapping.embed.weight.shape[1] == 8
+    with pytest.raises(ValueError, match="label encoding must be one of none, fourier"):
+        modules_Generator(label_encoding="sine", **kw)
+
+
+def test_label_encoding_resolution_and_old_configs():
+    assert config.label_encoding(config.TrainConfig(label_names="slice_position")) == "fourier"
+    assert config.label_encoding(config.TrainConfig(label_names="slice_position,age")) == "fourier"
+    assert config.label_encoding(config.TrainConfig(label_names="class_0,class_1")) == "none"
+    assert config.label_encoding(config.TrainConfig(label_names="class_0,class_1", label_encoding="fourier")) \
+        == "fourier"
+    old = dataclasses.asdict(config.TrainConfig(cond="slice", c_dim=1, label_names="slice_position"))
+    del old["label_encoding"]                                          # saved before the option existed
+    assert config.from_dict(old).label_encoding == "none"
+    with pytest.raises(config.ConfigError, match="--label_encoding must be auto, none or fourier"):
+        config.validate(config.TrainConfig(label_encoding="sin"))

@@ -79,7 +79,7 @@ def pickling_stand_ins():
 
 def tiny_cfg(**kw) -> config.TrainConfig:
     return config.TrainConfig(**{**dict(resolution=16, channel_base=256, channel_max=32, z_dim=32, w_dim=32,
-                                        mapping_layers=2, mbstd_group=2, batch=4), **kw})
+                                        mapping_layers=2, mbstd_group=2, batch=4, label_encoding="none"), **kw})
 
 
 def random_networks(cfg):
