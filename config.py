@@ -52,6 +52,8 @@ class TrainConfig:
     label_names: str = ""               # what the label values mean, comma-separated (set from the data)
     label_encoding: str = "auto"        # what the label embedding reads: none (the label, official) | fourier
                                         # (sin/cos features; continuous labels) | auto (fourier unless classes)
+    label_range: str = ""               # lo:hi per label, comma-separated, mapped to [0, 1] before the fourier
+                                        # features; set from the data for labels outside [0, 1]; "" = as given
     cache_dir: str = ""                 # decoded-image cache; "" = <data>/.cache
     # Networks
     z_dim: int = 512                    # latent z width
@@ -231,7 +233,7 @@ def parse_given(argv) -> dict:
 
 
 ARCHITECTURE_KEYS = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max",
-                     "masks", "cond", "c_dim", "label_encoding")
+                     "masks", "cond", "c_dim", "label_encoding", "label_range")
 MASK_CLASSES = 4                        # OASIS tissue masks: background, CSF, grey matter, white matter
 
 
@@ -291,6 +293,11 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"--cond must be none, slice or json, got {cfg.cond!r}")
     if cfg.label_encoding not in ("auto", "none", "fourier"):
         raise ConfigError(f"--label_encoding must be auto, none or fourier, got {cfg.label_encoding!r}")
+    try:
+        label_ranges(cfg)
+    except ValueError:
+        raise ConfigError(f"--label_range must be lo:hi with hi > lo for each of the {cfg.c_dim} labels, "
+                          f"comma-separated (it is set from the data), got {cfg.label_range!r}") from None
     if cfg.c_dim < 0:
         raise ConfigError(f"--c_dim must be >= 0 (it is set from the data), got {cfg.c_dim}")
     if cfg.fit not in ("crop", "pad"):
@@ -350,6 +357,29 @@ def label_encoding(cfg: TrainConfig) -> str:
         return cfg.label_encoding
     names = cfg.label_names.split(",") if cfg.label_names else []
     return "none" if names and all(n.startswith("class_") for n in names) else "fourier"
+
+
+def label_ranges(cfg: TrainConfig):
+    """[(lo, hi)] per label from --label_range, or None when the labels are used as given (ValueError if
+    malformed)."""
+    if not cfg.label_range:
+        return None
+    ranges = [tuple(float(x) for x in part.split(":")) for part in cfg.label_range.split(",")]
+    if len(ranges) != cfg.c_dim or any(len(r) != 2 or not r[1] > r[0] for r in ranges):
+        raise ValueError(cfg.label_range)
+    return ranges
+
+
+def data_label_range(labels) -> str:
+    """--label_range for training labels [N, c_dim]: "" when every value lies in [0, 1] (used as given),
+    else each label's min:max over the data (a constant label gets min:min+1)."""
+    if labels is None or (labels.min() >= 0 and labels.max() <= 1):
+        return ""
+    parts = []
+    for column in labels.T:
+        lo, hi = float(column.min()), float(column.max())
+        parts.append(f"{lo:g}:{hi if hi > lo else lo + 1:g}")
+    return ",".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------

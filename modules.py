@@ -618,14 +618,17 @@ LABEL_ENCODINGS = ("none", "fourier")
 FOURIER_FREQUENCIES = 4                 # label value v -> sin / cos of pi * 2^j * v, j = 0..3
 
 
-def label_features(c: torch.Tensor, encoding: str) -> torch.Tensor:
+def label_features(c: torch.Tensor, encoding: str, lo: torch.Tensor = None, hi: torch.Tensor = None) -> torch.Tensor:
     """The embedding's input for labels c [N, c_dim]: c itself ("none", the official form), or per value v the
-    Fourier features sin(pi 2^j v), cos(pi 2^j v), j < FOURIER_FREQUENCIES ("fourier") [N, 2 * 4 * c_dim].
+    Fourier features sin(pi 2^j u), cos(pi 2^j u), j < FOURIER_FREQUENCIES, of u = (v - lo) / (hi - lo)
+    ("fourier"; lo, hi [c_dim] default 0 and 1) [N, 2 * 4 * c_dim].
     Why: the embedding is normalized to unit second moment, which divides a single value's embedding v * e + b
     (b starts at 0 and learns at lr_mul 0.01) by its own size, so positions 0.3 and 0.9 reach the network
     as almost the same vector; the features have a constant norm and a direction that moves with v."""
     if encoding == "none":
         return c
+    if lo is not None:
+        c = (c - lo) / (hi - lo)
     freqs = math.pi * 2.0 ** torch.arange(FOURIER_FREQUENCIES, device=c.device, dtype=c.dtype)
     angles = (c[:, :, None] * freqs).flatten(1)                                     # [N, c_dim * 4]
     return torch.cat([angles.sin(), angles.cos()], dim=1)
@@ -653,14 +656,23 @@ class MappingNetwork(nn.Module):
                  lr_mul: float = 0.01,          # learning-rate multiplier of every FC layer
                  w_avg_beta: float = 0.995,     # decay of the w_avg running mean (StyleGAN sec. 4); None = none
                  c_dim: int = 0,                # label width (0 = unconditional)
-                 label_encoding: str = "none"): # what embed reads: the label ("none") or its "fourier" features
+                 label_encoding: str = "none",  # what embed reads: the label ("none") or its "fourier" features
+                 label_range=None):             # "fourier": (lo, hi) per label mapped to [0, 1]; None = as given
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"mapping_layers must be >= 1, got {num_layers}")
         if c_dim < 0 or z_dim < 0 or z_dim + c_dim == 0:
             raise ValueError(f"the mapping network needs z_dim > 0 or c_dim > 0, got z_dim={z_dim}, c_dim={c_dim}")
         self.z_dim, self.w_dim, self.num_ws, self.w_avg_beta, self.c_dim = z_dim, w_dim, num_ws, w_avg_beta, c_dim
-        self.label_encoding = label_encoding
+        self.label_encoding, self.label_range = label_encoding, None
+        if label_range is not None:
+            if len(label_range) != c_dim or any(not hi > lo for lo, hi in label_range):
+                raise ValueError(f"label_range needs (lo, hi) with hi > lo for each of the {c_dim} labels, "
+                                 f"got {label_range!r}")
+            self.label_range = [tuple(map(float, r)) for r in label_range]
+            # Set from the data and stored in the run's config, so not part of the state dict.
+            self.register_buffer("label_lo", torch.tensor([r[0] for r in self.label_range]), persistent=False)
+            self.register_buffer("label_hi", torch.tensor([r[1] for r in self.label_range]), persistent=False)
         self.embed = FullyConnectedLayer(label_width(c_dim, label_encoding), w_dim, lr_mul=lr_mul) if c_dim else None
         widths = [z_dim + (w_dim if c_dim else 0)] + [w_dim] * num_layers
         self.layers = nn.ModuleList(
@@ -683,7 +695,8 @@ class MappingNetwork(nn.Module):
             if c is None or c.ndim != 2 or c.shape != (n, self.c_dim):
                 raise ValueError(f"c must have shape [N, {self.c_dim}] (c_dim={self.c_dim}), got "
                                  f"{None if c is None else list(c.shape)}")
-            parts.append(normalize_2nd_moment(self.embed(label_features(c.to(dtype), self.label_encoding))))
+            lo, hi = (self.label_lo, self.label_hi) if self.label_range is not None else (None, None)
+            parts.append(normalize_2nd_moment(self.embed(label_features(c.to(dtype), self.label_encoding, lo, hi))))
         elif c is not None:
             raise ValueError(f"this network is unconditional (c_dim=0); give no label c, got {list(c.shape)}")
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -892,7 +905,8 @@ class Generator(nn.Module):
                  mapping_lr_mul: float = 0.01,  # learning-rate multiplier of the mapping network
                  mask_classes: int = 0,         # tissue classes generated as extra channels (0 = image only)
                  c_dim: int = 0,                # label width (0 = unconditional; StyleGAN2-ADA conditioning)
-                 label_encoding: str = "none"): # "none" (official) or "fourier" (continuous labels; label_features)
+                 label_encoding: str = "none",  # "none" (official) or "fourier" (continuous labels; label_features)
+                 label_range=None):             # "fourier": (lo, hi) per label mapped to [0, 1]; None = as given
         super().__init__()
         self.z_dim, self.w_dim = z_dim, w_dim
         self.img_resolution, self.img_channels, self.mask_classes = img_resolution, img_channels, mask_classes
@@ -901,7 +915,7 @@ class Generator(nn.Module):
         self.num_ws = self.synthesis.num_ws
         self.c_dim = c_dim
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, lr_mul=mapping_lr_mul, c_dim=c_dim,
-                                      label_encoding=label_encoding)
+                                      label_encoding=label_encoding, label_range=label_range)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor = None, truncation_psi: float = 1.0,
                 truncation_cutoff: int = None, noise_mode: str = "random", update_w_avg: bool = False,
@@ -995,7 +1009,8 @@ class Discriminator(nn.Module):
                  mask_classes: int = 0,         # mask channels read after the image channels (0 = image only)
                  c_dim: int = 0,                # label width (0 = unconditional)
                  mapping_layers: int = 8,       # FC layers of the label mapping (as G's mapping)
-                 label_encoding: str = "none"): # "none" (official) or "fourier" (as G's)
+                 label_encoding: str = "none",  # "none" (official) or "fourier" (as G's)
+                 label_range=None):             # as G's
         super().__init__()
         log2 = check_network_size(img_resolution, img_channels, channel_base, channel_max)
         self.img_resolution, self.mask_classes = img_resolution, check_mask_classes(mask_classes)
@@ -1009,7 +1024,7 @@ class Discriminator(nn.Module):
                 img_channels=self.img_channels, conv_clamp=conv_clamp)
         self.c_dim, self.cmap_dim = c_dim, channels_at(4, channel_base, channel_max) if c_dim else 0
         self.mapping = (MappingNetwork(0, self.cmap_dim, None, mapping_layers, w_avg_beta=None, c_dim=c_dim,
-                                       label_encoding=label_encoding) if c_dim else None)
+                                       label_encoding=label_encoding, label_range=label_range) if c_dim else None)
         self.epilogue = DiscriminatorEpilogue(channels_at(4, channel_base, channel_max), mbstd_group_size,
                                               mbstd_num_channels, conv_clamp, out_dim=self.cmap_dim or 1)
 

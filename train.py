@@ -551,8 +551,12 @@ def with_labels(cfg, data, resumed: bool):
     if resumed and (data.c_dim, names) != (cfg.c_dim, cfg.label_names):
         raise config_lib.ConfigError(f"--cond={cfg.cond}: the data now give labels {names!r} ({data.c_dim} values), "
                                      f"the checkpoint was trained on {cfg.label_names!r} ({cfg.c_dim})")
+    if resumed:                                                   # encoding and range stay the checkpoint's
+        return cfg
     cfg = dataclasses.replace(cfg, c_dim=data.c_dim, label_names=names)
-    return dataclasses.replace(cfg, label_encoding=config_lib.label_encoding(cfg))
+    encoding = config_lib.label_encoding(cfg)
+    return dataclasses.replace(cfg, label_encoding=encoding,
+                               label_range=config_lib.data_label_range(data.labels) if encoding == "fourier" else "")
 
 
 def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:

@@ -48,6 +48,8 @@ def test_labels_from_dataset_json(tmp_path):
                                                    "label_names": ["age", "cdr"]}))
     data = dataset.ImageDataset(root, resolution=16, log=lambda m: None, cond="json")
     assert data.label_names == ["age", "cdr"] and data.labels[3].tolist() == [3, 2.5]
+    assert config.data_label_range(data.labels) == "0:3,2.5:3.5"     # outside [0, 1]: min:max (constant: +1)
+    assert config.data_label_range(np.array([[0.1], [0.9]])) == ""   # within [0, 1]: used as given
     (root / "dataset.json").write_text(json.dumps({"labels": [["0.png", 1]]}))
     with pytest.raises(dataset.DataError, match=r"dataset.json: no label for 1.png"):
         dataset.ImageDataset(root, resolution=16, log=lambda m: None, cond="json")
@@ -132,6 +134,13 @@ def test_fourier_labels_keep_slice_positions_apart():
     D = modules_Discriminator(img_resolution=8, channel_base=64, channel_max=16, mapping_layers=2, c_dim=1,
                               label_encoding="fourier")
     assert D.mapping.embed.weight.shape[1] == 8
+    # A label outside [0, 1] (age 60-90) is mapped to [0, 1] by its range before the features.
+    G = modules_Generator(label_encoding="fourier", **kw)
+    aged = modules_Generator(label_encoding="fourier", label_range=[(60, 90)], **kw)
+    aged.load_state_dict(G.state_dict())                              # the range is not in the state dict
+    assert torch.allclose(label_part(aged, torch.tensor([[75.0], [90.0]])), label_part(G, torch.tensor([[0.5], [1.0]])))
+    with pytest.raises(ValueError, match="label_range needs"):
+        modules_Generator(label_encoding="fourier", label_range=[(1, 1)], **kw)
     with pytest.raises(ValueError, match="label encoding must be one of none, fourier"):
         modules_Generator(label_encoding="sine", **kw)
 
@@ -147,3 +156,6 @@ def test_label_encoding_resolution_and_old_configs():
     assert config.from_dict(old).label_encoding == "none"
     with pytest.raises(config.ConfigError, match="--label_encoding must be auto, none or fourier"):
         config.validate(config.TrainConfig(label_encoding="sin"))
+    assert config.label_ranges(config.TrainConfig(c_dim=2, label_range="60:90,0:2")) == [(60, 90), (0, 2)]
+    with pytest.raises(config.ConfigError, match="--label_range must be lo:hi"):
+        config.validate(config.TrainConfig(c_dim=1, label_range="90:60"))
