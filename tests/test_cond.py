@@ -159,3 +159,23 @@ def test_label_encoding_resolution_and_old_configs():
     assert config.label_ranges(config.TrainConfig(c_dim=2, label_range="60:90,0:2")) == [(60, 90), (0, 2)]
     with pytest.raises(config.ConfigError, match="--label_range must be lo:hi"):
         config.validate(config.TrainConfig(c_dim=1, label_range="90:60"))
+
+
+def test_a_covariate_outside_0_1_is_ranged_and_stored(tmp_path):
+    root = tmp_path / "ages"
+    root.mkdir()
+    ages = [60, 70, 80, 90]
+    for i, age in enumerate(ages):
+        Image.fromarray(np.full((16, 16), 40 + 50 * i, np.uint8)).save(root / f"{i}.png")
+    (root / "dataset.json").write_text(json.dumps({"labels": [[f"{i}.png", [a]] for i, a in enumerate(ages)],
+                                                   "label_names": ["age"]}))
+    run_dir = run_train(tiny_args(root, tmp_path / "runs", cond="json", kimg=0.02, metrics_num=0, mirror=False))
+    saved = weights(run_dir / "checkpoint.pt")["config"]
+    assert (saved["label_names"], saved["label_encoding"], saved["label_range"]) == ("age", "fourier", "60:90")
+    G = runs.load_generator(run_dir, torch.device("cpu"))[0]
+    assert G.mapping.label_range == [(60.0, 90.0)]
+    base = ["--checkpoint", str(run_dir), "--seeds", "0", "--outdir"]
+    assert predict.main(base + [str(tmp_path / "young"), "--label", "60"]) == 0
+    assert predict.main(base + [str(tmp_path / "old"), "--label", "90"]) == 0
+    young, old = (np.asarray(Image.open(tmp_path / d / "seed0000.png")) for d in ("young", "old"))
+    assert not np.array_equal(young, old)
