@@ -23,6 +23,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -656,12 +657,20 @@ class ImageDataset:
         return torch.cat([x, mask_channels(masks, len(MASK_LEVELS))], dim=1)
 
 
+class RealSets(NamedTuple):
+    reference: torch.Tensor             # uint8 [M, C, R, R]: the train split (or the plain folder)
+    names: list                         # its file names
+    heldout: torch.Tensor               # uint8 [H, C, R, R]
+    info: dict                          # a description (folder, counts), written into scores.json
+    labels: np.ndarray = None           # float32 [M, c_dim] with cond != "none", else None
+    heldout_labels: np.ndarray = None   # float32 [H, c_dim] with cond != "none", else None
+
+
 def reference_sets(path, resolution: int, img_channels: int = 1, fit: str = "crop", max_real: int = None,
-                   skip_bad: bool = False, log=None, option: str = "--real"):
-    """Real slices to score a generator against: (reference uint8 [M, C, R, R], its file names, held-out uint8
-    [H, C, R, R], a description). The reference is the train split (or the plain folder), capped at max_real
-    by a seeded random choice; the held-out set is validate (else test), else a random 10 % of the folder.
-    Errors name `option`."""
+                   skip_bad: bool = False, log=None, option: str = "--real", cond: str = "none") -> RealSets:
+    """Real slices to score a generator against. The reference is the train split (or the plain folder),
+    capped at max_real by a seeded random choice; the held-out set is validate (else test), else a random
+    10 % of the folder. cond (as --cond) also reads each slice's labels. Errors name `option`."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{option} {root}: no such folder; give an OASIS folder (keras_png_slices_*) or a folder "
@@ -669,12 +678,14 @@ def reference_sets(path, resolution: int, img_channels: int = 1, fit: str = "cro
     splits = [s for s in ("validate", "test") if (root / f"{OASIS_PREFIX}{s}").is_dir()]
     try:
         sets = [ImageDataset(root, split=s, resolution=resolution, img_channels=img_channels,
-                             fit=fit, skip_bad=skip_bad, log=log) for s in ["train"] + splits[:1]]
+                             fit=fit, skip_bad=skip_bad, log=log, cond=cond) for s in ["train"] + splits[:1]]
     except DataError as e:                               # worded for train.py's --data
         raise DataError(str(e).replace("--data", option)) from None
     reference, names = torch.from_numpy(sets[0].images), list(sets[0].files)
+    labels = sets[0].labels
     if splits:
         heldout, held_name = torch.from_numpy(sets[1].images), f"{splits[0]} split"
+        held_labels = sets[1].labels
     else:
         if len(reference) < 3:
             raise DataError(f"{option} {root}: {len(reference)} image(s); scoring needs at least 3 (a reference "
@@ -683,13 +694,15 @@ def reference_sets(path, resolution: int, img_channels: int = 1, fit: str = "cro
         n_held = max(1, round(HOLDOUT_SHARE * len(reference)))
         hold, keep = perm[:n_held].sort().values, perm[n_held:].sort().values
         heldout, reference, names = reference[hold], reference[keep], [names[i] for i in keep]
+        held_labels, labels = (None, None) if labels is None else (labels[hold.numpy()], labels[keep.numpy()])
         held_name = f"random {HOLDOUT_SHARE:.0%} of {sets[0].source.name} (seed {HOLDOUT_SEED})"
     if max_real and len(reference) > max_real:
         keep = torch.from_numpy(np.sort(np.random.default_rng(0).choice(len(reference), max_real, replace=False)))
         reference, names = reference[keep], [names[i] for i in keep]
+        labels = None if labels is None else labels[keep.numpy()]
     info = {"reference": sets[0].source.name, "reference_images": len(reference), "heldout": held_name,
             "heldout_images": len(heldout)}
-    return reference, names, heldout, info
+    return RealSets(reference, names, heldout, info, labels, held_labels)
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:

@@ -249,6 +249,13 @@ def quality_scores(generated: torch.Tensor, reference: torch.Tensor, heldout: to
     return out
 
 
+def position_error(asked, found) -> float:
+    """Mean absolute difference between the slice positions a conditional G was asked for and the positions
+    of the real slices nearest to what it made (for real held-out slices: their own positions)."""
+    asked, found = torch.as_tensor(asked, dtype=torch.float64), torch.as_tensor(found, dtype=torch.float64)
+    return (asked - found).abs().mean().item()
+
+
 def level_coverage(generated_levels, reference_levels) -> dict:
     """How many of the reference set's axial levels are some generated slice's nearest-real level.
     generated_levels: the level of each generated slice's nearest real slice; reference_levels: every level

@@ -85,7 +85,7 @@ class QualityTracker:
         self.cfg, self.device, self.log = cfg, device, log
         self.reference, names, self.heldout, self.info = dataset.reference_sets(
             data.source.root, cfg.resolution, cfg.img_channels, cfg.fit, cfg.metrics_real or None, cfg.skip_bad,
-            log=lambda m: None, option="--data")
+            log=lambda m: None, option="--data")[:4]
         self.levels = [dataset.slice_level(n) for n in names]                         # None for non-OASIS names
         gen = torch.Generator().manual_seed(cfg.seed + SAMPLE_SEED_OFFSET)
         self.z = torch.randn(cfg.metrics_num, cfg.z_dim, generator=gen)                # [num, z_dim]

@@ -244,9 +244,23 @@ def style_mix_grid(G, row_seeds, col_seeds, layers, psi: float = 1.0, noise_mode
 # ----------------------------------------------------------------------------------------------
 # Scoring against real slices
 
-def load_real(path, cfg: config_lib.TrainConfig, max_real: int = None, log=None, skip_bad: bool = False):
+def load_real(path, cfg: config_lib.TrainConfig, max_real: int = None, log=None, skip_bad: bool = False,
+              cond: str = "none") -> dataset.RealSets:
     """dataset.reference_sets at the generator's resolution, with --real named in its errors."""
-    return dataset.reference_sets(path, cfg.resolution, cfg.img_channels, cfg.fit, max_real, skip_bad, log, "--real")
+    return dataset.reference_sets(path, cfg.resolution, cfg.img_channels, cfg.fit, max_real, skip_bad, log, "--real",
+                                  cond)
+
+
+def position_column(cfg, real) -> int:
+    """The label column holding the slice position of a model conditioned on it, when the --real folder gives
+    its slices' positions the way the model's training data did (--cond=slice: OASIS names; --cond=json: a
+    dataset.json); else None."""
+    names = cfg.label_names.split(",") if cfg.c_dim and cfg.label_names else []
+    if "slice_position" not in names:
+        return None
+    if cfg.cond == "json" and not (Path(real) / dataset.LABELS_FILE).is_file():
+        return None
+    return names.index("slice_position")
 
 
 def format_table(scores: dict) -> str:
@@ -257,6 +271,7 @@ def format_table(scores: dict) -> str:
             ("memorization share", "memorization_share", None),
             ("axial levels covered (nearest real)", "level_coverage", "real_level_coverage"),
             ("axial-level spread (0 = even)", "level_spread", "real_level_spread"),
+            ("slice position error (asked vs real)", "position_error", "real_position_error"),
             ("FID", "fid", None), ("KID", "kid", None)]
     cell = lambda key: f"{scores[key]:.4f}" if key in scores else ""                 # noqa: E731
     lines = [f"{'':<36} {'generated':>10} {'real':>10}"]
@@ -504,8 +519,17 @@ def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode
         model = metrics.load_inception(args.inception, device, "--inception") if args.inception else None
     except ValueError as e:
         raise PredictError(str(e)) from None
-    reference, names, heldout, info = load_real(args.real, cfg, args.max_real, skip_bad=args.skip_bad,
-                                                log=lambda m: print(m, file=sys.stderr))
+    column = position_column(cfg, args.real)
+    real = load_real(args.real, cfg, args.max_real, skip_bad=args.skip_bad, log=lambda m: print(m, file=sys.stderr),
+                     cond=cfg.cond if column is not None else "none")
+    reference, names, heldout, info = real.reference, real.names, real.heldout, real.info
+    if (column is not None and args.class_ is None and args.label is None and args.slice is None
+            and real.labels.shape[1] == cfg.c_dim):
+        # As in training, each seed gets the labels of a random real slice (seeded), so the sample follows the
+        # data's positions (a uniform draw over [0, 1] would ask for levels the data may not have).
+        G.seed_labels = lambda s: torch.from_numpy(real.labels[[int(np.random.default_rng([x, 1]).integers(
+            len(real.labels))) for x in s]])
+        info = {**info, "labels": "those of random reference slices (seeded by the seed)"}
     generated = generate(G, seeds, psi, noise_mode, device, batch)
     features = None
     if model is not None:
@@ -526,6 +550,11 @@ def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode
         scores.update({k: generated_cover[k] for k in ("level_coverage", "level_spread")},
                       real_level_coverage=real_cover["level_coverage"], real_level_spread=real_cover["level_spread"],
                       level_counts=generated_cover["level_counts"])
+    if column is not None:                             # asked slice position against the nearest real slice's
+        asked = G.seed_labels(seeds)[:, column].numpy()
+        scores.update(position_error=metrics.position_error(asked, real.labels[nearest, column]),
+                      real_position_error=metrics.position_error(real.heldout_labels[:, column],
+                                                                 real.labels[held_nearest, column]))
     save_closest_pairs(generated, reference, closest, seeds, names, outdir / "closest_pairs.png")
     result = {**about, "real": str(args.real), **info, "num_generated": len(seeds),
               "seeds": args.seeds or f"0-{len(seeds) - 1}", "trunc": psi, "noise_mode": noise_mode, **scores,

@@ -14,6 +14,7 @@ import config
 from modules import Discriminator as modules_Discriminator
 from modules import Generator as modules_Generator
 import dataset
+import metrics
 import predict
 import runs
 from test_dataset import make_oasis
@@ -179,3 +180,18 @@ def test_a_covariate_outside_0_1_is_ranged_and_stored(tmp_path):
     assert predict.main(base + [str(tmp_path / "old"), "--label", "90"]) == 0
     young, old = (np.asarray(Image.open(tmp_path / d / "seed0000.png")) for d in ("young", "old"))
     assert not np.array_equal(young, old)
+
+
+def test_scores_of_a_slice_model_report_the_position_error(slice_run, oasis, tmp_path, capsys):
+    assert metrics.position_error([0.1, 0.5, 1.0], [0.2, 0.5, 0.6]) == pytest.approx(0.5 / 3)
+    out = tmp_path / "score"
+    assert predict.main(["--checkpoint", str(slice_run), "--score", "--real", str(oasis), "--num", "8",
+                         "--outdir", str(out)]) == 0
+    assert "slice position error (asked vs real)" in capsys.readouterr().out
+    scores = json.loads((out / "scores.json").read_text())
+    assert 0 <= scores["position_error"] <= 1 and 0 <= scores["real_position_error"] <= 1
+    assert scores["labels"].startswith("those of random reference slices")
+    # Positions given on the command line are used as asked.
+    assert predict.main(["--checkpoint", str(slice_run), "--score", "--real", str(oasis), "--num", "8", "--slice",
+                         "0", "--outdir", str(tmp_path / "low")]) == 0
+    assert "labels" not in json.loads((tmp_path / "low" / "scores.json").read_text())

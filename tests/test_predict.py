@@ -271,11 +271,11 @@ def test_plain_folder_holds_out_ten_percent_and_max_real_caps_the_reference(tmp_
     for i in range(20):
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (16, 16), dtype=np.uint8)).save(folder / f"{i}.png")
     cfg = config.TrainConfig(resolution=16)
-    reference, names, heldout, info = predict.load_real(folder, cfg, log=lambda m: None)
+    reference, names, heldout, info, _, _ = predict.load_real(folder, cfg, log=lambda m: None)
     assert (len(reference), len(heldout), len(names)) == (18, 2, 18) and info["heldout"].startswith("random 10%")
     held = {bytes(x.numpy()) for x in heldout}
     assert not held & {bytes(x.numpy()) for x in reference}                    # disjoint
-    reference, names, _, info = predict.load_real(folder, cfg, max_real=5, log=lambda m: None)
+    reference, names, _, info, _, _ = predict.load_real(folder, cfg, max_real=5, log=lambda m: None)
     assert len(reference) == len(names) == info["reference_images"] == 5
 
 
