@@ -293,6 +293,9 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"--cond must be none, slice or json, got {cfg.cond!r}")
     if cfg.label_encoding not in ("auto", "none", "fourier"):
         raise ConfigError(f"--label_encoding must be auto, none or fourier, got {cfg.label_encoding!r}")
+    if cfg.label_range and not cfg.c_dim:
+        raise ConfigError(f"--label_range is set from the data's labels when a conditional run starts and is stored in "
+                          f"its checkpoints; leave it out (got {cfg.label_range!r})")
     try:
         label_ranges(cfg)
     except ValueError:

@@ -160,6 +160,8 @@ def test_label_encoding_resolution_and_old_configs():
     assert config.label_ranges(config.TrainConfig(c_dim=2, label_range="60:90,0:2")) == [(60, 90), (0, 2)]
     with pytest.raises(config.ConfigError, match="--label_range must be lo:hi"):
         config.validate(config.TrainConfig(c_dim=1, label_range="90:60"))
+    with pytest.raises(config.ConfigError, match="--label_range is set from the data's labels"):
+        config.validate(config.TrainConfig(label_range="60:90"))           # typed for a new run
 
 
 def test_a_covariate_outside_0_1_is_ranged_and_stored(tmp_path):
