@@ -260,6 +260,8 @@ def position_column(cfg, real) -> int:
         return None
     if cfg.cond == "json" and not (Path(real) / dataset.LABELS_FILE).is_file():
         return None
+    if cfg.cond == "slice" and not (Path(real) / f"{dataset.OASIS_PREFIX}train").is_dir():
+        return None
     return names.index("slice_position")
 
 
