@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modules import FirSpec, conv2d, conv_transpose2d, fir2d, fir_uses_conv   # fast higher-order gradients (R1)
+from ops import FirSpec, conv2d, fir2d           # fast higher-order gradients (R1)
 
 GROUPS = {
     "b": ("xflip", "rotate90", "xint"),
@@ -33,7 +33,6 @@ GROUPS = {
     "n": ("noise",),
     "o": ("cutout",),
 }
-PIPELINES = ("b", "bg", "bgc", "bgcf", "bgcfn", "bgcfno")
 
 
 def windowed_sinc(taps: int, cutoff: float) -> torch.Tensor:
@@ -48,24 +47,12 @@ def windowed_sinc(taps: int, cutoff: float) -> torch.Tensor:
 
 def _sep_conv(x: torch.Tensor, f: torch.Tensor, stride: int = 1, transpose: bool = False, pad: int = 0):
     """Apply the 1D filter f along H and W of every channel: as conv2d (stride) or conv_transpose2d
-    (stride 2, gain 2 per axis, cropping pad), written as modules.fir2d's slice sums, or under
-    modules.fir_impl("conv") as [1, 1, 1, L] and [1, 1, L, 1] convolutions (the reference)."""
-    if not fir_uses_conv():
-        if transpose:
-            taps = f.flip(0) * 2
-            return fir2d(x, taps, taps, FirSpec.transposed(f.shape[0], stride=2, padding=pad))
-        return fir2d(x, f, f, FirSpec(1, stride, 0, 0))
-    n, c, h, w = x.shape
-    x = x.reshape(n * c, 1, h, w)
-    fx = f.to(x.dtype)[None, None, None, :]
-    fy = f.to(x.dtype)[None, None, :, None]
+    (stride 2, gain 2 per axis, cropping pad), written as ops.fir2d's slice sums (the [1, 1, 1, L] and
+    [1, 1, L, 1] convolution form is the reference in tests/reference.py)."""
     if transpose:
-        x = conv_transpose2d(x, fx * 2, stride=(1, 2), padding=(0, pad))
-        x = conv_transpose2d(x, fy * 2, stride=(2, 1), padding=(pad, 0))
-    else:
-        x = conv2d(x, fx, stride=(1, stride))
-        x = conv2d(x, fy, stride=(stride, 1))
-    return x.reshape(n, c, *x.shape[-2:])
+        taps = f.flip(0) * 2
+        return fir2d(x, taps, taps, FirSpec.transposed(f.shape[0], stride=2, padding=pad))
+    return fir2d(x, f, f, FirSpec(1, stride, 0, 0))
 
 
 def _reflect_index(i: torch.Tensor, size: int) -> torch.Tensor:

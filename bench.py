@@ -1,20 +1,23 @@
-"""Speed measurements, on whatever machine this runs on. Owns timing only; what it times lives in
-modules.py (the networks), train.py (a training iteration), augment.py, dataset.py and metrics.py.
+"""Speed measurements, on whatever machine this runs on, and the networks' size summary. Owns timing and
+the command lines that print them; what it times lives in modules.py and ops.py (the networks and their
+operations), train.py (a training iteration), augment.py, dataset.py and metrics.py.
 
+    python bench.py summary --resolution 256
     python bench.py networks --resolution 256 --batch 16 --device cuda
-    python bench.py train --preset oasis256 --conv_impl torch,regrad --profile R1,PL
-    python bench.py train --preset oasis256 --compare --device cuda      (FIR: previous vs new, [--compile])
-    python bench.py networks --compare --resolution 64 --channel_base 2048 --channel_max 64 --batch 8
+    python bench.py train --preset oasis256 --profile R1,PL
+    python bench.py train --preset oasis256 --compile --device cuda       (eager vs torch.compile)
     python bench.py networks --against /tmp/old --resolution 64 --channel_base 2048 --channel_max 64 --batch 8
     python bench.py data --images 10000 --resolution 256 --batch 32
     python bench.py augment --resolution 256 --batch 32
     python bench.py ssim --queries 1000 --references 10000
 
-`networks`: generation and one forward+backward pass of G and D (no regularizers, augmentation or data).
-`train`: a preset's training iteration: phase split, steady images/s, FLOPs per image, TFLOP/s and, on a
-GPU, MFU against a measured bf16 matmul peak; other --key=value options override the config. `data`:
-first-time decode into the cache, a later start from it, and batch serving. `augment`: the pipe against
-a training iteration. `ssim`: metrics.ssim against scikit-image, and the nearest-real search at scale.
+`summary`: the G and D layer tables and parameter counts (no timing). `networks`: generation and one
+forward+backward pass of G and D (no regularizers, augmentation or data); with --against, the same passes
+and R1 / path length in this checkout and an older one. `train`: a preset's training iteration: phase split,
+steady images/s, FLOPs per image, TFLOP/s and, on a GPU, MFU against a measured bf16 matmul peak; other
+--key=value options override the config. `data`: first-time decode into the cache, a later start from it,
+and batch serving. `augment`: the pipe against a training iteration. `ssim`: metrics.ssim against
+scikit-image, and the nearest-real search at scale.
 """
 
 import os
@@ -30,8 +33,9 @@ import torch.nn.functional as F
 
 import config
 import dataset
-import modules
-from modules import Discriminator, Generator, count_params
+import demo
+import errors
+from modules import Discriminator, Generator, count_params, summary_rows
 
 
 def timed(fn, iters: int, warmup: int, device: torch.device) -> float:
@@ -93,7 +97,7 @@ def bench_networks(G, D, batch: int, device: torch.device, precision: str, fused
 
 def bench_data(args) -> None:
     """First-time decode, cached start and batch serving, on copies of the demo (or --data) slices."""
-    source = dataset.find_source(args.data or dataset.ensure_demo(), "train")
+    source = dataset.find_source(args.data or demo.ensure_demo(), "train")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         folder = Path(tmp) / "slices"
         folder.mkdir()
@@ -272,30 +276,27 @@ def bench_train(args) -> None:
     print(f"device: {name} | torch {torch.__version__} | preset {args.preset} {' '.join(args.set)} | "
           f"{cfg.resolution} px, batch {cfg.batch}, aug {cfg.aug} at p={args.p}, "
           f"precision {cfg.mixed_precision}" + (f" | measured bf16 matmul peak {peak:.0f} TFLOP/s" if peak else ""))
-    if args.compare or args.compile:
-        bench_train_compare(cfg, device, args, peak)
+    if args.compile:
+        bench_train_compile(cfg, device, args, peak)
         return
     if args.flops_only:
         r = bench_train_once(cfg, device, args)
         print(f"FLOPs per image: G forward {r['g_fwd'] / 1e9:.2f} G, D forward {r['d_fwd'] / 1e9:.2f} G, training "
               f"image (D + G steps, R1 / {cfg.r1_interval}, PL / {cfg.pl_interval}) {r['flops_img'] / 1e9:.1f} G")
         return
-    print("| conv gradients | img/s | s/kimg | D ms | G ms | R1 ms | PL ms | aug ms | GFLOP/img | TFLOP/s | MFU | peak GiB |")
+    print("| preset | img/s | s/kimg | D ms | G ms | R1 ms | PL ms | aug ms | GFLOP/img | TFLOP/s | MFU | peak GiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for impl in args.conv_impl.split(","):
-        with modules.conv_impl(impl):
-            r = bench_train_once(cfg, device, args)
-        ms = r["ms"]
-        mfu = f"{r['tflops'] / peak:.1%}" if peak else "-"
-        print(f"| {impl} | {r['img_s']:.1f} | {r['s_kimg']:.2f} | {ms['D']:.0f} | {ms['G']:.0f} | {ms['R1']:.0f} "
-              f"| {ms['PL']:.0f} | {r['aug_ms']:.0f} | {r['flops_img'] / 1e9:.3g} | {r['tflops']:.3g} | {mfu} "
-              f"| {'-' if r['peak_gib'] != r['peak_gib'] else format(r['peak_gib'], '.1f')} |", flush=True)
+    r = bench_train_once(cfg, device, args)
+    ms = r["ms"]
+    mfu = f"{r['tflops'] / peak:.1%}" if peak else "-"
+    print(f"| {args.preset} | {r['img_s']:.1f} | {r['s_kimg']:.2f} | {ms['D']:.0f} | {ms['G']:.0f} | {ms['R1']:.0f} "
+          f"| {ms['PL']:.0f} | {r['aug_ms']:.0f} | {r['flops_img'] / 1e9:.3g} | {r['tflops']:.3g} | {mfu} "
+          f"| {'-' if r['peak_gib'] != r['peak_gib'] else format(r['peak_gib'], '.1f')} |", flush=True)
     print(f"FLOPs per image: G forward {r['g_fwd'] / 1e9:.2f} G, D forward {r['d_fwd'] / 1e9:.2f} G, "
           f"training image (D + G steps, R1 / {cfg.r1_interval}, PL / {cfg.pl_interval}) {r['flops_img'] / 1e9:.1f} G")
 
 
-FIR_VARIANTS = (("previous: conv FIR", "conv", False), ("new: slice FIR", "slices", False),
-                ("new + compile", "slices", True))
+COMPILE_VARIANTS = (("eager", False), ("torch.compile", True))    # (name, cfg.compile)
 
 
 def median(values):
@@ -304,62 +305,62 @@ def median(values):
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
-def bench_train_compare(cfg, device: torch.device, args, peak) -> None:
-    """The FIR implementations (modules.fir_impl) side by side on one preset: one Trainer each (same seed,
-    so the same networks), repetitions interleaved (A B, B A, ...) with the same random draws,
-    medians reported. Each repetition times every phase alone, then `--iters` real training iterations."""
+def bench_train_compile(cfg, device: torch.device, args, peak) -> None:
+    """One preset eager and with cfg.compile (train.py compiles G's synthesis and D for the first-order
+    steps) side by side: one Trainer each (same seed, so the same networks), repetitions interleaved (A B,
+    B A, ...) with the same random draws, medians reported. Each repetition times every phase alone, then
+    `--iters` real training iterations."""
     import dataclasses
     import train
     reals = torch.rand(cfg.batch, cfg.img_channels, cfg.resolution, cfg.resolution, device=device) * 2 - 1
-    variants = [v for v in FIR_VARIANTS if args.compile or not v[2]]
+    variants = COMPILE_VARIANTS
     trainers = {}
-    for name, impl, compiled in variants:
+    for name, compiled in variants:
         vcfg = dataclasses.replace(cfg, compile=compiled)
         trainer = train.Trainer(vcfg, device, data=StandIn(reals), log=lambda m: None)
         trainer.ada_p = args.p if cfg.aug != "noaug" else 0.0
         trainers[name] = trainer
-    with modules.fir_impl("conv"):                     # model FLOPs, the same for every variant (MFU)
-        first = trainers[variants[0][0]]
-        flops = {k: count_flops(fn) for k, fn in training_phases(first, reals).items()}
+    # Model FLOPs of the eager networks, the same for both variants (MFU); the slice-sum FIR filters are
+    # elementwise work and not counted.
+    flops = {k: count_flops(fn) for k, fn in training_phases(trainers[variants[0][0]], reals).items()}
     rates = {"D": 1, "G": 1, "R1": 1 / cfg.r1_interval, "PL": 1 / cfg.pl_interval}
     flops_img = sum(flops[k] * rates[k] for k in flops) / cfg.batch
-    times = {name: {k: [] for k in ("D", "R1", "G", "PL", "aug", "step")} for name, _, _ in variants}
+    times = {name: {k: [] for k in ("D", "R1", "G", "PL", "aug", "step")} for name, _ in variants}
     peak_gib = {}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda d=None: None)
     for rep in range(-args.warmup, args.reps):        # negative repetitions: warm-up (and compilation)
-        for name, impl, _ in (variants if rep % 2 == 0 else variants[::-1]):   # A B, B A: load drifts cancel
+        for name, _ in (variants if rep % 2 == 0 else variants[::-1]):   # A B, B A: load drifts cancel
             trainer = trainers[name]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            with modules.fir_impl(impl):
-                torch.manual_seed(1000 + rep)
-                phases = dict(training_phases(trainer, reals))
-                if trainer.augment_pipe is not None and trainer.ada_p > 0:
-                    trainer.augment_pipe.p = trainer.ada_p
-                    phases["aug"] = lambda t=trainer: t.augment_pipe(reals)
-                for k, fn in phases.items():
-                    sync(device)
-                    start = time.perf_counter()
-                    fn()
-                    sync(device)
-                    if rep >= 0:
-                        times[name][k].append(time.perf_counter() - start)
+            torch.manual_seed(1000 + rep)
+            phases = dict(training_phases(trainer, reals))
+            if trainer.augment_pipe is not None and trainer.ada_p > 0:
+                trainer.augment_pipe.p = trainer.ada_p
+                phases["aug"] = lambda t=trainer: t.augment_pipe(reals)
+            for k, fn in phases.items():
+                sync(device)
                 start = time.perf_counter()
-                for _ in range(args.iters):
-                    trainer.step()
+                fn()
                 sync(device)
                 if rep >= 0:
-                    times[name]["step"].append((time.perf_counter() - start) / args.iters)
+                    times[name][k].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for _ in range(args.iters):
+                trainer.step()
+            sync(device)
+            if rep >= 0:
+                times[name]["step"].append((time.perf_counter() - start) / args.iters)
             if device.type == "cuda":
                 peak_gib[name] = max(peak_gib.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2 ** 30)
     print(f"{args.reps} interleaved repetitions (after {args.warmup} warm-up), medians; each: every phase once, then "
           f"{args.iters} training iterations; model FLOPs {flops_img / 1e9:.3g} G per image")
     cols = ["D", "R1", "G", "PL", "aug"]
-    print("| implementation | img/s | s/kimg | " + " | ".join(f"{c} ms" for c in cols)
+    print("| variant | img/s | s/kimg | " + " | ".join(f"{c} ms" for c in cols)
           + " | TFLOP/s | MFU | peak GiB |")
     print("|---|---:|---:|" + "---:|" * len(cols) + "---:|---:|---:|")
     base = None
-    for name, _, _ in variants:
+    for name, _ in variants:
         t = times[name]
         step_s = median(t["step"])
         ms = {c: median(t[c]) * 1e3 if t[c] else float("nan") for c in cols}
@@ -371,7 +372,7 @@ def bench_train_compare(cfg, device: torch.device, args, peak) -> None:
         if base is None:
             base = (step_s, ms)
             continue
-        print(f"| speed-up over previous | {base[0] / step_s:.2f}x | | "
+        print(f"| speed-up over eager | {base[0] / step_s:.2f}x | | "
               + " | ".join(f"{base[1][c] / ms[c]:.2f}x" if ms[c] == ms[c] else "-" for c in cols) + " | | | |",
               flush=True)
 
@@ -455,37 +456,9 @@ def bench_networks_against(args) -> None:
         print(f"| {p} | {ta * 1e3:.1f} | {tb * 1e3:.1f} | {ta / tb:.2f}x |", flush=True)
 
 
-def bench_networks_compare(G, D, args, device: torch.device) -> None:
-    """Two implementations side by side on the networks alone (network_passes): --compare_what fir
-    (depthwise-conv vs slice FIR) or layers (modules.layer_impl: reference vs fused); interleaved, medians."""
-    passes = network_passes(G, D, args.batch, device)
-    impls, label = {"fir": (("conv", "slices"), ("previous: conv FIR", "new: slice FIR")),
-                    "layers": (("reference", "fused"), ("reference layers", "fused layers"))}[args.compare_what]
-    select = modules.fir_impl if args.compare_what == "fir" else modules.layer_impl
-    times = {(p, i): [] for p in passes for i in impls}
-    for rep in range(-args.warmup, args.iters):
-        for p, fn in passes.items():
-            for impl in (impls if rep % 2 == 0 else impls[::-1]):             # A B, B A: load drifts cancel
-                with select(impl):
-                    torch.manual_seed(rep)
-                    start = time.perf_counter()
-                    fn()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    if rep >= 0:
-                        times[p, impl].append(time.perf_counter() - start)
-    print(f"{args.compare_what} implementations, {args.iters} interleaved repetitions after {args.warmup} warm-up, "
-          f"medians (fp32)")
-    print(f"| pass | {label[0]} ms | {label[1]} ms | speed-up |")
-    print("|---|---:|---:|---:|")
-    for p in passes:
-        a, b = median(times[p, impls[0]]), median(times[p, impls[1]])
-        print(f"| {p} | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.2f}x |", flush=True)
-
-
 def demo_slices(data, split: str, resolution: int = 256) -> torch.Tensor:
     """float [N, 1, R, R] in [0, 1] from the demo data (built if missing) or --data."""
-    ds = dataset.ImageDataset(data or dataset.ensure_demo(), split=split, resolution=resolution, log=lambda m: None)
+    ds = dataset.ImageDataset(data or demo.ensure_demo(), split=split, resolution=resolution, log=lambda m: None)
     return torch.from_numpy(ds.images).float() / 255
 
 
@@ -569,9 +542,6 @@ def bench_networks_cli(args) -> None:
     if args.against:
         bench_networks_against(args)
         return
-    if args.compare:
-        bench_networks_compare(G, D, args, device)
-        return
     print("| precision | modconv | generation img/s | G+D fwd+bwd img/s | peak GiB (fwd+bwd) | G error vs fp64 |")
     print("|---|---|---:|---:|---:|---:|")
     for precision in args.precision.split(","):
@@ -581,38 +551,50 @@ def bench_networks_cli(args) -> None:
                   f"| {'-' if r['peak_gib'] != r['peak_gib'] else format(r['peak_gib'], '.2f')} | {r['error']:.1e} |", flush=True)
 
 
-def main(argv=None):
-    """Exit codes: 0, 1 for bad data (one line), 2 for a usage error (one line)."""
+def bench_summary(args) -> None:
+    """The G and D layer tables (modules.summary_rows) and parameter counts; no timing."""
     try:
-        run(argv)
-    except config.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except dataset.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        G = Generator(img_resolution=args.resolution, img_channels=args.img_channels,
+                      mapping_layers=args.mapping_layers, channel_base=args.channel_base, channel_max=args.channel_max)
+        D = Discriminator(img_resolution=args.resolution, img_channels=args.img_channels,
+                          channel_base=args.channel_base, channel_max=args.channel_max)
+    except ValueError as e:
+        raise config.ConfigError(str(e)) from None
+    print(f"{'layer':<24}{'output shape':<22}{'params':>12}")
+    for net, name, shape, params in summary_rows(G, D):
+        print(f"{net}.{name:<22}{shape:<22}{params:>12,}")
+    print(f"\nG total {count_params(G):,} parameters    D total {count_params(D):,} parameters")
+    print(f"num_ws = {G.num_ws}, mapping layers = {args.mapping_layers}")
+
+
+def main(argv=None) -> int:
+    """Exit codes: 0, 1 for bad data (one line), 2 for a usage error (one line)."""
+    return errors.run_main(run, argv)
+
+
+def add_network_size(parser) -> None:
+    """The options that size G and D, shared by `summary` and `networks`."""
+    parser.add_argument("--resolution", type=int, default=256, help="image resolution (power of two)")
+    parser.add_argument("--img_channels", "--channels", type=int, default=1, help="image channels")
+    parser.add_argument("--channel_base", type=int, default=16384, help="channel scale")
+    parser.add_argument("--channel_max", type=int, default=512, help="max channels per layer")
+    parser.add_argument("--mapping_layers", type=int, default=config.TrainConfig.mapping_layers,
+                        help="mapping-network depth (as train.py's presets; 8 in the paper)")
 
 
 def build_parser() -> config.Parser:
-    top = config.Parser(prog="bench.py", description="Speed measurements (see the module docstring).")
+    top = config.Parser(prog="bench.py", description="Speed measurements and the networks' size summary "
+                        "(see the module docstring).")
     sub = top.add_subparsers(dest="what", required=True)
+    add_network_size(sub.add_parser("summary", help="G and D layer tables and parameter counts"))
     net = sub.add_parser("networks", help="G and D: generation and fwd+bwd throughput, memory, bf16 error")
-    net.add_argument("--resolution", type=int, default=256, help="image resolution")
-    net.add_argument("--img_channels", "--channels", type=int, default=1, help="image channels")
+    add_network_size(net)
     net.add_argument("--batch", type=int, default=16, help="images per step")
-    net.add_argument("--channel_base", type=int, default=16384, help="channel scale")
-    net.add_argument("--channel_max", type=int, default=512, help="max channels")
-    net.add_argument("--mapping_layers", type=int, default=2, help="mapping-network depth")
     net.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     net.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16")
     net.add_argument("--modconv", default="fused,unfused", help="comma list of fused, unfused")
     net.add_argument("--iters", type=int, default=20, help="timed iterations")
     net.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
-    net.add_argument("--compare", action="store_true", help="two implementations (--compare_what): G+D fwd+bwd, "
-                     "R1 and path-length passes, interleaved (--iters repetitions)")
-    net.add_argument("--compare_what", default="layers", choices=("layers", "fir"),
-                     help="--compare: layers (modules.layer_impl reference vs fused) or fir (conv vs slices)")
     net.add_argument("--against", default="", help="another checkout's folder (git worktree add /tmp/old <commit>): "
                      "the same passes in alternating processes, CPU (--reps processes each, --iters calls each)")
     net.add_argument("--reps", type=int, default=4, help="--against: processes per checkout")
@@ -636,18 +618,16 @@ def build_parser() -> config.Parser:
     tr.add_argument("--preset", default="oasis256" if torch.cuda.is_available() else "demo", help="config preset")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     tr.add_argument("--p", type=float, default=0.2, help="augmentation probability held during the run")
-    tr.add_argument("--conv_impl", default="regrad", help="comma list of regrad, torch (modules.conv_impl)")
     tr.add_argument("--iters", type=int, default=32, help="timed training iterations (a multiple of 16 "
                     "keeps the lazy-regularizer mix exact)")
     tr.add_argument("--phase_iters", type=int, default=3, help="timed calls of each phase alone")
     tr.add_argument("--warmup", type=int, default=3, help="untimed calls first")
     tr.add_argument("--flops_only", action="store_true", help="count FLOPs per image and stop (no timing)")
     tr.add_argument("--profile", default="", help="comma list of phases (D,R1,G,PL) to profile once")
-    tr.add_argument("--compare", action="store_true", help="previous (depthwise conv) vs new (slice sum) FIR "
-                    "resampling, interleaved in one process: phases, images/s, speed-up")
-    tr.add_argument("--compile", action="store_true", help="with --compare: also the new FIR with cfg.compile "
-                    "(train.py compiles G's synthesis and D for the first-order steps)")
-    tr.add_argument("--reps", type=int, default=3, help="--compare: interleaved repetitions (medians)")
+    tr.add_argument("--compile", action="store_true", help="eager and cfg.compile (train.py compiles G's "
+                    "synthesis and D for the first-order steps) interleaved in one process: phases, images/s, "
+                    "speed-up")
+    tr.add_argument("--reps", type=int, default=3, help="--compile: interleaved repetitions (medians)")
     sim = sub.add_parser("ssim", help="metrics.ssim against scikit-image; nearest-real search at scale")
     sim.add_argument("--data", default=None, help="slices (default: the demo data, built if missing)")
     sim.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -665,7 +645,9 @@ def run(argv=None) -> None:
     if extra and args.what != "train":
         top.error(f"unrecognized arguments: {' '.join(extra)}")
     args.set = extra                                # train: any other --key=value is a config override
-    if args.what == "train":
+    if args.what == "summary":
+        bench_summary(args)
+    elif args.what == "train":
         bench_train(args)
     elif args.what == "ssim":
         bench_ssim(args)

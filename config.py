@@ -4,7 +4,7 @@ Owns: the TrainConfig fields (each with its comment, which `--help` prints), the
 `--key=value` / `--key value` / `--preset NAME`, and the checks that reject impossible settings with one
 line. Also owns the command-line style every program shares: options spelled with underscores (hyphens are
 accepted as aliases), one-line usage errors with exit code 2 (`Parser`), and the device rule
-(`resolve_device`). Does not own what the settings do (train.py, dataset.py, modules.py).
+(`resolve_device`). Does not own what the settings do (train.py, trainer.py, dataset.py, modules.py).
 
     python train.py --preset oasis256 --data /path/to/oasis --batch=32
 """
@@ -21,6 +21,8 @@ import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
+import errors
+
 
 @dataclass
 class TrainConfig:
@@ -33,7 +35,7 @@ class TrainConfig:
     init_from: str = ""                 # transfer learning: start a new run from this checkpoint's G, D and G_ema
                                         # weights (a run folder, a checkpoint or a convert.py output)
     seed: int = 0                       # seeds the networks' initial weights and the data order; process k of n
-                                        # draws its latents and noise from seed * n + k
+                                        # draws its latents, noise and augmentations from seed * n + k
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     kimg: float = 60.0                  # training length in thousands of real images shown to D
     tick_kimg: float = 2.0              # progress is logged, plotted and checkpointed per tick of this many kimg
@@ -74,7 +76,7 @@ class TrainConfig:
     pl_decay: float = 0.01              # decay of the running mean path length
     style_mixing: float = 0.9           # probability of mixing two latents at a random crossover
     noise: bool = True                  # G's per-pixel noise inputs while training (StyleGAN2); false trains
-                                        # without them (their strengths stay 0), a deviation (README, Results)
+                                        # without them (their strengths stay 0), a deviation (docs/results.md)
     ema_kimg: float = 0.0               # G EMA half-life in kimg; 0 = the auto rule batch * 10 / 32
     ema_rampup: float = 0.05            # EMA half-life limited to cur_kimg * this (0 = no ramp-up)
     mixed_precision: str = "auto"       # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
@@ -101,7 +103,7 @@ class TrainConfig:
     grid: str = "8x4"                   # image grid columns x rows for reals.png / fakes*.png
 
     def resolved_r1_gamma(self) -> float:
-        """Official auto rule: gamma = 0.0002 * r^2 / batch (SPEC.md)."""
+        """Official auto rule: gamma = 0.0002 * r^2 / batch (the official StyleGAN2-ADA code, cfg auto)."""
         return self.r1_gamma if self.r1_gamma > 0 else 0.0002 * self.resolution ** 2 / self.batch
 
     def resolved_ema_kimg(self) -> float:
@@ -120,14 +122,14 @@ class TrainConfig:
 
 
 PRESETS = {
-    # Trains on the built-in demo data on a 2-core CPU in well under an hour (64 px, small networks, 60 kimg).
-    # Runs of this size pass through a low-variety phase up to about 20-30 kimg (README, Results), so the
+    # Trains on the built-in demo data on a CPU (64 px, small networks, 60 kimg).
+    # Runs of this size pass through a low-variety phase up to about 20-30 kimg (docs/results.md), so the
     # preset runs 60 kimg; R1 weight 1 and ADA's 100-kimg speed are the settings that run was measured with.
     "demo": dict(resolution=64, channel_base=2048, channel_max=64, mapping_layers=2, batch=16, mbstd_group=4,
                  kimg=60, tick_kimg=2, snap=5, r1_gamma=1.0, ada_kimg=100.0, ema_kimg=0.0, ema_rampup=0.05,
                  mirror=True, grid="8x4"),
-    # The official "auto" configuration for 256 px on one GPU (SPEC.md): fmaps 0.5, batch 16, gamma 0.8192,
-    # ema 5 kimg with ramp-up 0.05, 2 mapping layers.
+    # The official "auto" configuration for 256 px on one GPU (the official StyleGAN2-ADA code): fmaps 0.5,
+    # batch 16, gamma 0.8192, ema 5 kimg with ramp-up 0.05, 2 mapping layers.
     "oasis256": dict(resolution=256, channel_base=16384, channel_max=512, mapping_layers=2, batch=16, mbstd_group=4,
                      lr=0.0025, r1_gamma=0.0, ema_kimg=0.0, ema_rampup=0.05, kimg=25000, tick_kimg=4, snap=50,
                      mirror=True, grid="8x4"),
@@ -138,7 +140,7 @@ PRESETS = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UsageError):
     """An option the user gave that cannot work, as one line."""
 
 
@@ -250,11 +252,17 @@ def resume_config(saved: dict, given: dict) -> TrainConfig:
     return cfg
 
 
+def check_resolution(resolution, option: str = "--resolution", error=None) -> int:
+    """The project's one power-of-two check: return log2(resolution), or raise `error` (ConfigError by
+    default) naming the option and the values that work."""
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8 or resolution & (resolution - 1):
+        raise (error or ConfigError)(f"{option} must be a power of two >= 8 (e.g. 64, 128, 256), got {resolution!r}")
+    return int(math.log2(resolution))
+
+
 def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     """Reject impossible combinations with one line that names the option."""
-    r = cfg.resolution
-    if r < 8 or r & (r - 1):
-        raise ConfigError(f"--resolution must be a power of two >= 8 (e.g. 64, 128, 256), got {r}")
+    check_resolution(cfg.resolution)
     if cfg.img_channels not in (1, 3):
         raise ConfigError(f"--img_channels must be 1 or 3, got {cfg.img_channels}")
     if cfg.batch < 1 or cfg.batch % world_size:
@@ -267,6 +275,7 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     if cfg.pl_weight > 0 and cfg.pl_batch_shrink > 0 and batch_gpu // cfg.pl_batch_shrink < 1:
         raise ConfigError(f"--pl_batch_shrink={cfg.pl_batch_shrink} leaves no images for path-length "
                           f"regularization at {batch_gpu} images per GPU")
+    r = cfg.resolution
     if min(cfg.channel_base // r, cfg.channel_max) < 1:
         raise ConfigError(f"--channel_base={cfg.channel_base} gives no channels at {r} px; use >= {r}")
     positive = {"kimg": cfg.kimg, "tick_kimg": cfg.tick_kimg, "lr": cfg.lr, "r1_interval": cfg.r1_interval,
@@ -386,7 +395,7 @@ def data_label_range(labels) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# The command-line style shared by train.py, predict.py, dataset.py, bench.py and modules.py
+# The command-line style shared by train.py, predict.py, dataset.py and bench.py
 
 def normalize_argv(argv) -> list:
     """--noise-mode=x -> --noise_mode=x: underscores are the spelling, hyphens an accepted alias."""

@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import errors
 import config as config_lib
 import modules
+import ops
 import runs
 
 NETWORK_KEYS = ("G", "D", "G_ema")
@@ -43,7 +45,7 @@ RENAMES = (                                                   # official name pr
 )
 
 
-class ConvertError(ValueError):
+class ConvertError(errors.ProjectError):
     """A file that cannot be converted, as one line that names what was found."""
 
 
@@ -284,8 +286,8 @@ def load_into(net: torch.nn.Module, key: str, tensors: dict) -> None:
     """Copy the official tensors into net; refuse unused, missing or misshapen tensors by name."""
     target, mapped = net.state_dict(), {}
     for official, t in tensors.items():
-        if official.endswith("resample_filter"):               # a constant here (modules.fir_kernel)
-            if t.shape != (4, 4) or not torch.allclose(t.float(), modules.fir_kernel()):
+        if official.endswith("resample_filter"):               # a constant here (ops.fir_kernel)
+            if t.shape != (4, 4) or not torch.allclose(t.float(), ops.fir_kernel()):
                 raise lacks(f"the resample filter {key}.{official} (only [1, 3, 3, 1] here)")
             continue
         name = next((p.sub(r, official, count=1) for p, r in RENAMES if p.match(official)), official)
@@ -367,15 +369,11 @@ def run(args) -> str:
 
 def main(argv=None) -> int:
     """Exit codes: 0 written, 1 the file cannot be converted (one line), 2 a usage error (one line)."""
-    try:
-        print(run(build_parser().parse_args(argv)))
-    except config_lib.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ConvertError, runs.RunError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return errors.run_main(_main, argv)
+
+
+def _main(argv: list) -> None:
+    print(run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""Multi-process plumbing for torchrun: who this process is, averaging over ranks, the RNG states of every
-rank, and the bitwise check that the ranks still agree.
+"""Multi-process plumbing for torchrun: who this process is, averaging over ranks, gathering every rank's
+random-stream states, and the bitwise check that the ranks still agree.
 
-Owns the collectives train.py needs; with one process every function returns at once without touching
-torch.distributed. Does not own what is averaged or when (train.py).
+Owns the collectives trainer.py and train.py need; with one process every function returns at once without touching
+torch.distributed. Does not own what is averaged or when (trainer.py, train.py).
 """
 
 import os
@@ -47,11 +47,9 @@ def from_rank0(value, world_size: int):
     return holder[0]
 
 
-def gather_rng_states(device: torch.device, world_size: int) -> dict:
-    """Every rank's torch RNG states (CPU and, if used, CUDA), as lists indexed by rank."""
-    mine = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        mine["cuda"] = torch.cuda.get_rng_state(device)
+def gather_states(mine: dict, world_size: int) -> dict:
+    """Every rank's values of `mine` (name -> uint8 CPU tensor, e.g. random generator states), as lists
+    indexed by rank (collective)."""
     if world_size == 1:
         return {k: [v] for k, v in mine.items()}
     gathered = [None] * world_size

@@ -2,7 +2,7 @@
 penalties, the lazy-regularization Adam correction, the generator EMA and the ADA adjustment of p.
 
 Each is a formula from the papers (StyleGAN2 sec. 3, appendix B; StyleGAN2-ADA sec. 2-3) that can be tested
-alone; train.py calls them. Does not own when they are applied or the optimizers (train.py).
+alone; trainer.py calls them. Does not own when they are applied or the optimizers (trainer.py).
 """
 
 import math
@@ -27,9 +27,11 @@ def r1_penalty(real_img: torch.Tensor, real_logits: torch.Tensor) -> torch.Tenso
     return grads.float().square().sum(dim=[1, 2, 3])
 
 
-def path_lengths(img: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
-    """|J_w^T y| for y ~ N(0, I) / sqrt(H W): sqrt(mean over ws of sum(g^2)), per sample (StyleGAN2 eq. 4). [N]"""
-    noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+def path_lengths(img: torch.Tensor, ws: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
+    """|J_w^T y| for y ~ N(0, I) / sqrt(H W): sqrt(mean over ws of sum(g^2)), per sample (StyleGAN2 eq. 4). [N]
+    y is drawn from `generator` (on img's device), or from the global RNG when it is None."""
+    noise = torch.randn(img.shape, dtype=img.dtype, device=img.device, generator=generator)
+    noise = noise / math.sqrt(img.shape[2] * img.shape[3])                 # [N, C, H, W]
     (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
     return grads.float().square().sum(dim=2).mean(dim=1).sqrt()
 

@@ -1,9 +1,10 @@
 """Image-quality and privacy metrics for generated slices, each a pure, batched torch function.
 
-Owns: SSIM (numerically the same as scikit-image's Gaussian-weighted SSIM), MS-SSIM, the nearest-real
-SSIM search with a cheap prefilter, diversity and memorization statistics, and FID / KID from feature
-statistics, features from a user-supplied TorchScript Inception-v3, and the scores of a generator
-against real slices that predict.py and train.py report. Does not own file handling (predict.py, runs.py).
+Owns: SSIM (numerically the same as scikit-image's Gaussian-weighted SSIM; one computation, _ssim_maps,
+serves SSIM and MS-SSIM), the nearest-real SSIM search with a cheap prefilter, diversity and memorization
+statistics, FID / KID from feature statistics, features from a user-supplied TorchScript Inception-v3, and
+quality_scores, the scores of generated slices against real ones. Does not own gathering those scores for a
+generator (scoring.py) or file handling (predict.py, runs.py).
 
 Images are [N, C, H, W] with values in [0, 1].
 """
@@ -13,6 +14,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+import errors
+
 
 SSIM_K1, SSIM_K2 = 0.01, 0.03              # Wang et al. 2004, eq. 7-9
 SSIM_SIGMA, SSIM_TRUNCATE = 1.5, 3.5       # Gaussian window: sigma 1.5, radius int(3.5 * 1.5 + 0.5) = 5
@@ -26,53 +30,23 @@ def _gaussian_window(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE,
     return w / w.sum()                                                        # [2r + 1]
 
 
-def _pad_symmetric(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Pad H and W by r mirroring the edge pixel too (scipy.ndimage mode 'reflect': d c b a | a b c d)."""
-    x = torch.cat([x[..., :r, :].flip(-2), x, x[..., -r:, :].flip(-2)], dim=-2)
-    return torch.cat([x[..., :r].flip(-1), x, x[..., -r:].flip(-1)], dim=-1)
-
-
-def _filter(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filtering of every channel, same size out. [N, C, H, W]"""
-    n, c, h, wd = x.shape
-    r = (w.shape[0] - 1) // 2
-    # Every image as its own channel of one depthwise conv: 5x faster on the CPU than a batch of
-    # single-channel convs (bench.py ssim).
-    y = _pad_symmetric(x.reshape(1, n * c, h, wd), r)
-    k = w.to(x.dtype)
-    y = F.conv2d(y, k[None, None, None, :].expand(n * c, 1, 1, -1), groups=n * c)
-    y = F.conv2d(y, k[None, None, :, None].expand(n * c, 1, -1, 1), groups=n * c)
-    return y.reshape(n, c, h, wd)
-
-
-def _ssim_maps(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0):
-    """(SSIM map, contrast-structure map), both [N, C, H, W]."""
-    w = _gaussian_window(dtype=a.dtype, device=a.device)
-    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    ux, uy = _filter(a, w), _filter(b, w)
-    vx = _filter(a * a, w) - ux * ux
-    vy = _filter(b * b, w) - uy * uy
-    vxy = _filter(a * b, w) - ux * uy
-    cs = (2 * vxy + c2) / (vx + vy + c2)
-    return (2 * ux * uy + c1) / (ux * ux + uy * uy + c1) * cs, cs
-
-
-def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> int:
+    """The window radius r, once a and b are checked: two batches [N, C, H, W] of one shape, larger than 2r."""
     if a.shape != b.shape or a.ndim != 4:
         raise ValueError(f"ssim needs two batches of the same shape [N, C, H, W], got {list(a.shape)} and "
                          f"{list(b.shape)}")
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-pair SSIM [N] of two batches [N, C, H, W] in [0, data_range]; equal to
-    skimage.metrics.structural_similarity(a, b, data_range=1, gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False) (mean over channels; the 5-pixel border is left out of the mean)."""
-    _check_pair(a, b)
     r = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
     if min(a.shape[-2:]) <= 2 * r:
         raise ValueError(f"ssim needs images larger than {2 * r} px, got {list(a.shape[-2:])}")
-    # Only pixels at least r from the border enter the mean, and their window lies inside the image, so
-    # no padding is needed: one unpadded 2D depthwise conv per moment over a stack of all five.
+    return r
+
+
+def _ssim_maps(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, with_cs: bool = False):
+    """The SSIM map [N, C, H - 2r, W - 2r] of the pixels at least r from the border (with_cs: and the
+    contrast-structure map of the same pixels), the one SSIM computation of this file (Wang et al. 2004, eq. 13)."""
+    r = _check_pair(a, b)
+    # The windows of those pixels lie inside the image, so no padding is needed: one unpadded 2D depthwise
+    # conv per moment over a stack of all five.
     n, c, h, w = a.shape
     g = _gaussian_window(dtype=a.dtype, device=a.device)
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
@@ -81,14 +55,22 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     ux, uy, xx, yy, xy = F.conv2d(x, k, groups=5 * n * c).reshape(n, 5, c, h - 2 * r, w - 2 * r).unbind(1)
     uxy, ux2, uy2 = ux * uy, ux * ux, uy * uy
     s = (2 * uxy + c1) * (2 * (xy - uxy) + c2) / ((ux2 + uy2 + c1) * (xx - ux2 + yy - uy2 + c2))
-    return s.mean(dim=[1, 2, 3])
+    if not with_cs:
+        return s
+    return s, (2 * (xy - uxy) + c2) / (xx - ux2 + yy - uy2 + c2)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-pair SSIM [N] of two batches [N, C, H, W] in [0, data_range]; equal to
+    skimage.metrics.structural_similarity(a, b, data_range=1, gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False) (mean over channels; the 5-pixel border is left out of the mean)."""
+    return _ssim_maps(a, b, data_range).mean(dim=[1, 2, 3])
 
 
 def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, weights=MS_SSIM_WEIGHTS) -> torch.Tensor:
     """Per-pair multi-scale SSIM [N] (Wang et al. 2003): contrast-structure at each scale, full SSIM at the
     coarsest, 2x2 average pooling between scales. Fewer scales (renormalized weights) for small images."""
-    _check_pair(a, b)
-    r = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+    r = _check_pair(a, b)
     scales = len(weights)
     while scales > 1 and min(a.shape[-2:]) // 2 ** (scales - 1) <= 2 * r:
         scales -= 1
@@ -96,11 +78,8 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, weights=M
     w = w / w.sum()
     values = []
     for k in range(scales):
-        s, cs = _ssim_maps(a, b, data_range)
-        m = s if k == scales - 1 else cs                                      # full SSIM only at the coarsest
-        if min(m.shape[-2:]) > 2 * r:
-            m = m[..., r:-r, r:-r]
-        values.append(m.mean(dim=[1, 2, 3]))
+        s, cs = _ssim_maps(a, b, data_range, with_cs=True)
+        values.append((s if k == scales - 1 else cs).mean(dim=[1, 2, 3]))  # full SSIM only at the coarsest
         if k < scales - 1:
             a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
     values = torch.stack(values, dim=1).clamp(min=0)                          # [N, scales]
@@ -210,13 +189,14 @@ def kid(features1: torch.Tensor, features2: torch.Tensor, subsets: int = 100, su
 
 
 # ----------------------------------------------------------------------------------------------
-# The scores of a generator against real slices (predict.py --score, and train.py at every snapshot)
+# The scores of generated slices against real ones (gathered by scoring.py for predict.py and monitor.py)
 
 def real_baseline(reference: torch.Tensor, heldout: torch.Tensor, pairs: int = 500, ms_ssim: bool = True) -> dict:
     """What real slices score, to set generated scores against: held-out slices' nearest SSIM to the reference
     set, and the diversity of reference pairs. Computed once per reference set."""
     held_near, held_index = nearest_ssim(heldout, reference)
-    out = {"heldout_near": held_near, "heldout_index": held_index.tolist(), "heldout_nearest_ssim_mean": held_near.mean().item(),
+    out = {"heldout_near": held_near, "heldout_index": held_index.tolist(),
+           "heldout_nearest_ssim_mean": held_near.mean().item(),
            "heldout_nearest_ssim_median": float(held_near.median().item()),
            "real_diversity_ssim": pairwise_diversity(reference, pairs)}
     if ms_ssim:
@@ -276,7 +256,7 @@ def level_coverage(generated_levels, reference_levels) -> dict:
 INCEPTION_RES = 299                     # Inception-v3 input size (Szegedy et al. 2016)
 
 
-class FeatureError(ValueError):
+class FeatureError(errors.ProjectError):
     """A feature network that returns something other than [N, D] features."""
 
 

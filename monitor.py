@@ -2,10 +2,10 @@
 snapshot so far, and TensorBoard logs.
 
 Owns the image grids of fixed latents (fakes*.png), losses.png and the peak-memory reading, QualityTracker
-(metrics.py's scores of a fixed sample of G_ema against the training slices and their
-held-out split, the same scores `predict.py --score` reports), the best-snapshot rule and its file
-(best.json, read by `predict.py --best`), metrics.png, and the optional TensorBoard writer. Does not own
-the scores' mathematics (metrics.py), the loop (train.py) or how files are written (runs.py).
+(a fixed sample of G_ema, scored by scoring.py against the training slices and their held-out split, as
+`predict.py score` scores), the best-snapshot rule and its file (best.json, read by `predict.py --best`),
+metrics.png, and the optional TensorBoard writer. Does not own the scores (scoring.py) or their mathematics
+(metrics.py), the loop (train.py) or how files are written (runs.py).
 """
 
 import json
@@ -20,6 +20,7 @@ import config as config_lib
 import dataset
 import metrics
 import runs
+import scoring
 
 DIVERSITY_PAIRS = 200                   # random generated pairs for the diversity SSIM at each scoring
 SAMPLE_SEED_OFFSET = 777                # the scored latents come from --seed + this (the training RNG is untouched)
@@ -28,6 +29,12 @@ METRIC_PANELS = [("nearest-real SSIM (generated vs held-out real)", ["nearest_ss
                  ("memorization share; axial levels covered, spread", ["memorization_share", "level_coverage",
                                                                      "real_level_coverage", "level_spread"]),
                  ("quality gap (lower is better) / KID", ["quality_gap", "kid"])]
+# log.jsonl's name of each tracked score: its name in scoring.Scorer's scores
+TRACKED = {"nearest_ssim": "nearest_ssim_mean", "heldout_nearest_ssim": "heldout_nearest_ssim_mean",
+           "diversity_ssim": "diversity_ssim", "real_diversity_ssim": "real_diversity_ssim",
+           "memorization_share": "memorization_share", "quality_gap": "quality_gap", "kid": "kid", "fid": "fid",
+           "level_coverage": "level_coverage", "level_spread": "level_spread",
+           "real_level_coverage": "real_level_coverage", "real_level_spread": "real_level_spread"}
 
 
 def grid_latents(cfg: config_lib.TrainConfig, data, device):
@@ -83,27 +90,23 @@ class QualityTracker:
         """data: the training ImageDataset (its folder gives the real sets; its labels, for a conditional G,
         the labels the sample is generated with)."""
         self.cfg, self.device, self.log = cfg, device, log
-        self.reference, names, self.heldout, self.info = dataset.reference_sets(
-            data.source.root, cfg.resolution, cfg.img_channels, cfg.fit, cfg.metrics_real or None, cfg.skip_bad,
-            log=lambda m: None, option="--data")[:4]
-        self.levels = [dataset.slice_level(n) for n in names]                         # None for non-OASIS names
+        real = dataset.reference_sets(data.source.root, cfg.resolution, cfg.img_channels, cfg.fit,
+                                      cfg.metrics_real or None, cfg.skip_bad, log=lambda m: None, option="--data")
         gen = torch.Generator().manual_seed(cfg.seed + SAMPLE_SEED_OFFSET)
         self.z = torch.randn(cfg.metrics_num, cfg.z_dim, generator=gen)                # [num, z_dim]
         self.c = None
         if cfg.c_dim:                                            # labels of random training images
             self.c = data.label_batch(torch.randint(len(data), (cfg.metrics_num,), generator=gen).numpy())
         try:
-            self.inception = metrics.load_inception(cfg.inception, device) if cfg.inception else None
+            inception = metrics.load_inception(cfg.inception, device) if cfg.inception else None
         except ValueError as e:
             raise config_lib.ConfigError(str(e)) from None
-        self.baseline = self.reference_features = None
+        self.scorer = scoring.Scorer(real, device, inception, batch=max(cfg.batch, 16), pairs=DIVERSITY_PAIRS,
+                                     ms_ssim=False)
 
     def due(self, tick: int, snapshot: bool) -> bool:
         every = self.cfg.metrics_every
         return snapshot or (every > 0 and tick % every == 0)
-
-    def _unit(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.device, torch.float32) / 255                               # uint8 -> [0, 1]
 
     @torch.no_grad()
     def score(self, G) -> dict:
@@ -118,28 +121,8 @@ class QualityTracker:
             torch.manual_seed(self.cfg.seed + SAMPLE_SEED_OFFSET)
             x = torch.cat([G(zb.to(self.device), None if cb is None else cb.to(self.device), noise_mode="random")[:, :c]
                            for zb, cb in zip(self.z.split(batch), cs)])
-        generated = dataset.to_uint8(x).cpu()                                           # [num, C, R, R]
-        if self.baseline is None:
-            self.baseline = metrics.real_baseline(self._unit(self.reference), self._unit(self.heldout),
-                                                  DIVERSITY_PAIRS, ms_ssim=False)
-        features = None
-        if self.inception is not None:
-            if self.reference_features is None:
-                self.reference_features = metrics.inception_features(self.inception, self.reference, batch,
-                                                                      self.device)
-            features = (metrics.inception_features(self.inception, generated, batch, self.device),
-                        self.reference_features)
-        s = metrics.quality_scores(self._unit(generated), self._unit(self.reference), self._unit(self.heldout),
-                                   features, pairs=DIVERSITY_PAIRS, baseline=self.baseline, ms_ssim=False)
-        out = {"nearest_ssim": s["nearest_ssim_mean"], "heldout_nearest_ssim": s["heldout_nearest_ssim_mean"],
-               "diversity_ssim": s["diversity_ssim"], "real_diversity_ssim": s["real_diversity_ssim"],
-               "memorization_share": s["memorization_share"], "quality_gap": s["quality_gap"]}
-        out.update({k: s[k] for k in ("kid", "fid") if k in s})
-        if None not in self.levels:                  # OASIS names: which axial levels the samples are nearest to
-            cover = metrics.level_coverage([self.levels[i] for i in s["nearest_index"]], self.levels)
-            real = metrics.level_coverage([self.levels[i] for i in s["heldout_nearest_index"]], self.levels)
-            out.update(level_coverage=cover["level_coverage"], level_spread=cover["level_spread"],
-                       real_level_coverage=real["level_coverage"], real_level_spread=real["level_spread"])
+        s = self.scorer(dataset.to_uint8(x).cpu())                                     # [num, C, R, R] uint8
+        out = {short: s[name] for short, name in TRACKED.items() if name in s}
         out["metrics_seconds"] = round(time.time() - start, 3)
         return out
 

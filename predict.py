@@ -1,37 +1,39 @@
-"""Sampling and scoring a trained generator: slices per seed, latent walks, style-mixing figures, and
-scores against real slices.
+"""Sampling and scoring a trained generator: slices per seed, latent walks, style-mixing figures, slice-position
+sweeps, scores against real slices, projections of real slices and synthetic data sets. One subcommand each:
 
-Owns: rebuilding G_ema from a checkpoint, seed -> z, generation, interpolation, style mixing, reading the
-real splits to score against, Inception features for FID / KID, and the output files. Does not own the
-metrics' mathematics (metrics.py), the networks (modules.py), checkpoints and file writing (runs.py) or decoding
-(dataset.py).
+    python predict.py images --checkpoint runs/00000-demo                  # seeds 0-15: seed0000.png ... grid.png
+    python predict.py images --checkpoint runs/00000-demo/snapshot-000012.pt --seeds 0-9,20 --trunc 0.7
+    python predict.py interpolate --checkpoint runs/00000-demo --seeds 0-3 --frames 24
+    python predict.py style_mix --checkpoint runs/00000-demo --row_seeds 0-3 --col_seeds 4-7
+    python predict.py sweep --checkpoint runs/00000-slice --seeds 0-3 --positions 8
+    python predict.py score --checkpoint runs/00000-demo --real data/demo [--inception FILE]
+    python predict.py project slice.png more_slices/ --checkpoint runs/00000-demo [--steps 1000 --w_plus]
+    python predict.py from_w runs/00000-demo/predict/projected_w.npz --checkpoint runs/00000-demo
+    python predict.py export synthetic/ --checkpoint runs/00000-masks --num 1000
 
-    python predict.py --checkpoint runs/00000-demo                    # seeds 0-15: seed0000.png ... grid.png
-    python predict.py --checkpoint runs/00000-demo/snapshot-000012.pt --seeds 0-9,20 --trunc 0.7
-    python predict.py --checkpoint runs/00000-demo --interpolate --seeds 0-3 --frames 24
-    python predict.py --checkpoint runs/00000-demo --style_mix --row_seeds 0-3 --col_seeds 4-7
-    python predict.py --checkpoint runs/00000-demo --score --real data/demo [--inception FILE]
-    python predict.py --checkpoint runs/00000-demo --project slice.png more_slices/ [--steps 1000 --w_plus]
-    python predict.py --checkpoint runs/00000-demo --projected_w runs/00000-demo/predict/projected_w.npz
+`python predict.py MODE --help` lists a mode's options. Options are spelled with underscores like train.py's;
+the hyphenated spellings (--row-seeds) work too. The single-command spellings of earlier versions still work:
+with no mode the command is `images`, and --interpolate, --style_mix, --sweep, --score, --project A B,
+--projected_w FILE and --export DIR select the mode wherever they stand.
 
-Options are spelled with underscores like train.py's; the hyphenated spellings (--style-mix) work too.
+Owns: the command line, seed -> z, generation, labels of a conditional model, interpolation, style mixing,
+sweeps, the real sets and labels that `score` samples with, synthetic data sets, and the output files except the
+projections'. Does not own the scores (scoring.py) or their mathematics (metrics.py), the projection and its
+files (project.py), the networks (modules.py), checkpoints and file writing (runs.py) or decoding (dataset.py).
 
 --checkpoint is a checkpoint file or a run folder (its checkpoint.pt, else its highest-kimg snapshot).
 Output goes to <folder of the checkpoint>/predict unless --outdir is given; only this program's own names
 there are rewritten (seed<NNNN>.png, grid.png, frame<NNNN>.png, interpolation.gif, stylemix-<band>.png,
-scores.json, closest_pairs.png, projection<NNNN>.png / .gif, projections.png, projection.json, projected_w.npz,
-projected<NNNN>.png). Seed s gives z = np.random.RandomState(s).randn(1, z_dim), as in the
+sweep.png, scores.json, closest_pairs.png, projection<NNNN>.png / .gif, projections.png, projection.json,
+projected_w.npz, projected<NNNN>.png). Seed s gives z = np.random.RandomState(s).randn(1, z_dim), as in the
 official StyleGAN2-ADA tools; with --noise_mode random each image is made alone, torch seeded by its seed.
---score: the reference is the train split; the held-out baseline is validate (else test), or a random 10 %
+score: the reference is the train split; the held-out baseline is validate (else test), or a random 10 %
 (seed 0) of a plain image folder. FID / KID need --inception inception-2015-12-05.pt, the TorchScript
 Inception-v3 of the StyleGAN2-ADA metrics; nothing is downloaded.
---project: each image (files, or folders searched recursively) is decoded as the training data was (grayscale,
-centre-cropped or padded as the model's --fit, then resized to the model's resolution with Lanczos) and
-projected by project.py; the distance is (1 - SSIM) + L1 unless --distance names a TorchScript feature network.
-Per image: projection<NNNN>.png (target | reconstruction | mask for a --masks model) and projection<NNNN>.gif
-(the optimization); for all: projections.png, projection.json (SSIM and PSNR of each reconstruction, and the
-means) and projected_w.npz (w [N, num_ws, w_dim], names, and the optimized noise maps noise.<layer> [N, R, R]).
---projected_w FILE makes projected<NNNN>.png (and _seg.png) from such a file: the same images, bit for bit.
+project: each image (files, or folders searched recursively) is decoded as the training data was (grayscale,
+crop or pad as the model's --fit, Lanczos resize) and projected by project.py, whose docstring gives the method
+and the files; from_w FILE makes projected<NNNN>.png (and _seg.png) from the projected_w.npz it wrote: the
+same images, bit for bit.
 """
 
 import argparse
@@ -45,29 +47,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
+import errors
 import config as config_lib
 import dataset
 import metrics
 import modules
+import oasis
 import project
 import runs
+import scoring
 
 GRID_MAX = 64                           # grid.png shows at most the first 64 images (8 x 8)
 OVERLAY_MAX = 16                        # overlay.png shows at most the first 16 image / mask pairs
-EXPORT_SLICES = 32                      # --export: slices per synthetic case, as in OASIS
-GIF_FRAME_MS = 40                       # 25 frames per second
+EXPORT_SLICES = 32                      # export: slices per synthetic case, as in OASIS
 CLOSEST_PAIRS = 8                       # generated / real pairs in closest_pairs.png
 DIVERSITY_PAIRS = 500                   # random pairs for the SSIM / MS-SSIM diversity
 MAX_SEEDS = 1_000_000                   # a typo like 0-99999999 should not fill the memory
-DEFAULTS = dict(seeds="0-15", walk_seeds="0-3", frames=24, row_seeds="0-3", col_seeds="4-7", num=1000, steps=8,
-                project_steps=1000)
-GIF_FRAMES = 50                         # --project: frames of each optimization GIF (one every steps // 50)
 
 
-class PredictError(ValueError):
+class PredictError(errors.ProjectError):
     """An input that cannot be used (a real-data folder, an Inception file), as one line that names it.
     Wrong options are config_lib.ConfigError (exit code 2)."""
 
@@ -112,7 +112,8 @@ def seeds_to_ws(G, seeds, psi: float = 1.0, device="cpu", batch: int = 16) -> to
 def label_rule(cfg, args):
     """seeds -> labels [N, c_dim] for a conditional model, from --class, --label or --slice; without them a
     slice-position model draws each seed's position uniformly in [0, 1] and a class model each seed's class
-    (both seeded by the seed). None for an unconditional model. Wrong options are one ConfigError line."""
+    (both seeded by the seed). None for an unconditional model. Wrong options are one ConfigError line; argparse
+    lets at most one of the three through."""
     usage = config_lib.ConfigError
     given = {k: v for k, v in (("--class", args.class_), ("--label", args.label), ("--slice", args.slice))
              if v is not None}
@@ -121,8 +122,6 @@ def label_rule(cfg, args):
         if given:
             raise usage(f"{', '.join(given)}: this model is unconditional (trained with --cond=none)")
         return None
-    if len(given) > 1:
-        raise usage(f"give one of {', '.join(given)}, not several")
     classes = all(n.startswith("class_") for n in names)
     fixed = None
     if "--label" in given:
@@ -260,41 +259,13 @@ def position_column(cfg, real) -> int:
         return None
     if cfg.cond == "json" and not (Path(real) / dataset.LABELS_FILE).is_file():
         return None
-    if cfg.cond == "slice" and not (Path(real) / f"{dataset.OASIS_PREFIX}train").is_dir():
+    if cfg.cond == "slice" and not (Path(real) / f"{oasis.OASIS_PREFIX}train").is_dir():
         return None
     return names.index("slice_position")
 
 
-def format_table(scores: dict) -> str:
-    rows = [("nearest-real SSIM, mean", "nearest_ssim_mean", "heldout_nearest_ssim_mean"),
-            ("nearest-real SSIM, median", "nearest_ssim_median", "heldout_nearest_ssim_median"),
-            ("diversity: SSIM of pairs", "diversity_ssim", "real_diversity_ssim"),
-            ("diversity: MS-SSIM of pairs", "diversity_ms_ssim", "real_diversity_ms_ssim"),
-            ("memorization share", "memorization_share", None),
-            ("axial levels covered (nearest real)", "level_coverage", "real_level_coverage"),
-            ("axial-level spread (0 = even)", "level_spread", "real_level_spread"),
-            ("slice position error (asked vs real)", "position_error", "real_position_error"),
-            ("FID", "fid", None), ("KID", "kid", None)]
-    cell = lambda key: f"{scores[key]:.4f}" if key in scores else ""                 # noqa: E731
-    lines = [f"{'':<36} {'generated':>10} {'real':>10}"]
-    lines += [f"{label:<36} {cell(g):>10} {cell(r):>10}" for label, g, r in rows if g in scores]
-    lines.append("real: held-out slices against the training slices (nearest), training pairs (diversity)")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------------------------
-# Files: PNG, GIF, figures, JSON, each written atomically by runs.py
-
-def _array(image: torch.Tensor) -> np.ndarray:
-    """uint8 [C, H, W] -> [H, W] (C = 1) or [H, W, C]."""
-    return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
-
-
-def save_gif(frames: torch.Tensor, path: Path) -> None:
-    images = [Image.fromarray(_array(f)) for f in frames]
-    runs.atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                                                       duration=GIF_FRAME_MS, loop=0))
-
+# Files: PNG, GIF, figures, JSON, each written atomically by runs.py (GIFs and image arrays by project.py)
 
 def save_closest_pairs(generated: torch.Tensor, reference: torch.Tensor, closest, seeds, names, path: Path) -> None:
     plt = runs.pyplot()
@@ -302,7 +273,7 @@ def save_closest_pairs(generated: torch.Tensor, reference: torch.Tensor, closest
     for j, (g, r, s) in enumerate(closest):
         for ax, image, title in ((axes[0, j], generated[g], f"seed {seeds[g]}\nSSIM {s:.3f}"),
                                  (axes[1, j], reference[r], Path(names[r]).name.replace(".nii.png", "")[-20:])):
-            ax.imshow(_array(image), cmap="gray", vmin=0, vmax=255)
+            ax.imshow(project.image_array(image), cmap="gray", vmin=0, vmax=255)
             ax.set_title(title, fontsize=7)
             ax.axis("off")
     fig.suptitle("closest pairs by SSIM: generated (top), training slice (bottom)", fontsize=9)
@@ -311,91 +282,7 @@ def save_closest_pairs(generated: torch.Tensor, reference: torch.Tensor, closest
 
 
 # ----------------------------------------------------------------------------------------------
-# main
-
-def build_parser() -> argparse.ArgumentParser:
-    p = config_lib.Parser(prog="predict.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, or a run folder (its latest checkpoint)")
-    p.add_argument("--best", action="store_true", help="with a run folder: its best snapshot by the scores "
-                                                       "tracked while training (best.json)")
-    p.add_argument("--seeds", help="seeds like 0-9,20,30-32 (default 0-15; --interpolate 0-3; --score 0..num-1)")
-    p.add_argument("--trunc", type=float, default=1.0, help="truncation psi (1 = off; 0.5-0.7 trades variety "
-                                                             "for typicality)")
-    p.add_argument("--noise_mode", choices=modules.NOISE_MODES,
-                   help="per-pixel noise: const (default) | random (default for --score and --export: each slice its "
-                        "own noise, seeded by its seed, as G's distribution is) | none")
-    p.add_argument("--outdir", help="output folder (default <folder of the checkpoint>/predict)")
-    p.add_argument("--device", default="auto", help="auto (cuda if visible), cpu, cuda or cuda:N")
-    p.add_argument("--batch", type=int, default=16, help="images per forward pass (default 16)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--interpolate", action="store_true", help="latent walk: frame<NNNN>.png and interpolation.gif")
-    mode.add_argument("--style_mix", action="store_true", help="style-mixing figures stylemix-<band>.png")
-    mode.add_argument("--score", action="store_true", help="scores.json and closest_pairs.png against --real")
-    mode.add_argument("--sweep", action="store_true", help="a conditional model: sweep.png, one row per seed, "
-                                                           "columns sweeping the slice position (or the classes)")
-    mode.add_argument("--project", nargs="+", metavar="IMAGE_OR_FOLDER", help="find the latents of real slices: "
-                      "projection<NNNN>.png / .gif, projections.png, projection.json, projected_w.npz")
-    mode.add_argument("--projected_w", metavar="FILE", help="images projected<NNNN>.png from a projected_w.npz")
-    mode.add_argument("--export", metavar="DIR", help="a synthetic data set in the OASIS layout (images and, for "
-                                                      "a --masks model, their masks) in a new folder DIR")
-    p.add_argument("--class", dest="class_", type=int, help="a class model: generate this class (0, 1, ...)")
-    p.add_argument("--label", help="a conditional model: the label as numbers v1,v2,... (its c_dim values)")
-    p.add_argument("--slice", type=float, help="a slice-position model: the axial position in [0, 1]")
-    p.add_argument("--sweep_range", help="--sweep: the slice positions swept, lo,hi (default 0,1; "
-                                                         "a dataset.py slices data set holds 0.1,0.9)")
-    p.add_argument("--steps", type=int, help="--sweep: slice positions from 0 to 1 (default 8); --project: "
-                                             "optimization steps (default 1000)")
-    p.add_argument("--w_plus", action="store_true", help="--project: one w per layer (W+) instead of one w")
-    p.add_argument("--seed", type=int, help="--project: seed of the noise maps and the w noise (default 0)")
-    p.add_argument("--distance", metavar="FILE", help="--project: a TorchScript feature network (float [N, 3, H, W] "
-                                                      "in 0..255 -> features) instead of (1 - SSIM) + L1")
-    p.add_argument("--frames", type=int, help="--interpolate: frames per pair of seeds (default 24)")
-    p.add_argument("--row_seeds", help="--style_mix: seeds of the rows (default 0-3)")
-    p.add_argument("--col_seeds", help="--style_mix: seeds whose layers are swapped in (default 4-7)")
-    p.add_argument("--real", help="--score: OASIS folder or folder of images")
-    p.add_argument("--skip_bad", action="store_true", help="--score: skip unreadable files in --real with a warning")
-    p.add_argument("--num", type=int, help="--score / --export: generated images, seeds 0..num-1 (default 1000)")
-    p.add_argument("--max_real", type=int, help="--score: cap on the training slices used (default all)")
-    p.add_argument("--inception", help="--score: inception-2015-12-05.pt (TorchScript) to add FID and KID")
-    return p
-
-
-MODE_OPTIONS = {"steps": ("sweep", "project"), "sweep_range": ("sweep",), "seed": ("project",), "distance": ("project",), "frames": ("interpolate",), "row_seeds": ("style_mix",), "col_seeds": ("style_mix",),
-                "real": ("score",), "num": ("score", "export"), "max_real": ("score",), "inception": ("score",)}
-
-
-def check_args(args) -> None:
-    """Usage errors (config_lib.ConfigError, exit code 2), found before anything is loaded."""
-    usage = config_lib.ConfigError
-    for option, modes in MODE_OPTIONS.items():
-        if getattr(args, option) is not None and not any(getattr(args, m) for m in modes):
-            raise usage(f"--{option} is used only with {' or '.join('--' + m for m in modes)}")
-    if args.export and args.outdir:
-        raise usage("--export DIR is the output folder; --outdir is not used with it")
-    if args.w_plus and not args.project:
-        raise usage("--w_plus is used only with --project")
-    if args.seeds is not None and (args.project or args.projected_w):
-        raise usage("--project and --projected_w take no --seeds (--seed sets the projection's noise)")
-    if args.seed is not None and not 0 <= args.seed < 2 ** 32:
-        raise usage(f"--seed must be in [0, 2^32), got {args.seed}")
-    if args.skip_bad and not args.score:
-        raise usage("--skip_bad is used only with --score (it skips unreadable files in --real)")
-    if args.num is not None and args.seeds is not None:
-        raise usage("--num and --seeds both choose the generated images; give one of them")
-    if args.style_mix and args.seeds is not None:
-        raise usage("--style_mix takes --row_seeds and --col_seeds, not --seeds")
-    if args.score and args.real is None:
-        raise usage("--score needs --real PATH: an OASIS folder (keras_png_slices_*) or a folder of images")
-    if not math.isfinite(args.trunc):
-        raise usage(f"--trunc must be a finite number (1 = no truncation), got {args.trunc}")
-    if args.sweep and (args.class_ is not None or args.label is not None or args.slice is not None):
-        raise usage("--sweep chooses the labels itself; leave out --class, --label and --slice")
-    for option, value, least in (("batch", args.batch, 1), ("frames", args.frames, 1), ("num", args.num, 2),
-                                 ("steps", args.steps, 2),
-                                 ("max_real", args.max_real, 2)):
-        if value is not None and value < least:
-            raise usage(f"--{option} must be >= {least}, got {value}")
-
+# Writers: one per mode (the projection's are in project.py)
 
 def stream(G, seeds, psi, noise_mode, device, batch):
     """(seeds, uint8 images, labels or None) a batch at a time: any number of seeds fits in memory."""
@@ -412,9 +299,10 @@ def write_images(G, seeds, outdir: Path, psi, noise_mode, device, batch) -> str:
     first, first_labels = [], []
     for chunk, images, labels in stream(G, seeds, psi, noise_mode, device, batch):
         for k, (s, image) in enumerate(zip(chunk, images)):
-            runs.save_png(_array(image), outdir / f"seed{s:04d}.png")
+            runs.save_png(project.image_array(image), outdir / f"seed{s:04d}.png")
             if labels is not None:
-                runs.save_png(_array(dataset.mask_to_levels(labels[k:k + 1])[0]), outdir / f"seed{s:04d}_seg.png")
+                runs.save_png(project.image_array(dataset.mask_to_levels(labels[k:k + 1])[0]),
+                              outdir / f"seed{s:04d}_seg.png")
         if len(first) * batch < shown:
             first.append(images)
             first_labels.append(labels)
@@ -434,10 +322,10 @@ def write_export(G, seeds, outdir: Path, about: dict, psi, noise_mode, device, b
     masks, keras_png_slices_seg_train/seg_XXX_slice_K.nii.png (seed s is slice s % 32 of case s // 32 + 1),
     plus export.json saying where it came from. Built in a temporary folder and renamed into place."""
     if outdir.exists() and any(outdir.iterdir()):
-        raise PredictError(f"--export {outdir}: exists and is not empty; give a new folder (nothing is overwritten)")
+        raise PredictError(f"export {outdir}: exists and is not empty; give a new folder (nothing is overwritten)")
     tmp = outdir.with_name(f".{outdir.name}.partial-{os.getpid()}")
-    img_dir = tmp / f"{dataset.OASIS_PREFIX}train"
-    seg_dir = tmp / f"{dataset.OASIS_PREFIX}seg_train"
+    img_dir = tmp / f"{oasis.OASIS_PREFIX}train"
+    seg_dir = tmp / f"{oasis.OASIS_PREFIX}seg_train"
     try:
         img_dir.mkdir(parents=True)
         if G.mask_classes:
@@ -446,9 +334,9 @@ def write_export(G, seeds, outdir: Path, about: dict, psi, noise_mode, device, b
                                           total=math.ceil(len(seeds) / batch), unit="batch", file=sys.stderr):
             for k, s in enumerate(chunk):
                 case, k_slice = s // EXPORT_SLICES + 1, s % EXPORT_SLICES
-                runs.save_png(_array(images[k]), img_dir / f"case_{case:03d}_slice_{k_slice}.nii.png")
+                runs.save_png(project.image_array(images[k]), img_dir / f"case_{case:03d}_slice_{k_slice}.nii.png")
                 if labels is not None:
-                    runs.save_png(_array(dataset.mask_to_levels(labels[k:k + 1])[0]),
+                    runs.save_png(project.image_array(dataset.mask_to_levels(labels[k:k + 1])[0]),
                                   seg_dir / f"seg_{case:03d}_slice_{k_slice}.nii.png")
         runs.write_text(tmp / "export.json", json.dumps(dict(about, num=len(seeds), seeds=f"{seeds[0]}-{seeds[-1]}",
                                                                trunc=psi, noise_mode=noise_mode,
@@ -462,29 +350,18 @@ def write_export(G, seeds, outdir: Path, about: dict, psi, noise_mode, device, b
     return f"{len(seeds)} synthetic {what} in the OASIS layout ({img_dir.name})"
 
 
-def parse_range(text: str, option: str = "--sweep_range") -> tuple:
-    """'lo,hi' with 0 <= lo < hi <= 1, or one ConfigError line."""
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        lo = hi = -1.0
-    if not 0 <= lo < hi <= 1:
-        raise config_lib.ConfigError(f"{option} must be lo,hi with 0 <= lo < hi <= 1, got {text!r}")
-    return lo, hi
-
-
-def write_sweep(G, cfg, seeds, steps: int, outdir: Path, psi, noise_mode, device, batch, span=(0.0, 1.0)) -> str:
+def write_sweep(G, cfg, seeds, positions: int, outdir: Path, psi, noise_mode, device, batch, span=(0.0, 1.0)) -> str:
     """sweep.png: one row per seed, one column per label: the slice position from span[0] (lowest) to span[1],
     or each class; everything else fixed."""
     names = cfg.label_names.split(",") if cfg.label_names else []
     if names == ["slice_position"]:
-        columns = [[float(v)] for v in np.linspace(*span, steps)]
+        columns = [[float(v)] for v in np.linspace(*span, positions)]
         what = f"slice positions {', '.join(f'{c[0]:.2f}' for c in columns)}"
     elif names and all(n.startswith("class_") for n in names):
         columns = [[float(i == k) for i in range(cfg.c_dim)] for k in range(cfg.c_dim)]
         what = f"classes 0..{cfg.c_dim - 1}"
     else:
-        raise config_lib.ConfigError("--sweep needs a model conditioned on the slice position or on classes "
+        raise config_lib.ConfigError("sweep needs a model conditioned on the slice position or on classes "
                                      f"(this one: {cfg.label_names or 'unconditional'})")
     tiles = torch.empty(len(seeds), len(columns), G.img_channels, G.img_resolution, G.img_resolution,
                         dtype=torch.uint8)
@@ -498,12 +375,10 @@ def write_sweep(G, cfg, seeds, steps: int, outdir: Path, psi, noise_mode, device
 def write_walk(G, seeds, frames: int, outdir: Path, psi, noise_mode, device, batch) -> str:
     ws = interpolation_ws(G, seeds, frames, psi, device, batch)
     images = synthesize(G, ws, noise_mode, batch, noise_seeds=[seeds[0]] * len(ws))  # one noise along the walk
-    for old in outdir.glob("frame*.png"):                     # a longer earlier walk's frames would mix in
-        if re.fullmatch(r"frame\d{4,}\.png", old.name) and int(old.stem[5:]) >= len(images):
-            old.unlink()
+    project.remove_stale(outdir, "frame", len(images))        # a longer earlier walk's frames would mix in
     for i, image in enumerate(images):
-        runs.save_png(_array(image), outdir / f"frame{i:04d}.png")
-    save_gif(images, outdir / "interpolation.gif")
+        runs.save_png(project.image_array(image), outdir / f"frame{i:04d}.png")
+    project.save_gif(images, outdir / "interpolation.gif")
     return f"{len(images)} frames frame0000.png ... and interpolation.gif"
 
 
@@ -516,7 +391,8 @@ def write_style_mix(G, rows, cols, outdir: Path, **gen) -> str:
 
 
 def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode, device, batch) -> str:
-    """Everything is read and checked before the first image is generated."""
+    """scores.json and closest_pairs.png (scoring.py's scores). Everything is read and checked before the first
+    image is generated."""
     try:
         model = metrics.load_inception(args.inception, device, "--inception") if args.inception else None
     except ValueError as e:
@@ -524,7 +400,7 @@ def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode
     column = position_column(cfg, args.real)
     real = load_real(args.real, cfg, args.max_real, skip_bad=args.skip_bad, log=lambda m: print(m, file=sys.stderr),
                      cond=cfg.cond if column is not None else "none")
-    reference, names, heldout, info = real.reference, real.names, real.heldout, real.info
+    info = real.info
     if (column is not None and args.class_ is None and args.label is None and args.slice is None
             and real.labels.shape[1] == cfg.c_dim):
         # As in training, each seed gets the labels of a random real slice (seeded), so the sample follows the
@@ -533,245 +409,241 @@ def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode
             len(real.labels))) for x in s]])
         info = {**info, "labels": "those of random reference slices (seeded by the seed)"}
     generated = generate(G, seeds, psi, noise_mode, device, batch)
-    features = None
-    if model is not None:
-        try:
-            features = (metrics.inception_features(model, generated, batch, device),
-                        metrics.inception_features(model, reference, batch, device))
-        except metrics.FeatureError as e:
-            raise PredictError(f"--inception {args.inception}: {e}") from None
-    unit = lambda x: x.to(device, torch.float32) / 255                                # noqa: E731
-    scores = metrics.quality_scores(unit(generated), unit(reference), unit(heldout), features,
-                                    pairs=DIVERSITY_PAIRS, closest=CLOSEST_PAIRS)
+    asked = G.seed_labels(seeds)[:, column].numpy() if column is not None else None
+    scorer = scoring.Scorer(real, device, model, batch, pairs=DIVERSITY_PAIRS, closest=CLOSEST_PAIRS,
+                            position_column=column)
+    try:
+        scores = scorer(generated, asked)
+    except metrics.FeatureError as e:
+        raise PredictError(f"--inception {args.inception}: {e}") from None
     closest = scores.pop("closest")
-    levels = [dataset.slice_level(n) for n in names]
-    nearest, held_nearest = scores.pop("nearest_index"), scores.pop("heldout_nearest_index")
-    if None not in levels:                             # OASIS names: axial levels of the nearest real slices
-        generated_cover = metrics.level_coverage([levels[i] for i in nearest], levels)
-        real_cover = metrics.level_coverage([levels[i] for i in held_nearest], levels)
-        scores.update({k: generated_cover[k] for k in ("level_coverage", "level_spread")},
-                      real_level_coverage=real_cover["level_coverage"], real_level_spread=real_cover["level_spread"],
-                      level_counts=generated_cover["level_counts"])
-    if column is not None:                             # asked slice position against the nearest real slice's
-        asked = G.seed_labels(seeds)[:, column].numpy()
-        scores.update(position_error=metrics.position_error(asked, real.labels[nearest, column]),
-                      real_position_error=metrics.position_error(real.heldout_labels[:, column],
-                                                                 real.labels[held_nearest, column]))
-    save_closest_pairs(generated, reference, closest, seeds, names, outdir / "closest_pairs.png")
+    del scores["nearest_index"], scores["heldout_nearest_index"]
+    save_closest_pairs(generated, real.reference, closest, seeds, real.names, outdir / "closest_pairs.png")
     result = {**about, "real": str(args.real), **info, "num_generated": len(seeds),
               "seeds": args.seeds or f"0-{len(seeds) - 1}", "trunc": psi, "noise_mode": noise_mode, **scores,
-              "closest_pairs": [{"seed": seeds[g], "real": names[r], "ssim": s} for g, r, s in closest]}
+              "closest_pairs": [{"seed": seeds[g], "real": real.names[r], "ssim": s} for g, r, s in closest]}
     runs.write_text(outdir / "scores.json", json.dumps(result, indent=1) + "\n")
-    print(format_table(scores))
+    print(scoring.format_table(scores))
     if model is None:
         print("FID/KID skipped: pass --inception inception-2015-12-05.pt (TorchScript Inception-v3) to add them")
     return "scores.json and closest_pairs.png"
 
 
 # ----------------------------------------------------------------------------------------------
-# Projection of real slices (the optimization lives in project.py)
+# main
 
-def read_targets(paths, cfg: config_lib.TrainConfig):
-    """--project's files (folders searched recursively, sorted) decoded as the training data: (paths, uint8
-    [N, C, R, R], how many were resized). Every file is read before any projection; errors name the file."""
-    files = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            if dataset.is_oasis_layout(path):
-                raise PredictError(f"--project {path}: an OASIS folder (images and masks); give one split's image "
-                                   f"folder, e.g. {path / (dataset.OASIS_PREFIX + 'validate')}")
-            found = dataset.list_images(path)
-            if not found:
-                raise PredictError(f"--project {path}: no images ({', '.join(dataset.IMAGE_EXTS)}) in this folder")
-            files += found
-        elif path.is_file():
-            files.append(path)
+MODES = {"images": "seed<NNNN>.png per seed and grid.png (with masks _seg.png and overlay.png); the default mode",
+         "interpolate": "a latent walk through the seeds: frame<NNNN>.png and interpolation.gif",
+         "style_mix": "style-mixing figures stylemix-<band>.png",
+         "sweep": "a model conditioned on the slice position or on classes: sweep.png, one row per seed, the columns "
+                  "sweeping the position (or the classes)",
+         "score": "scores.json and closest_pairs.png against the real slices of --real",
+         "project": "find the latents of real slices: projection<NNNN>.png / .gif, projections.png, projection.json "
+                    "and projected_w.npz",
+         "from_w": "images projected<NNNN>.png from a projected_w.npz that `project` wrote",
+         "export": "a synthetic data set in the OASIS layout (images and, for a --masks model, their masks) in a new "
+                   "folder DIR"}
+OLD_FLAGS = {"--interpolate": "interpolate", "--style_mix": "style_mix", "--sweep": "sweep", "--score": "score"}
+OLD_VALUE_FLAGS = {"--project": "project", "--projected_w": "from_w", "--export": "export"}   # they take values
+
+
+def translate_argv(argv) -> list:
+    """Earlier versions' single-command spellings -> a mode and its options: with no mode, `images`;
+    --interpolate, --style_mix, --sweep or --score anywhere -> that mode; --project A B, --projected_w F and
+    --export D -> `project A B`, `from_w F` and `export D`. An argv that starts with a word (a mode, or a
+    misspelt one for argparse to name), or asks for help, is left as it is. Hyphenated spellings are read as
+    underscores first."""
+    argv = config_lib.normalize_argv(argv)
+    if not argv or not argv[0].startswith("-") or argv[0] in ("-h", "--help"):
+        return argv
+    found, rest, i = [], [], 0
+    while i < len(argv):
+        key, eq, value = argv[i].partition("=")
+        if key in OLD_FLAGS and not eq:
+            found.append((key, [OLD_FLAGS[key]]))
+        elif key in OLD_VALUE_FLAGS:
+            values = [value] if eq else []
+            while (not eq and i + 1 < len(argv) and not argv[i + 1].startswith("-")
+                   and (key == "--project" or not values)):               # --project takes one or more
+                i += 1
+                values.append(argv[i])
+            found.append((key, [OLD_VALUE_FLAGS[key], *values]))
         else:
-            raise PredictError(f"--project {path}: no such file or folder")
-    stats = dataset.DecodeStats()
-    images = [torch.from_numpy(dataset.decode_image(f, cfg.resolution, cfg.img_channels, cfg.fit, stats).copy())
-              for f in files]
-    return files, torch.stack(images), stats.resized
+            rest.append(argv[i])
+        i += 1
+    if len(found) > 1:
+        raise config_lib.ConfigError(f"{found[0][0]} and {found[1][0]} choose two modes; give one "
+                                     f"(python predict.py --help lists the modes)")
+    return (found[0][1] if found else ["images"]) + rest
 
 
-def _remove_stale(outdir: Path, prefix: str, count: int) -> None:
-    """An earlier, longer run's <prefix><NNNN>.* files (index >= count) would mix in."""
-    for old in outdir.glob(f"{prefix}*"):
-        m = re.fullmatch(rf"{prefix}(\d{{4,}})(_seg)?\.(png|gif)", old.name)
-        if m and int(m.group(1)) >= count:
-            old.unlink()
+def at_least(least: int, below: int = None):
+    """An argparse type: an integer >= least (and < below)."""
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < least or (below is not None and value >= below):
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}" if below is None else
+                                             f"must be in [{least}, {below}), got {value}")
+        return value
+    return integer
 
 
-def _savez(path, arrays: dict) -> None:
-    with open(path, "wb") as f:                             # a file object: np.savez would append .npz to a name
-        np.savez(f, **arrays)
-
-
-def save_projection_figure(targets, results, names, path: Path) -> None:
-    """Targets above their reconstructions (and masks), each titled with its name and SSIM."""
-    plt = runs.pyplot()
-    rows = 3 if results[0].labels is not None else 2
-    fig, axes = plt.subplots(rows, len(results), figsize=(1.6 * len(results), 1.75 * rows + 0.4), squeeze=False)
-    for j, (target, r) in enumerate(zip(targets, results)):
-        tiles = [(target, Path(names[j]).name.replace(".nii.png", "")[-18:]), (r.image, f"SSIM {r.ssim:.3f}")]
-        if r.labels is not None:
-            tiles.append((dataset.mask_to_levels(r.labels[None])[0], "mask"))
-        for ax, (image, title) in zip(axes[:, j], tiles):
-            ax.imshow(_array(image), cmap="gray", vmin=0, vmax=255)
-            ax.set_title(title, fontsize=7)
-            ax.axis("off")
-    fig.suptitle(f"projection: real slices (top), reconstructions (below); mean SSIM "
-                 f"{np.mean([r.ssim for r in results]):.3f}", fontsize=8)
-    fig.tight_layout()
-    runs.save_figure(fig, path, dpi=100)
-
-
-def write_projections(G, cfg, args, c, outdir: Path, about: dict) -> str:
-    files, targets, resized = read_targets(args.project, cfg)
-    steps = args.steps or DEFAULTS["project_steps"]
-    settings = project.Settings(steps=steps, w_plus=args.w_plus, seed=args.seed or 0,
-                                frame_every=max(1, steps // GIF_FRAMES))
-    device = next(G.parameters()).device
+def finite(text: str) -> float:
     try:
-        net = project.load_feature_net(args.distance, device, G.img_resolution) if args.distance else None
-    except ValueError as e:
-        raise PredictError(str(e)) from None
-    if resized:
-        print(f"{resized} of {len(files)} image(s) resized to {G.img_resolution}x{G.img_resolution} "
-              f"(--fit {cfg.fit}, Lanczos)", file=sys.stderr)
-    _remove_stale(outdir, "projection", len(files))
-    results = []
-    for i, (path, target) in enumerate(zip(files, targets)):
-        r = project.project(G, target, settings, c, net, desc=f"project {i + 1}/{len(files)} {path.name}")
-        tiles = [target, r.image] + ([dataset.mask_to_levels(r.labels[None])[0].expand_as(target)]
-                                     if r.labels is not None else [])
-        runs.save_png(_array(torch.cat(tiles, dim=2)), outdir / f"projection{i:04d}.png")
-        save_gif(torch.stack([torch.cat([target, f], dim=2) for f in r.frames]), outdir / f"projection{i:04d}.gif")
-        results.append(r)
-        print(f"{i:4d}  SSIM {r.ssim:.4f}  PSNR {r.psnr:6.2f} dB  {path}")
-    names = [str(f) for f in files]
-    arrays = {"w": torch.stack([r.ws for r in results]).numpy(), "names": np.array(names)}
-    arrays.update({f"noise.{k}": torch.stack([r.noise[k] for r in results]).numpy() for k in results[0].noise})
-    runs.atomic_write(outdir / "projected_w.npz", lambda tmp: _savez(tmp, arrays))
-    save_projection_figure(targets, results, names, outdir / "projections.png")
-    mean = lambda key: float(np.mean([getattr(r, key) for r in results]))             # noqa: E731
-    summary = {**about, "steps": steps, "w_plus": args.w_plus, "seed": settings.seed,
-               "distance": args.distance or "(1 - SSIM) + L1", "label": None if c is None else c[0].tolist(),
-               "resized": resized, "ssim_mean": mean("ssim"), "psnr_mean": mean("psnr"),
-               "images": [{"name": n, "file": f"projection{i:04d}.png", "ssim": r.ssim, "psnr": r.psnr}
-                          for i, (n, r) in enumerate(zip(names, results))]}
-    runs.write_text(outdir / "projection.json", json.dumps(summary, indent=1) + "\n")
-    print(f"mean  SSIM {summary['ssim_mean']:.4f}  PSNR {summary['psnr_mean']:6.2f} dB  ({len(files)} images, "
-          f"{steps} steps, {'W+' if args.w_plus else 'w'})")
-    return (f"{len(files)} projections projection0000.png ... (.png, .gif), projections.png, projection.json and "
-            f"projected_w.npz")
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number (1 = no truncation), got {text}")
+    return value
 
 
-def read_projected_w(path, G):
-    """(ws [N, num_ws, w_dim], noise maps {name: [N, R, R]} or None) from a projected_w.npz; every problem is one
-    PredictError line naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise PredictError(f"--projected_w {path}: no such file")
+def span(text: str) -> tuple:
+    """'lo,hi' with 0 <= lo < hi <= 1."""
     try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise PredictError(f"--projected_w {path}: not a readable .npz file ({e}); give the projected_w.npz "
-                           f"that --project wrote") from None
-    w = arrays.get("w")
-    want = (G.num_ws, G.w_dim)
-    if w is None or w.ndim != 3 or w.shape[1:] != want or len(w) == 0:
-        got = "no array 'w'" if w is None else f"w of shape {list(w.shape)}"
-        raise PredictError(f"--projected_w {path}: {got}; this generator takes w of shape [N, {want[0]}, {want[1]}] "
-                           f"(N, num_ws, w_dim): was it projected with another model?")
-    shapes = dict(G.synthesis.named_buffers())
-    noise = {k[len("noise."):]: v for k, v in arrays.items() if k.startswith("noise.")}
-    if noise and (sorted(noise) != sorted(project.noise_names(G)) or
-                  any(v.shape != (len(w), *shapes[k].shape) for k, v in noise.items())):
-        raise PredictError(f"--projected_w {path}: its noise maps do not match this generator's layers; was it "
-                           f"projected with another model?")
-    if not all(np.isfinite(a).all() for a in [w, *noise.values()]):
-        raise PredictError(f"--projected_w {path}: holds NaN or inf")
-    return torch.from_numpy(w).float(), {k: torch.from_numpy(v).float() for k, v in noise.items()} or None
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        lo = hi = -1.0
+    if not 0 <= lo < hi <= 1:
+        raise argparse.ArgumentTypeError(f"must be lo,hi with 0 <= lo < hi <= 1, got {text!r}")
+    return lo, hi
 
 
-def write_from_projected_w(G, path, outdir: Path, noise_mode: str) -> str:
-    ws, noise = read_projected_w(path, G)
-    images, labels = project.from_ws(G, ws, noise, noise_mode)
-    _remove_stale(outdir, "projected", len(ws))
-    for i, image in enumerate(images):
-        runs.save_png(_array(image), outdir / f"projected{i:04d}.png")
-        if labels is not None:
-            runs.save_png(_array(dataset.mask_to_levels(labels[i:i + 1])[0]), outdir / f"projected{i:04d}_seg.png")
-    source = "its saved noise maps" if noise is not None and noise_mode == "const" else f"--noise_mode {noise_mode}"
-    return f"{len(ws)} images projected0000.png ... from {path} ({source})"
+def build_parser() -> argparse.ArgumentParser:
+    """One subparser per mode, each with only the options it uses (modes: the subparsers by name)."""
+    # No abbreviations: with modes apart, `images --seed 3` would otherwise be read as --seeds 3.
+    top = config_lib.Parser(prog="predict.py", description=__doc__, allow_abbrev=False,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="mode", required=True, metavar="MODE", parser_class=config_lib.Parser)
+    top.modes = modes = {name: sub.add_parser(name, help=text, description=text, allow_abbrev=False)
+                         for name, text in MODES.items()}
+    for name, p in modes.items():
+        p.add_argument("--checkpoint", required=True, help="checkpoint file, or a run folder (its latest checkpoint)")
+        p.add_argument("--best", action="store_true", help="with a run folder: its best snapshot by the scores "
+                                                           "tracked while training (best.json)")
+        p.add_argument("--device", default="auto", help="auto (cuda if visible), cpu, cuda or cuda:N")
+        if name != "export":
+            p.add_argument("--outdir", help="output folder (default <folder of the checkpoint>/predict)")
+        if name != "project":
+            sampled = name in ("score", "export")     # G's distribution: each slice its own noise, seeded by its seed
+            p.add_argument("--noise_mode", choices=modules.NOISE_MODES, default="random" if sampled else "const",
+                           help=f"per-pixel noise: const | random | none (default {'random' if sampled else 'const'})")
+        if name not in ("project", "from_w"):
+            p.add_argument("--trunc", type=finite, default=1.0, help="truncation psi (1 = off; 0.5-0.7 trades "
+                                                                     "variety for typicality)")
+            p.add_argument("--batch", type=at_least(1), default=16, help="images per forward pass (default 16)")
+        if name not in ("sweep", "from_w"):
+            label = p.add_mutually_exclusive_group()
+            label.add_argument("--class", dest="class_", metavar="CLASS", type=int, help="a class model: this class (0, 1, ...)")
+            label.add_argument("--label", help="a conditional model: the label as numbers v1,v2,... (c_dim values)")
+            label.add_argument("--slice", type=float, help="a slice-position model: the axial position in [0, 1]")
+    for name, default in (("images", "0-15"), ("interpolate", "0-3"), ("sweep", "0-3")):
+        modes[name].add_argument("--seeds", default=default, help=f"seeds like 0-9,20,30-32 (default {default})")
+    for name in ("score", "export"):
+        count = modes[name].add_mutually_exclusive_group()
+        count.add_argument("--num", type=at_least(2), default=1000, help="generated images, seeds 0..num-1 "
+                                                                          "(default 1000)")
+        count.add_argument("--seeds", help="seeds like 0-9,20,30-32 instead of --num")
+    modes["interpolate"].add_argument("--frames", type=at_least(1), default=24, help="frames per pair of seeds "
+                                                                                      "(default 24)")
+    modes["style_mix"].add_argument("--row_seeds", default="0-3", help="seeds of the rows (default 0-3)")
+    modes["style_mix"].add_argument("--col_seeds", default="4-7", help="seeds whose layers are swapped in "
+                                                                       "(default 4-7)")
+    p = modes["sweep"]
+    p.add_argument("--positions", "--steps", dest="positions", type=at_least(2), default=8,
+                   help="slice positions from lo to hi (default 8; --steps is the earlier spelling)")
+    p.add_argument("--sweep_range", type=span, default=(0.0, 1.0), help="the slice positions swept, lo,hi "
+                                                                        "(default 0,1; a dataset.py slices data set "
+                                                                        "holds 0.1,0.9)")
+    p = modes["score"]
+    p.add_argument("--real", required=True, help="an OASIS folder (keras_png_slices_*) or a folder of images")
+    p.add_argument("--skip_bad", action="store_true", help="skip unreadable files in --real with a warning")
+    p.add_argument("--max_real", type=at_least(2), help="cap on the training slices used (default all)")
+    p.add_argument("--inception", help="inception-2015-12-05.pt (TorchScript) to add FID and KID")
+    p = modes["project"]
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched "
+                                                                        "recursively")
+    p.add_argument("--steps", type=at_least(1), default=1000, help="optimization steps (default 1000)")
+    p.add_argument("--w_plus", action="store_true", help="one w per layer (W+) instead of one w")
+    p.add_argument("--seed", type=at_least(0, 2 ** 32), default=0, help="seed of the noise maps and the w noise (default 0)")
+    p.add_argument("--distance", metavar="FILE", help="a TorchScript feature network (float [N, 3, H, W] in "
+                                                      "0..255 -> features) instead of (1 - SSIM) + L1")
+    modes["from_w"].add_argument("file", metavar="FILE", help="a projected_w.npz that `project` wrote")
+    modes["export"].add_argument("dir", metavar="DIR", help="a new folder (or an empty one)")
+    return top
+
+
+def parse_args(argv) -> argparse.Namespace:
+    """argv in either spelling (translate_argv) -> the mode's options. An option of another mode is one
+    ConfigError line that names the modes it belongs to."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(translate_argv(argv))
+    if extra:
+        option = next((a.partition("=")[0] for a in extra if a.startswith("--")), None)
+        owners = [name for name, p in parser.modes.items() if option in p._option_string_actions]
+        if owners:
+            raise config_lib.ConfigError(f"{option} is not an option of {args.mode}; it belongs to {', '.join(owners)} "
+                                         f"(python predict.py {args.mode} --help lists its options)")
+        raise config_lib.ConfigError(f"unrecognized arguments: {' '.join(extra)} (see python predict.py "
+                                     f"{args.mode} --help)")
+    return args
 
 
 def run(args) -> None:
-    check_args(args)
+    """Check what can be checked before loading anything, load the generator, run the mode."""
+    mode = args.mode
     device = config_lib.resolve_device(args.device)
-    default = DEFAULTS["walk_seeds"] if args.interpolate or args.sweep else DEFAULTS["seeds"]
-    seeds = parse_seeds(args.seeds if args.seeds is not None else default)
-    if (args.score or args.export) and args.seeds is None:
-        seeds = list(range(args.num or DEFAULTS["num"]))
-    if len(seeds) < 2 and (args.interpolate or args.score):
-        raise config_lib.ConfigError(f"--{'interpolate' if args.interpolate else 'score'} needs at least two seeds, "
-                                     f"got --seeds {args.seeds}")
-    rows = parse_seeds(args.row_seeds or DEFAULTS["row_seeds"], "--row_seeds")
-    cols = parse_seeds(args.col_seeds or DEFAULTS["col_seeds"], "--col_seeds")
+    seeds = None
+    if getattr(args, "seeds", None) is not None or getattr(args, "num", None) is not None:
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else list(range(args.num))
+        if len(seeds) < 2 and mode in ("interpolate", "score"):
+            raise config_lib.ConfigError(f"{mode} needs at least two seeds, got --seeds {args.seeds}")
+    if mode == "style_mix":
+        rows, cols = parse_seeds(args.row_seeds, "--row_seeds"), parse_seeds(args.col_seeds, "--col_seeds")
     G, cfg, state, ckpt = runs.load_generator(runs.best_checkpoint(args.checkpoint) if args.best else args.checkpoint,
                                               device)
-    rule = label_rule(cfg, args)                               # also refuses labels an unconditional model
-    if args.project and cfg.c_dim and args.class_ is None and args.label is None and args.slice is None:
-        raise config_lib.ConfigError("--project with a conditional model needs the slices' label: --label, --slice "
+    rule = label_rule(cfg, args) if hasattr(args, "label") else None   # also refuses labels an unconditional model
+    if mode == "project" and cfg.c_dim and args.class_ is None and args.label is None and args.slice is None:
+        raise config_lib.ConfigError("project with a conditional model needs the slices' label: --label, --slice "
                                      "or --class")
     if rule is not None:
         G.seed_labels = rule
-    if args.export:
-        runs.check_writable(Path(args.export).resolve().parent, "--export")
+    if mode == "export":
+        runs.check_writable(Path(args.dir).resolve().parent, "export")
+        outdir = Path(args.dir)
     else:
         outdir = runs.check_writable(Path(args.outdir) if args.outdir else ckpt.parent / "predict")
-    # Scores and exported data sets sample G's distribution, so each slice gets its own noise (a shared const
-    # noise map would give every slice the same fine texture); pictures default to the reproducible const map.
-    noise_mode = args.noise_mode or ("random" if args.score or args.export else "const")
-    gen = dict(psi=args.trunc, noise_mode=noise_mode, device=device, batch=args.batch)
-    if args.interpolate:
-        wrote = write_walk(G, seeds, args.frames or DEFAULTS["frames"], outdir, **gen)
-    elif args.sweep:
-        wrote = write_sweep(G, cfg, seeds, args.steps or DEFAULTS["steps"], outdir, **gen,
-                            span=parse_range(args.sweep_range or "0,1"))
-    elif args.style_mix:
-        wrote = write_style_mix(G, rows, cols, outdir, **gen)
-    elif args.score:
-        about = {"checkpoint": str(ckpt), "kimg": state.get("cur_nimg", 0) / 1000}
-        wrote = write_scores(G, cfg, seeds, args, outdir, about, **gen)
-    elif args.project:
-        about = {"checkpoint": str(ckpt), "kimg": state.get("cur_nimg", 0) / 1000}
-        wrote = write_projections(G, cfg, args, rule([0]).to(device) if rule else None, outdir, about)
-    elif args.projected_w:
-        wrote = write_from_projected_w(G, args.projected_w, outdir, noise_mode)
-    elif args.export:
-        outdir = Path(args.export)
-        wrote = write_export(G, seeds, outdir, {"checkpoint": str(ckpt), "kimg": state.get("cur_nimg", 0) / 1000},
-                             **gen)
-    else:
+    about = {"checkpoint": str(ckpt), "kimg": state.get("cur_nimg", 0) / 1000}
+    gen = dict(psi=getattr(args, "trunc", 1.0), noise_mode=getattr(args, "noise_mode", "const"), device=device,
+               batch=getattr(args, "batch", 16))
+    if mode == "images":
         wrote = write_images(G, seeds, outdir, **gen)
+    elif mode == "interpolate":
+        wrote = write_walk(G, seeds, args.frames, outdir, **gen)
+    elif mode == "style_mix":
+        wrote = write_style_mix(G, rows, cols, outdir, **gen)
+    elif mode == "sweep":
+        wrote = write_sweep(G, cfg, seeds, args.positions, outdir, **gen, span=args.sweep_range)
+    elif mode == "score":
+        wrote = write_scores(G, cfg, seeds, args, outdir, about, **gen)
+    elif mode == "project":
+        settings = project.Settings(steps=args.steps, w_plus=args.w_plus, seed=args.seed,
+                                    frame_every=max(1, args.steps // project.GIF_FRAMES))
+        wrote = project.write_projections(G, cfg, args.images, settings, rule([0]).to(device) if rule else None,
+                                          outdir, about, args.distance)
+    elif mode == "from_w":
+        wrote = project.write_from_projected_w(G, args.file, outdir, args.noise_mode)
+    else:
+        wrote = write_export(G, seeds, outdir, about, **gen)
     print(f"wrote {wrote} ({G.img_resolution}x{G.img_resolution} px) to {outdir}")
 
 
 def main(argv=None) -> int:
     """Exit codes: 0 done, 1 an input cannot be used (one line), 2 a usage error (one line)."""
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        run(build_parser().parse_args(argv))
-    except config_lib.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (PredictError, runs.RunError, dataset.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return errors.run_main(lambda a: run(parse_args(a)), argv)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 the per-pixel noise maps whose synthesized image is closest to the slice.
 
 Owns: the w statistics the search starts from, the learning-rate and w-noise schedules, the noise
-regularizer, the image distance, the optimization loop, and loading a TorchScript feature network for the
-distance. Does not own reading images or writing files (predict.py, dataset.py, runs.py), the networks
-(modules.py) or SSIM itself (metrics.py).
+regularizer, the image distance, the optimization loop, loading a TorchScript feature network for the
+distance, and the files of `predict.py project` and `predict.py from_w`: reading the target images,
+projection<NNNN>.png / .gif, projections.png, projection.json and projected_w.npz, and the images rebuilt
+from a projected_w.npz. Does not own the command line (predict.py), decoding an image (decode.py), how files
+are written (runs.py), the networks (modules.py) or SSIM itself (metrics.py). Imports nothing from predict.py.
 
 The procedure is that of the StyleGAN2 paper (Karras et al. 2020, sec. 5 and appendix D): start at the mean
 w of 10,000 mapped z (seed 123); Adam (betas 0.9, 0.999) on w and on every layer's noise map for 1,000 steps;
@@ -29,20 +31,35 @@ comes along with the result. A conditional generator is projected with a given l
 statistics (the mapping network sees c), while the synthesis network itself takes only ws.
 """
 
+import json
 import math
+import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 import dataset
+import decode
+import errors
 import metrics
+import oasis
+import runs
 
 W_AVG_SAMPLES = 10_000                  # z samples for w_avg and w_std (StyleGAN2 appendix D)
 W_AVG_SEED = 123                        # their seed, as in the official projector's settings
 NOISE_REG_MIN_RES = 8                   # the noise regularizer pools each map down to 8x8, no further
+GIF_FRAMES = 50                         # frames of each optimization GIF (one every steps // 50)
+GIF_FRAME_MS = 40                       # 25 frames per second
+
+
+class ProjectionError(errors.ProjectError):
+    """A target image or a projected_w.npz that cannot be used, as one line that names the file."""
 
 
 @dataclass
@@ -278,3 +295,158 @@ def from_ws(G, ws: torch.Tensor, noise: dict = None, noise_mode: str = "const"):
         images.append(image)
         labels.append(label)
     return torch.stack(images), torch.stack(labels) if G.mask_classes else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: `predict.py project` and `predict.py from_w`
+
+def image_array(image: torch.Tensor) -> np.ndarray:
+    """uint8 [C, H, W] -> [H, W] (C = 1) or [H, W, C], as runs.save_png takes it."""
+    return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+
+
+def save_gif(frames: torch.Tensor, path: Path) -> None:
+    """uint8 frames [T, C, H, W] -> an endless GIF, written atomically."""
+    images = [Image.fromarray(image_array(f)) for f in frames]
+    runs.atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                                       duration=GIF_FRAME_MS, loop=0))
+
+
+def remove_stale(outdir: Path, prefix: str, count: int) -> None:
+    """An earlier, longer run's <prefix><NNNN>.png / .gif / _seg.png files (index >= count) would mix in."""
+    for old in outdir.glob(f"{prefix}*"):
+        m = re.fullmatch(rf"{prefix}(\d{{4,}})(_seg)?\.(png|gif)", old.name)
+        if m and int(m.group(1)) >= count:
+            old.unlink()
+
+
+def read_targets(paths, cfg):
+    """The files to project (folders searched recursively, sorted) decoded as cfg's training data was: (paths,
+    uint8 [N, C, R, R], how many were resized). Every file is read before any projection; errors name the file."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            if oasis.is_oasis_layout(path):
+                raise ProjectionError(f"project {path}: an OASIS folder (images and masks); give one split's image "
+                                      f"folder, e.g. {path / (oasis.OASIS_PREFIX + 'validate')}")
+            found = dataset.list_images(path)
+            if not found:
+                raise ProjectionError(f"project {path}: no images ({', '.join(dataset.IMAGE_EXTS)}) in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ProjectionError(f"project {path}: no such file or folder")
+    stats = decode.DecodeStats()
+    images = [torch.from_numpy(decode.decode_image(f, cfg.resolution, cfg.img_channels, cfg.fit, stats).copy())
+              for f in files]
+    return files, torch.stack(images), stats.resized
+
+
+def _savez(path, arrays: dict) -> None:
+    with open(path, "wb") as f:                             # a file object: np.savez would append .npz to a name
+        np.savez(f, **arrays)
+
+
+def save_projection_figure(targets, results, names, path: Path) -> None:
+    """Targets above their reconstructions (and masks), each titled with its name and SSIM."""
+    plt = runs.pyplot()
+    rows = 3 if results[0].labels is not None else 2
+    fig, axes = plt.subplots(rows, len(results), figsize=(1.6 * len(results), 1.75 * rows + 0.4), squeeze=False)
+    for j, (target, r) in enumerate(zip(targets, results)):
+        tiles = [(target, Path(names[j]).name.replace(".nii.png", "")[-18:]), (r.image, f"SSIM {r.ssim:.3f}")]
+        if r.labels is not None:
+            tiles.append((dataset.mask_to_levels(r.labels[None])[0], "mask"))
+        for ax, (image, title) in zip(axes[:, j], tiles):
+            ax.imshow(image_array(image), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    fig.suptitle(f"projection: real slices (top), reconstructions (below); mean SSIM "
+                 f"{np.mean([r.ssim for r in results]):.3f}", fontsize=8)
+    fig.tight_layout()
+    runs.save_figure(fig, path, dpi=100)
+
+
+def write_projections(G, cfg, paths, settings: Settings, c, outdir: Path, about: dict, distance=None) -> str:
+    """Project every image of paths (files or folders) with settings: projection<NNNN>.png (target |
+    reconstruction | mask) and .gif (the optimization), projections.png, projection.json (SSIM and PSNR of each
+    reconstruction, and the means) and projected_w.npz (w [N, num_ws, w_dim], names, and the optimized noise
+    maps noise.<layer> [N, R, R]). distance: a TorchScript feature network file, else (1 - SSIM) + L1."""
+    files, targets, resized = read_targets(paths, cfg)
+    device = next(G.parameters()).device
+    try:
+        net = load_feature_net(distance, device, G.img_resolution) if distance else None
+    except ValueError as e:
+        raise ProjectionError(str(e)) from None
+    if resized:
+        print(f"{resized} of {len(files)} image(s) resized to {G.img_resolution}x{G.img_resolution} "
+              f"(--fit {cfg.fit}, Lanczos)", file=sys.stderr)
+    remove_stale(outdir, "projection", len(files))
+    results = []
+    for i, (path, target) in enumerate(zip(files, targets)):
+        r = project(G, target, settings, c, net, desc=f"project {i + 1}/{len(files)} {path.name}")
+        tiles = [target, r.image] + ([dataset.mask_to_levels(r.labels[None])[0].expand_as(target)]
+                                     if r.labels is not None else [])
+        runs.save_png(image_array(torch.cat(tiles, dim=2)), outdir / f"projection{i:04d}.png")
+        save_gif(torch.stack([torch.cat([target, f], dim=2) for f in r.frames]), outdir / f"projection{i:04d}.gif")
+        results.append(r)
+        print(f"{i:4d}  SSIM {r.ssim:.4f}  PSNR {r.psnr:6.2f} dB  {path}")
+    names = [str(f) for f in files]
+    arrays = {"w": torch.stack([r.ws for r in results]).numpy(), "names": np.array(names)}
+    arrays.update({f"noise.{k}": torch.stack([r.noise[k] for r in results]).numpy() for k in results[0].noise})
+    runs.atomic_write(outdir / "projected_w.npz", lambda tmp: _savez(tmp, arrays))
+    save_projection_figure(targets, results, names, outdir / "projections.png")
+    mean = lambda key: float(np.mean([getattr(r, key) for r in results]))             # noqa: E731
+    summary = {**about, "steps": settings.steps, "w_plus": settings.w_plus, "seed": settings.seed,
+               "distance": distance or "(1 - SSIM) + L1", "label": None if c is None else c[0].tolist(),
+               "resized": resized, "ssim_mean": mean("ssim"), "psnr_mean": mean("psnr"),
+               "images": [{"name": n, "file": f"projection{i:04d}.png", "ssim": r.ssim, "psnr": r.psnr}
+                          for i, (n, r) in enumerate(zip(names, results))]}
+    runs.write_text(outdir / "projection.json", json.dumps(summary, indent=1) + "\n")
+    print(f"mean  SSIM {summary['ssim_mean']:.4f}  PSNR {summary['psnr_mean']:6.2f} dB  ({len(files)} images, "
+          f"{settings.steps} steps, {'W+' if settings.w_plus else 'w'})")
+    return (f"{len(files)} projections projection0000.png ... (.png, .gif), projections.png, projection.json and "
+            f"projected_w.npz")
+
+
+def read_projected_w(path, G):
+    """(ws [N, num_ws, w_dim], noise maps {name: [N, R, R]} or None) from a projected_w.npz; every problem is one
+    ProjectionError line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProjectionError(f"from_w {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ProjectionError(f"from_w {path}: not a readable .npz file ({e}); give the projected_w.npz that "
+                              f"`predict.py project` wrote") from None
+    w = arrays.get("w")
+    want = (G.num_ws, G.w_dim)
+    if w is None or w.ndim != 3 or w.shape[1:] != want or len(w) == 0:
+        got = "no array 'w'" if w is None else f"w of shape {list(w.shape)}"
+        raise ProjectionError(f"from_w {path}: {got}; this generator takes w of shape [N, {want[0]}, {want[1]}] "
+                              f"(N, num_ws, w_dim): was it projected with another model?")
+    shapes = dict(G.synthesis.named_buffers())
+    noise = {k[len("noise."):]: v for k, v in arrays.items() if k.startswith("noise.")}
+    if noise and (sorted(noise) != sorted(noise_names(G)) or
+                  any(v.shape != (len(w), *shapes[k].shape) for k, v in noise.items())):
+        raise ProjectionError(f"from_w {path}: its noise maps do not match this generator's layers; was it "
+                              f"projected with another model?")
+    if not all(np.isfinite(a).all() for a in [w, *noise.values()]):
+        raise ProjectionError(f"from_w {path}: holds NaN or inf")
+    return torch.from_numpy(w).float(), {k: torch.from_numpy(v).float() for k, v in noise.items()} or None
+
+
+def write_from_projected_w(G, path, outdir: Path, noise_mode: str) -> str:
+    """projected<NNNN>.png (and with masks _seg.png) from a projected_w.npz: the reconstructions, bit for bit."""
+    ws, noise = read_projected_w(path, G)
+    images, labels = from_ws(G, ws, noise, noise_mode)
+    remove_stale(outdir, "projected", len(ws))
+    for i, image in enumerate(images):
+        runs.save_png(image_array(image), outdir / f"projected{i:04d}.png")
+        if labels is not None:
+            runs.save_png(image_array(dataset.mask_to_levels(labels[i:i + 1])[0]),
+                          outdir / f"projected{i:04d}_seg.png")
+    source = "its saved noise maps" if noise is not None and noise_mode == "const" else f"--noise_mode {noise_mode}"
+    return f"{len(ws)} images projected0000.png ... from {path} ({source})"

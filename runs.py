@@ -4,7 +4,7 @@ Owns: the checkpoint format (plain tensors, numbers and strings; saved with fsyn
 folder; loaded with weights_only, a version check and one-line errors), the one rule from a run folder to
 its checkpoint file, rebuilding the networks a checkpoint describes, run-folder naming and locking,
 log.jsonl, image grids and figures, and `atomic_write`, which every file the project writes goes through.
-Does not own what a checkpoint holds (train.py builds the state) or how images are decoded (dataset.py).
+Does not own what a checkpoint holds (trainer.py builds the state) or how images are decoded (dataset.py).
 """
 
 import errno
@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import errors
 import config as config_lib
 from modules import Discriminator, Generator
 
 CHECKPOINT_FORMAT = "stylegan2-mri-checkpoint"
-CHECKPOINT_VERSION = 1                  # bump when a key changes meaning; older versions stay readable
+CHECKPOINT_VERSION = 2                  # bump when a key changes meaning; older versions stay readable
+                                        # (2: "rng" holds the trainer's random streams, 1: the global RNG's)
 NETWORK_KEYS = ("G", "D", "G_ema")
 RESUME_KEYS = ("config", "G", "D", "G_ema", "opt_G", "opt_D", "pl_mean", "ada_p", "ada_sum", "ada_count", "cur_nimg",
                "batch_idx", "tick", "nonfinite_total", "nonfinite_run", "sampler", "world_size", "rng")
@@ -32,7 +34,7 @@ BEST_NAME = "best.json"                 # the best snapshot so far by the run's 
 SNAPSHOT_RE = re.compile(r"snapshot-(\d+(?:\.\d+)?)\.pt")
 
 
-class RunError(ValueError):
+class RunError(errors.ProjectError):
     """A checkpoint or run-folder file that cannot be read or written, as one line that names it."""
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 import config as config_lib
 import dataset
+import errors
 import runs
 
 CLASSES = ("background", "CSF", "GM", "WM")        # OASIS mask labels 0..3
@@ -110,8 +111,8 @@ def train_segmenter(images: torch.Tensor, labels: torch.Tensor, iters: int = 200
     random batches and left-right flips, all drawn from `seed` (the global RNG is not touched)."""
     from tqdm import tqdm
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):                    # built on the CPU, from `seed`
+        torch.random.default_generator.manual_seed(seed)
         model = UNet(in_channels=images.shape[1], **net).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters)
@@ -159,8 +160,11 @@ def native_resolution(path, option: str) -> int:
             size = min(im.size)
     except dataset.DataError as e:
         raise dataset.DataError(str(e).replace("--data", option)) from None
-    if size < 8 or size & (size - 1):
-        raise config_lib.ConfigError(f"{option} {path}: images of {size} px; give --resolution (a power of two)")
+    try:
+        config_lib.check_resolution(size, option)
+    except config_lib.ConfigError:
+        raise config_lib.ConfigError(f"{option} {path}: images of {size} px; give --resolution (a power of two)") \
+            from None
     return size
 
 
@@ -261,24 +265,20 @@ def build_parser() -> config_lib.Parser:
 
 def main(argv=None) -> int:
     """Exit codes: 0 done, 1 an input cannot be used (one line), 2 a usage error (one line)."""
-    try:
-        args = build_parser().parse_args(argv)
-        for name in ("iters", "batch"):
-            if getattr(args, name) < 1:
-                raise config_lib.ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
-        if args.resolution and (args.resolution < 8 or args.resolution & (args.resolution - 1)):
-            raise config_lib.ConfigError(f"--resolution must be a power of two >= 8, got {args.resolution}")
-        if not (args.lr > 0 and math.isfinite(args.lr)):
-            raise config_lib.ConfigError(f"--lr must be a positive number, got {args.lr}")
-        args.device = config_lib.resolve_device(args.device)
-        (run_tstr if args.what == "tstr" else run_train)(args)
-    except config_lib.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (dataset.DataError, runs.RunError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return errors.run_main(_main, argv)
+
+
+def _main(argv: list) -> None:
+    args = build_parser().parse_args(argv)
+    for name in ("iters", "batch"):
+        if getattr(args, name) < 1:
+            raise config_lib.ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.resolution:
+        config_lib.check_resolution(args.resolution)
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise config_lib.ConfigError(f"--lr must be a positive number, got {args.lr}")
+    args.device = config_lib.resolve_device(args.device)
+    (run_tstr if args.what == "tstr" else run_train)(args)
 
 
 if __name__ == "__main__":

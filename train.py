@@ -1,10 +1,11 @@
 """StyleGAN2 training: the GAN loop with lazy R1 and path-length regularization, G EMA, bf16 mixed
 precision, exact resume from plain-tensor checkpoints, and multi-GPU through torchrun.
 
-Owns the optimizers, the training state a checkpoint holds, one iteration (D step, lazy R1, G step, lazy
-path length, EMA, ADA), the non-finite guard, the tick (what a run writes and when) and the signals. Does
-not own the losses' mathematics (losses.py), the networks (modules.py), the data (dataset.py), the
-augmentation pipeline (augment.py), the hyperparameters' definitions (config.py), multi-process plumbing
+Owns the run: the command line, the run folder (what a run writes and when: ticks, checkpoints, pictures),
+the loop to --kimg, the signals, and reading the data and the checkpoint to start or resume from. Does not
+own the training state or one iteration (trainer.py: optimizers, D step, R1, G step, path length, EMA, ADA,
+the non-finite guard, the random streams), the losses' mathematics (losses.py), the networks (modules.py),
+the data (dataset.py), the hyperparameters' definitions (config.py), multi-process plumbing
 (distributed.py) or how files and checkpoints are written and read (runs.py).
 
     python train.py                                    # the demo preset on the built-in demo data
@@ -13,9 +14,7 @@ augmentation pipeline (augment.py), the hyperparameters' definitions (config.py)
     torchrun --nproc_per_node=2 train.py --preset oasis256 --data /path/to/oasis
 """
 
-import copy
 import dataclasses
-import json
 import shutil
 import signal
 import sys
@@ -26,312 +25,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-import augment
 import config as config_lib
 import dataset
+import demo
 import distributed
-import losses
+import errors
 import monitor
 import runs
 import transfer
 from modules import count_params
-
-HEALTH_CHECK_INTERVAL = 4      # iterations between host reads of the non-finite counters (ADA reads at 4 too)
-
-
-class TrainingStopped(RuntimeError):
-    """The run cannot go on (e.g. non-finite steps in a row); the message says why and what to change."""
-
-
-# ----------------------------------------------------------------------------------------------
-# The training state and one iteration
-
-class Trainer:
-    """G, D, G_ema, optimizers, counters and running statistics: everything a checkpoint holds."""
-
-    def __init__(self, cfg: config_lib.TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1,
-                 data=None, log=print):
-        self.cfg, self.device, self.rank, self.world_size, self.log = cfg, device, rank, world_size, log
-        self.batch_gpu = cfg.batch // world_size
-        mp = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-        self.amp_dtype = torch.bfloat16 if mp == "bf16" else None
-        with torch.random.fork_rng(devices=[]):                # initial networks from --seed, equal on every rank
-            torch.manual_seed(cfg.seed)
-            self.G, self.D = runs.build_networks(cfg, conv_clamp=cfg.conv_clamp if self.amp_dtype else None)
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.G = self.G.to(device, memory_format=self.memory_format).train()
-        self.D = self.D.to(device, memory_format=self.memory_format).train()
-        self.D_trainable = transfer.freeze_d(self.D, cfg.freeze_d)       # all of D's parameters unless --freeze_d
-        # --compile: compiled forwards for the first-order D and G steps; R1 and path length need double
-        # backward, which compiled graphs do not give, so they run the eager modules (same parameters).
-        self.synthesis_fast, self.D_fast = self.G.synthesis, self.D
-        if cfg.compile:
-            self.synthesis_fast, self.D_fast = torch.compile(self.G.synthesis), torch.compile(self.D)
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        (g_lr, g_betas), (d_lr, d_betas) = self.adam_hparams()
-        # fused Adam can skip a step on a device-side flag (found_inf): no host sync per step.
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=g_lr, betas=g_betas, eps=1e-8, fused=True)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8, fused=True)
-        self.pl_mean = torch.zeros([], device=device)
-        self.augment_pipe = make_augment_pipe(cfg, device)
-        self.ada_p = cfg.p
-        self.cur_nimg, self.batch_idx, self.tick = 0, 0, 0
-        # Non-finite bookkeeping stays on the device; check_nonfinite() reads it every few iterations.
-        self.nonfinite_total = torch.zeros([], dtype=torch.long, device=device)
-        self.nonfinite_run = {}                                       # phase -> non-finite steps in a row
-        self.nonfinite_stop = {}                                      # phase -> step that hit max_nonfinite, or -1
-        self.data = data
-        self.sampler = dataset.InfiniteSampler(len(data), seed=cfg.seed, rank=rank, world_size=world_size) \
-            if data is not None else None
-        torch.manual_seed(cfg.seed * world_size + rank)       # this process's latents, noise and mixing (--seed)
-        self._ada_sum = torch.zeros([], device=device)
-        self._ada_count = 0
-        self.stats = {}
-
-    @property
-    def r1_gamma(self) -> float:
-        return self.cfg.resolved_r1_gamma()
-
-    def adam_hparams(self):
-        """((lr, betas) of G, (lr, betas) of D) from the config, with the lazy-regularization correction."""
-        cfg, betas = self.cfg, self.cfg.adam_betas()
-        g = losses.lazy_adam_hparams(cfg.lr, betas, cfg.pl_interval) if cfg.pl_weight > 0 else (cfg.lr, betas)
-        d = losses.lazy_adam_hparams(cfg.lr, betas, cfg.r1_interval) if self.r1_gamma > 0 else (cfg.lr, betas)
-        return g, d
-
-    # -- one iteration: D step, lazy R1, G step, lazy path length, EMA, ADA ---------------------
-
-    def step(self) -> None:
-        idx = self.sampler.next(self.batch_gpu)
-        reals = self.data.batch(idx, device=self.device)                # [B, C, R, R] in [-1, 1]
-        reals = reals.contiguous(memory_format=self.memory_format)
-        c = self.data.label_batch(idx, device=self.device) if self.cfg.c_dim else None   # [B, c_dim]
-        self.d_step(reals, c)
-        if self.r1_gamma > 0 and self.batch_idx % self.cfg.r1_interval == 0:
-            self.r1_step(reals, c)
-        self.g_step()
-        if self.cfg.pl_weight > 0 and self.batch_idx % self.cfg.pl_interval == 0:
-            self.pl_step()
-        losses.update_ema(self.G_ema, self.G, losses.ema_beta(self.cfg.batch, self.cfg.resolved_ema_kimg(), self.cfg.ema_rampup,
-                                                self.cur_nimg))
-        # w_avg moved with each rank's own batches; its update is linear in the batch means, so the
-        # rank average equals tracking the global batch.
-        distributed.all_reduce_mean_([self.G.mapping.w_avg], self.world_size)
-        self.cur_nimg += self.cfg.batch
-        self.batch_idx += 1
-        if self.cfg.aug == "ada" and self.batch_idx % self.cfg.ada_interval == 0:
-            self.ada_update()
-        if self.batch_idx % HEALTH_CHECK_INTERVAL == 0:
-            self.check_nonfinite()
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
-
-    def latents(self, n: int):
-        """(z [n, z_dim], labels [n, c_dim] of random training images, or None when unconditional): what G
-        is given, the labels following the data's label distribution as in StyleGAN2-ADA."""
-        z = torch.randn(n, self.cfg.z_dim, device=self.device)
-        if not self.cfg.c_dim:
-            return z, None
-        return z, self.data.label_batch(torch.randint(len(self.data), (n,)).numpy(), device=self.device)
-
-    def run_G(self, z: torch.Tensor, c=None, fast: bool = False):
-        """Images and ws from z (and labels c), with style mixing: a second z takes over from a random
-        crossover. fast: the compiled synthesis network (--compile), for first-order steps only."""
-        ws = self.G.mapping(z, c, update_w_avg=True)                  # [N, num_ws, w_dim]
-        if self.cfg.style_mixing > 0 and torch.rand([]).item() < self.cfg.style_mixing:
-            cutoff = int(torch.randint(1, ws.shape[1], []).item())
-            ws[:, cutoff:] = self.G.mapping(torch.randn_like(z), c)[:, cutoff:]
-        with self.autocast():
-            img = (self.synthesis_fast if fast else self.G.synthesis)(ws, noise_mode="random" if self.cfg.noise else "none")
-        return img.float(), ws
-
-    def run_D(self, img: torch.Tensor, c=None, fast: bool = False) -> torch.Tensor:
-        """D's logits for images (and labels c), augmented first (every image D sees, the R1 pass included).
-        fast: the compiled D (--compile), for first-order steps only."""
-        if self.augment_pipe is not None and self.ada_p > 0:
-            self.augment_pipe.p = self.ada_p
-            img = self.augment_pipe(img)
-        with self.autocast():
-            return (self.D_fast if fast else self.D)(img, c).float()  # [N, 1]
-
-    def d_step(self, reals: torch.Tensor, c_real=None) -> None:
-        z, c = self.latents(self.batch_gpu)
-        with torch.no_grad():
-            fakes, _ = self.run_G(z, c, fast=True)
-        real_logits = self.run_D(reals, c_real, fast=True)
-        loss = losses.d_logistic_loss(real_logits, self.run_D(fakes, c, fast=True)).mean()
-        self.record("loss_D", loss)
-        self.record("D_real", real_logits.mean())
-        if self.cfg.aug == "ada":
-            self._ada_sum += real_logits.detach().sign().sum()
-            self._ada_count += real_logits.shape[0]
-        self.optimize(self.D, self.opt_D, loss, "D")
-
-    def r1_step(self, reals: torch.Tensor, c_real=None) -> None:
-        reals = reals.detach().requires_grad_(True)
-        penalty = losses.r1_penalty(reals, self.run_D(reals, c_real))
-        self.record("r1_penalty", penalty.mean())
-        self.optimize(self.D, self.opt_D, penalty.mean() * (self.r1_gamma / 2) * self.cfg.r1_interval, "R1")
-
-    def g_step(self) -> None:
-        self.D.requires_grad_(False)
-        z, c = self.latents(self.batch_gpu)
-        fakes, _ = self.run_G(z, c, fast=True)
-        loss = losses.g_nonsaturating_loss(self.run_D(fakes, c, fast=True)).mean()
-        for p in self.D_trainable:                                    # --freeze_d layers stay off
-            p.requires_grad_(True)
-        self.record("loss_G", loss)
-        self.optimize(self.G, self.opt_G, loss, "G")
-
-    def pl_step(self) -> None:
-        fakes, ws = self.run_G(*self.latents(self.batch_gpu // self.cfg.pl_batch_shrink))
-        lengths = losses.path_lengths(fakes, ws)
-        mean = None
-        if self.world_size > 1:                                       # global mean value, local gradient
-            mean = lengths.mean()
-            total = mean.detach().clone()
-            dist.all_reduce(total)
-            mean = mean + (total / self.world_size - mean.detach())
-        penalty, a = losses.path_length_penalty(lengths, self.pl_mean, self.cfg.pl_decay, mean)
-        self.record("pl_penalty", penalty.mean())
-        loss = penalty.mean() * self.cfg.pl_weight * self.cfg.pl_interval
-        taken = self.optimize(self.G, self.opt_G, loss, "PL")
-        self.pl_mean.copy_(torch.where(taken, a.detach(), self.pl_mean))
-
-    def optimize(self, module, opt, loss: torch.Tensor, phase: str) -> torch.Tensor:
-        """Backward, average gradients over ranks, and step, unless the loss or a gradient is not
-        finite: then the step is skipped and counted. Returns whether the step was taken, as a device
-        flag: nothing here waits for the GPU."""
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        distributed.all_reduce_mean_(grads, self.world_size)
-        finite = torch.isfinite(loss.detach()) & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
-        if self.world_size > 1:
-            flag = finite.float()
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            finite = flag > 0
-        opt.found_inf = (~finite).float()                            # fused Adam leaves everything as it was
-        opt.step()
-        bad = (~finite).long()
-        run = (self.nonfinite_run.get(phase, 0) + 1) * bad
-        stop = self.nonfinite_stop.get(phase, torch.full([], -1, dtype=torch.long, device=self.device))
-        self.nonfinite_stop[phase] = torch.where((stop < 0) & (run >= self.cfg.max_nonfinite),
-                                                 torch.full_like(stop, self.batch_idx), stop)
-        self.nonfinite_run[phase] = run
-        self.nonfinite_total += bad
-        return finite
-
-    def check_nonfinite(self) -> None:
-        """Stop the run if some phase had max_nonfinite non-finite steps in a row (reads the device)."""
-        for phase, step in self.nonfinite_stop.items():
-            step = int(step)
-            if step >= 0:
-                raise TrainingStopped(
-                    f"{self.cfg.max_nonfinite} non-finite steps in a row (last in the {phase} step at "
-                    f"kimg {step * self.cfg.batch / 1000:.1f}, step {step}); try a lower --lr, a larger "
-                    f"--r1_gamma or --mixed_precision=fp32")
-        bad = self.nonfinite_weights()
-        if bad is not None:
-            raise TrainingStopped(f"the weights became NaN or inf ({bad}) by step {self.batch_idx}, through steps "
-                                  f"whose gradients were finite: the updates are too large; try a lower --lr")
-
-    def nonfinite_weights(self):
-        """The first parameter of G or D that holds NaN or inf, or None (one device read)."""
-        named = [(f"{key}.{n}", p) for key, net in (("G", self.G), ("D", self.D)) for n, p in net.named_parameters()]
-        norms = torch.stack(torch._foreach_norm([p.detach() for _, p in named]))
-        finite = torch.isfinite(norms)
-        if bool(finite.all()):
-            return None
-        return named[int((~finite).nonzero()[0])][0]
-
-    def nonfinite_streak(self) -> int:
-        """Non-finite steps in a row so far in the phase with the longest such streak (reads the device)."""
-        return max((int(v) for v in self.nonfinite_run.values()), default=0)
-
-    def ada_update(self) -> None:
-        stat = torch.stack([self._ada_sum, torch.tensor(float(self._ada_count), device=self.device)])
-        if self.world_size > 1:
-            dist.all_reduce(stat)
-        self.ada_p = losses.ada_adjust(self.ada_p, (stat[0] / stat[1]).item(), self.cfg.ada_target, self.cfg.batch,
-                                self.cfg.ada_interval, self.cfg.ada_kimg)
-        self._ada_sum.zero_()
-        self._ada_count = 0
-
-    def record(self, name: str, value: torch.Tensor) -> None:
-        """Accumulate a statistic on the device (read once per tick, no sync per step)."""
-        total, count = self.stats.get(name, (torch.zeros([], device=self.device), 0))
-        self.stats[name] = (total + value.detach().float(), count + 1)
-
-    def pop_stats(self) -> dict:
-        out = {k: (t / c).item() for k, (t, c) in self.stats.items()}
-        self.stats = {}
-        return out
-
-    # -- checkpoint state ---------------------------------------------------------------------
-
-    def state_dict(self) -> dict:
-        """Everything needed to continue exactly: plain tensors, numbers and strings only."""
-        return {
-            "format": runs.CHECKPOINT_FORMAT, "version": runs.CHECKPOINT_VERSION,
-            "config": json.loads(self.cfg.to_json()),
-            "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
-            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-            "pl_mean": self.pl_mean.detach().cpu(), "ada_p": float(self.ada_p),
-            "ada_sum": self._ada_sum.detach().cpu(), "ada_count": self._ada_count,
-            "cur_nimg": self.cur_nimg, "batch_idx": self.batch_idx, "tick": self.tick,
-            "nonfinite_total": int(self.nonfinite_total),
-            "nonfinite_run": {k: int(v) for k, v in self.nonfinite_run.items()},
-            "sampler": self.sampler.state_dict(), "world_size": self.world_size,
-            "rng": distributed.gather_rng_states(self.device, self.world_size),
-        }
-
-    def load_state_dict(self, state: dict, path="checkpoint") -> None:
-        """Continue from a checkpoint (runs.load_checkpoint checked its keys and weights). The optimizers
-        keep their moments but take lr and betas from the current config, so options given at resume apply."""
-        runs.load_networks_into({"G": self.G, "D": self.D, "G_ema": self.G_ema}, state, path)
-        try:
-            self.opt_G.load_state_dict(state["opt_G"])
-            self.opt_D.load_state_dict(state["opt_D"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise runs.RunError(f"{path}: its optimizer state does not match the networks ({e}); the file is "
-                                f"damaged or was written by another version") from None
-        for opt, (lr, betas) in zip((self.opt_G, self.opt_D), self.adam_hparams()):
-            for group in opt.param_groups:
-                group["lr"], group["betas"] = lr, betas
-        self.pl_mean.copy_(state["pl_mean"])
-        self.ada_p = state["ada_p"]
-        self._ada_sum.copy_(state["ada_sum"])
-        self._ada_count = state["ada_count"]
-        self.cur_nimg, self.batch_idx, self.tick = state["cur_nimg"], state["batch_idx"], state["tick"]
-        self.nonfinite_total.fill_(state["nonfinite_total"])
-        self.nonfinite_run = {k: torch.tensor(v, device=self.device) for k, v in state["nonfinite_run"].items()}
-        note = self.sampler.load_state_dict(state["sampler"])
-        if note:
-            self.log(f"note: {note}")
-        rng = state["rng"]
-        if state["world_size"] == self.world_size:
-            torch.set_rng_state(rng["cpu"][self.rank])
-            if self.device.type == "cuda" and "cuda" in rng:
-                torch.cuda.set_rng_state(rng["cuda"][self.rank], self.device)
-        else:
-            self.log(f"note: the checkpoint was written with {state['world_size']} process(es), this run has "
-                     f"{self.world_size}; training continues but the random streams are re-seeded")
-            torch.manual_seed(self.cfg.seed * self.world_size + self.rank + state["batch_idx"])
-
-    def checkpoint_bytes(self) -> int:
-        """Size of checkpoint.pt: G, D and G_ema plus Adam's two moments of G and D (float32)."""
-        n_G, n_D = (sum(p.numel() for p in net.parameters()) for net in (self.G, self.D))
-        return 4 * (4 * n_G + 3 * n_D) + (1 << 20)
-
-
-def make_augment_pipe(cfg: config_lib.TrainConfig, device: torch.device):
-    """The augmentation pipe for --aug=ada|fixed (augment.py), or None for noaug."""
-    if cfg.aug == "noaug":
-        return None
-    return augment.AugmentPipe(img_channels=cfg.img_channels, pipeline=cfg.aug_pipe, p=cfg.p,
-                               mask_channels=config_lib.MASK_CLASSES if cfg.masks else 0).to(device)
+from trainer import Trainer, TrainingStopped
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,7 +55,7 @@ class Run:
         replays the tick on resume and writes the snapshot again, so no snapshot is lost. Deferred while a
         non-finite streak is going on, so checkpoint.pt never holds a step inside one."""
         t = self.trainer
-        streak = t.nonfinite_streak()
+        streak = t.guard.streak()
         state = t.state_dict()                                       # collective: every rank takes part
         if not self.is_main:
             return None
@@ -443,7 +146,7 @@ def end_tick(run: Run, tick_start_nimg: int, tick_start_time: float, done: bool)
     record = {"tick": t.tick, "kimg": t.cur_nimg / 1000, "step": t.batch_idx, "seconds": round(seconds, 3),
               "sec_per_kimg": round(seconds / max(images / 1000, 1e-9), 3),
               "images_per_s": round(images / max(seconds, 1e-9), 2), **t.pop_stats(),
-              "pl_mean": t.pl_mean.item(), "ada_p": t.ada_p, "nonfinite_skipped": int(t.nonfinite_total),
+              "pl_mean": t.pl_mean.item(), "ada_p": t.ada_p, "nonfinite_skipped": int(t.guard.total),
               "peak_mem_gb": round(monitor.peak_memory_gb(t.device), 3), "time": time.time()}
     if snapshot:
         record["ranks_in_sync"] = distributed.check_ranks_in_sync({"G": t.G, "D": t.D}, t.world_size)
@@ -531,7 +234,7 @@ def load_data(cfg, is_main: bool, world_size: int, log):
     """The training images: rank 0 decodes (or builds the demo) first, the other ranks then read its cache."""
     data_path = cfg.data
     if not data_path:
-        data_path = str(dataset.ensure_demo(log=log)) if is_main else str(dataset.DEFAULT_DATA)
+        data_path = str(demo.ensure_demo(log=log)) if is_main else str(demo.DEFAULT_DATA)
     if world_size > 1 and not is_main:
         dist.barrier()
     data = dataset.ImageDataset(data_path, split=cfg.split, resolution=cfg.resolution, img_channels=cfg.img_channels,
@@ -622,22 +325,19 @@ def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
 def main(argv=None) -> int:
     """Exit codes: 0 done, 1 the run stopped or an input is bad (one line), 2 a usage error (one line),
     130 / 143 stopped by SIGINT / SIGTERM with a checkpoint saved."""
-    argv = sys.argv[1:] if argv is None else argv
+    return errors.run_main(_main, argv, cleanup=_close_process_group)
+
+
+def _main(argv: list) -> None:
     if "--help" in argv or "-h" in argv:
         print(config_lib.help_text())
-        return 0
-    try:
-        train(config_lib.parse_args(argv), config_lib.parse_given(argv))
-    except config_lib.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (TrainingStopped, runs.RunError, dataset.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+        return
+    train(config_lib.parse_args(argv), config_lib.parse_given(argv))
+
+
+def _close_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Owns `train.py --init_from CHECKPOINT` (which network shape the new run takes, how the source tensors are
 copied, and the RGB -> grayscale rule) and `--freeze_d N` (which of D's layers are frozen). Does not own the
-checkpoint format (runs.py), the training loop (train.py) or the networks (modules.py).
+checkpoint format (runs.py), the training loop (train.py, trainer.py) or the networks (modules.py).
 
 What carries over: G, D and G_ema weights and buffers (w_avg included). What starts fresh: the optimizers'
 moments, the image counter, ADA's p, the path-length mean and the data order, as in StyleGAN2-ADA's transfer

@@ -5,7 +5,8 @@ Owns reading a volume with nibabel, reorienting it to RAS+ (nibabel.as_closest_c
 inferior -> superior, so axial slices are data[:, :, k]), choosing N slices over a range of the brain's
 axial extent, robust intensity normalization, crop or pad to a square, resizing, mapping label values to
 the OASIS classes (0/85/170/255), the split by subject and dataset.json (each slice's axial position in
-[0, 1] and any per-subject covariates from a CSV). Does not own reading the PNG slices back (dataset.py).
+[0, 1] and any per-subject covariates from a CSV). Does not own the OASIS file and folder names (oasis.py)
+or reading the PNG slices back (dataset.py).
 
 Intensity normalization: within the brain (voxels above zero), the 0.5th and 99.5th percentiles of the
 whole volume map to 0 and 255 and values outside are clipped; outside the brain stays 0. Percentiles of the
@@ -24,8 +25,9 @@ import numpy as np
 from PIL import Image
 
 import config as config_lib
-import dataset
+import oasis
 import runs
+from oasis import MASK_LEVELS, DataError
 
 VOLUME_EXTS = (".nii.gz", ".nii", ".hdr")
 SEG_SUFFIXES = ("", "_seg", "_fseg", "_labels", "_label", "_mask")   # label map = volume stem + one of these
@@ -33,9 +35,8 @@ DEFAULT_LABEL_MAP = "0:0,1:1,2:2,3:3"     # FSL FAST order: background, CSF, gre
 PERCENTILES = (0.5, 99.5)
 
 
-class VolumeError(ValueError):
-    """A volume, label map or CSV row that cannot be used, as one line naming the file. (Not a subclass of
-    dataset.DataError: when dataset.py runs as a program its own DataError is another class.)"""
+class VolumeError(DataError):
+    """A volume, label map or CSV row that cannot be used, as one line naming the file."""
 
 
 @dataclass
@@ -88,7 +89,7 @@ def parse_label_map(text: str) -> dict:
         except ValueError:
             raise config_lib.ConfigError(f"--label_map {text!r}: {part!r} is not value:class "
                                                  f"(e.g. 0:0,1:1,2:2,3:3)") from None
-        if not 0 <= cls < len(dataset.MASK_LEVELS):
+        if not 0 <= cls < len(MASK_LEVELS):
             raise config_lib.ConfigError(f"--label_map {text!r}: class {cls} is not 0..3 (background, CSF, "
                                                  f"grey matter, white matter)")
         mapping[value] = cls
@@ -175,7 +176,7 @@ def subject_slices(subject: Subject, count: int, lo: float, hi: float, resolutio
     if seg is not None:
         lut = np.zeros(int(max(label_map)) + 1, dtype=np.uint8)
         for value, cls in label_map.items():
-            lut[value] = dataset.MASK_LEVELS[cls]
+            lut[value] = MASK_LEVELS[cls]
         levels = lut[seg.astype(np.int64)]
         masks = np.stack([axial_png(levels[:, :, k], resolution, fit, labels=True) for k in index])
     positions = np.linspace(lo, hi, count)
@@ -225,13 +226,14 @@ def split_subjects(count: int, shares, seed: int) -> list:
 
 
 def make_slices(volumes, out, segs=None, count: int = 32, lo: float = 0.1, hi: float = 0.9,
-                resolution: int = 256, fit: str = "pad", label_map=None, split=(0.8, 0.1, 0.1), seed: int = 0,
+                resolution: int = 256, fit: str = "pad", label_map=None, shares=(0.8, 0.1, 0.1), seed: int = 0,
                 csv_path=None, skip_bad: bool = False, log=print) -> Path:
-    """Write the OASIS layout of every volume's slices into the new folder out (built aside, then renamed)."""
+    """Write the OASIS layout of every volume's slices into the new folder out (built aside, then renamed).
+    The subjects are split into train / validate / test in the given shares (a seeded shuffle)."""
     from tqdm import tqdm
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise VolumeError(f"--out {out}: exists and is not empty; give a new folder (nothing is overwritten)")
+        raise VolumeError(f"--outdir {out}: exists and is not empty; give a new folder (nothing is overwritten)")
     subjects = pair_segs(find_volumes(volumes), segs)
     label_map = parse_label_map(DEFAULT_LABEL_MAP) if label_map is None else label_map
     if segs is not None:
@@ -255,34 +257,34 @@ def make_slices(volumes, out, segs=None, count: int = 32, lo: float = 0.1, hi: f
             tqdm.write(f"warning: skipped: {e}", file=sys.stderr)
     if not cases:
         raise VolumeError(f"--volumes {volumes}: no usable volume")
-    splits = split_subjects(len(cases), split, seed)
+    splits = split_subjects(len(cases), shares, seed)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     labels, subject_names = [], {}
     try:
         for case, ((subject, images, masks, positions), part) in enumerate(zip(cases, splits), start=1):
-            img_dir = tmp / f"{dataset.OASIS_PREFIX}{part}"
-            seg_dir = tmp / f"{dataset.OASIS_PREFIX}seg_{part}"
+            img_dir = tmp / oasis.image_folder(part)
+            seg_dir = tmp / oasis.mask_folder(part)
             img_dir.mkdir(parents=True, exist_ok=True)
             subject_names[f"case_{case:03d}"] = subject.name
             for k in range(len(images)):
-                name = f"case_{case:03d}_slice_{k}.nii.png"
+                name = oasis.slice_name(case, k)
                 runs.save_png(images[k], img_dir / name)
                 if masks is not None:
                     seg_dir.mkdir(exist_ok=True)
-                    runs.save_png(masks[k], seg_dir / dataset.mask_name(name))
+                    runs.save_png(masks[k], seg_dir / oasis.mask_name(name))
                 labels.append([f"{img_dir.name}/{name}", [float(positions[k])] + covariates.get(subject.name, [])])
-        runs.write_text(tmp / "dataset.json", json.dumps({
+        runs.write_text(tmp / oasis.LABELS_FILE, json.dumps({
             "labels": labels, "label_names": ["slice_position"] + names, "subjects": subject_names,
             "slices": {"count": count, "range": [lo, hi], "resolution": resolution, "fit": fit,
                        "normalization": f"percentiles {PERCENTILES[0]}-{PERCENTILES[1]} of brain voxels -> 0-255",
                        "label_map": {str(k): v for k, v in label_map.items()} if segs is not None else None,
-                       "split": list(split), "seed": seed}}, indent=1) + "\n")
+                       "split": list(shares), "seed": seed}}, indent=1) + "\n")
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    counts = {s: splits.count(s) for s in ("train", "validate", "test")}
+    counts = {s: splits.count(s) for s in oasis.SPLITS}
     log(f"{len(cases)} subject(s) x {count} slices -> {out} (train {counts['train']}, validate "
         f"{counts['validate']}, test {counts['test']} subjects){'' if segs is None else ', with masks'}")
     return out
@@ -291,7 +293,8 @@ def make_slices(volumes, out, segs=None, count: int = 32, lo: float = 0.1, hi: f
 def add_arguments(p) -> None:
     """The options of `python dataset.py slices`."""
     p.add_argument("--volumes", required=True, help="folder of .nii / .nii.gz / .hdr volumes (searched recursively)")
-    p.add_argument("--out", required=True, help="new folder for the OASIS-layout slices")
+    p.add_argument("--outdir", "--out", dest="outdir", required=True,
+                   help="new folder for the OASIS-layout slices (--out is an older spelling)")
     p.add_argument("--segs", help="folder of label maps, named like their volume (+ _seg, _fseg, _labels)")
     p.add_argument("--slices", type=int, default=32, help="axial slices per volume (default 32, as OASIS)")
     p.add_argument("--range", default="0.1,0.9", help="part of the brain's axial extent to cut, lo,hi in [0, 1]")
@@ -299,13 +302,16 @@ def add_arguments(p) -> None:
     p.add_argument("--fit", default="pad", choices=("pad", "crop"), help="make slices square by padding or cropping")
     p.add_argument("--label_map", default=DEFAULT_LABEL_MAP, help="label value:OASIS class (0 bg, 1 CSF, 2 GM, "
                                                                   "3 WM), default 0:0,1:1,2:2,3:3 (FSL FAST)")
-    p.add_argument("--split", default="0.8,0.1,0.1", help="shares of subjects in train,validate,test")
+    p.add_argument("--shares", "--split", dest="shares", default="0.8,0.1,0.1",
+                   help="shares of subjects in train,validate,test, adding up to 1 (--split is an older spelling)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subject split")
     p.add_argument("--csv", help="per-subject covariates: first column the subject, then numbers")
     p.add_argument("--skip_bad", action="store_true", help="go on without unusable volumes, naming each")
 
 
 def run(args, log=print) -> Path:
+    """`python dataset.py slices` with the parsed options: check them (a ConfigError names the option),
+    then make_slices."""
     usage = config_lib.ConfigError
     try:
         lo, hi = (float(v) for v in args.range.split(","))
@@ -314,14 +320,13 @@ def run(args, log=print) -> Path:
     if not 0 <= lo <= hi <= 1:
         raise usage(f"--range must be lo,hi with 0 <= lo <= hi <= 1, got {args.range!r}")
     try:
-        split = tuple(float(v) for v in args.split.split(","))
+        shares = tuple(float(v) for v in args.shares.split(","))
     except ValueError:
-        split = ()
-    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1) > 1e-6:
-        raise usage(f"--split must be three shares that add up to 1, like 0.8,0.1,0.1, got {args.split!r}")
+        shares = ()
+    if len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1) > 1e-6:
+        raise usage(f"--shares must be three shares that add up to 1, like 0.8,0.1,0.1, got {args.shares!r}")
     if args.slices < 1:
         raise usage(f"--slices must be >= 1, got {args.slices}")
-    if args.resolution < 8 or args.resolution & (args.resolution - 1):
-        raise usage(f"--resolution must be a power of two >= 8 (e.g. 64, 128, 256), got {args.resolution}")
-    return make_slices(args.volumes, args.out, args.segs, args.slices, lo, hi, args.resolution, args.fit,
-                       parse_label_map(args.label_map), split, args.seed, args.csv, args.skip_bad, log)
+    config_lib.check_resolution(args.resolution)
+    return make_slices(args.volumes, args.outdir, args.segs, args.slices, lo, hi, args.resolution, args.fit,
+                       parse_label_map(args.label_map), shares, args.seed, args.csv, args.skip_bad, log)

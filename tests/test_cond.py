@@ -1,5 +1,5 @@
 """Label-conditioned training and generation (--cond, c_dim): labels from OASIS names or dataset.json,
-bit-exact resume, predict.py's --class / --label / --slice / --sweep."""
+bit-exact resume, predict.py's --class / --label / --slice and its sweep mode."""
 
 import dataclasses
 import json
@@ -17,12 +17,10 @@ import dataset
 import metrics
 import predict
 import runs
-from test_dataset import make_oasis
-from test_train import assert_same_weights, run_train, tiny_args, weights
 
 
 @pytest.fixture(scope="module")
-def oasis(tmp_path_factory):
+def oasis(tmp_path_factory, make_oasis):
     return make_oasis(tmp_path_factory.mktemp("cond") / "oasis", subjects=(3, 1, 1), slices=4, size=16)
 
 
@@ -58,7 +56,9 @@ def test_labels_from_dataset_json(tmp_path):
         dataset.ImageDataset(root, resolution=16, log=lambda m: None, cond="slice")
 
 
-def test_a_conditional_run_resumes_bit_exactly_and_stores_its_labels(oasis, tmp_path):
+@pytest.mark.slow
+def test_a_conditional_run_resumes_bit_exactly_and_stores_its_labels(oasis, tmp_path, tiny_args, run_train, weights,
+                                                                     assert_same_weights):
     args = tiny_args(oasis, tmp_path / "runs", cond="slice", metrics_num=8)
     full = run_train(args + ["--kimg=0.12"])
     part = run_train(args + ["--kimg=0.06"])
@@ -74,43 +74,44 @@ def test_a_conditional_run_resumes_bit_exactly_and_stores_its_labels(oasis, tmp_
 
 
 @pytest.fixture(scope="module")
-def slice_run(oasis, tmp_path_factory):
+def slice_run(oasis, tmp_path_factory, tiny_args, run_train):
     return run_train(tiny_args(oasis, tmp_path_factory.mktemp("cond_run") / "runs", cond="slice", kimg=0.02,
                                metrics_num=0))
 
 
 def test_predict_slice_label_and_sweep(slice_run, tmp_path, capsys):
-    base = ["--checkpoint", str(slice_run), "--seeds", "0-1", "--outdir"]
+    base = ["images", "--checkpoint", str(slice_run), "--seeds", "0-1", "--outdir"]
     assert predict.main(base + [str(tmp_path / "low"), "--slice", "0"]) == 0
     assert predict.main(base + [str(tmp_path / "high"), "--slice", "1"]) == 0
     assert predict.main(base + [str(tmp_path / "lab"), "--label", "1"]) == 0
     low, high, lab = (np.asarray(Image.open(tmp_path / d / "seed0000.png")) for d in ("low", "high", "lab"))
     assert not np.array_equal(low, high) and np.array_equal(high, lab)
-    assert predict.main(["--checkpoint", str(slice_run), "--sweep", "--seeds", "0-2", "--steps", "5",
+    assert predict.main(["sweep", "--checkpoint", str(slice_run), "--seeds", "0-2", "--positions", "5",
                          "--outdir", str(tmp_path / "sw")]) == 0
     assert "columns: slice positions 0.00, 0.25, 0.50, 0.75, 1.00" in capsys.readouterr().out
     with Image.open(tmp_path / "sw" / "sweep.png") as im:
         assert im.size == (5 * 16, 3 * 16)
-    assert predict.main(["--checkpoint", str(slice_run), "--sweep", "--seeds", "0", "--steps", "3", "--sweep_range",
+    assert predict.main(["--checkpoint", str(slice_run), "--sweep", "--seeds", "0", "--steps", "3",   # earlier
+                         "--sweep_range",
                          "0.1,0.9", "--outdir", str(tmp_path / "sw2")]) == 0
     assert "columns: slice positions 0.10, 0.50, 0.90" in capsys.readouterr().out
-    assert predict.main(["--checkpoint", str(slice_run), "--sweep", "--sweep_range", "0.9,0.1"]) == 2
-    assert "--sweep_range must be lo,hi" in capsys.readouterr().err
+    assert predict.main(["sweep", "--checkpoint", str(slice_run), "--sweep_range", "0.9,0.1"]) == 2
+    assert "argument --sweep_range: must be lo,hi" in capsys.readouterr().err
     for extra, message in ((["--label", "0.1,0.2"], "takes 1 value(s) (slice_position), got 2"),
                            (["--class", "1"], "this model's labels are slice_position; use --label or --slice"),
                            (["--slice", "1.5"], "give a position in [0, 1]"),
-                           (["--slice", "0.5", "--label", "0.5"], "not several")):
+                           (["--slice", "0.5", "--label", "0.5"], "--label: not allowed with argument --slice")):
         assert predict.main(base + [str(tmp_path / "x"), *extra]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
 
 
-def test_unconditional_models_refuse_labels(images, tmp_path, capsys):
+def test_unconditional_models_refuse_labels(images, tmp_path, capsys, tiny_args, run_train):
     run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.02, metrics_num=0))
     assert predict.main(["--checkpoint", str(run_dir), "--slice", "0.5"]) == 2
     assert "this model is unconditional" in capsys.readouterr().err
-    assert predict.main(["--checkpoint", str(run_dir), "--sweep"]) == 2
-    assert "--sweep needs a model conditioned" in capsys.readouterr().err
+    assert predict.main(["sweep", "--checkpoint", str(run_dir)]) == 2
+    assert "sweep needs a model conditioned" in capsys.readouterr().err
 
 
 def label_part(G, c) -> torch.Tensor:
@@ -164,7 +165,7 @@ def test_label_encoding_resolution_and_old_configs():
         config.validate(config.TrainConfig(label_range="60:90"))           # typed for a new run
 
 
-def test_a_covariate_outside_0_1_is_ranged_and_stored(tmp_path):
+def test_a_covariate_outside_0_1_is_ranged_and_stored(tmp_path, tiny_args, run_train, weights):
     root = tmp_path / "ages"
     root.mkdir()
     ages = [60, 70, 80, 90]
@@ -177,7 +178,7 @@ def test_a_covariate_outside_0_1_is_ranged_and_stored(tmp_path):
     assert (saved["label_names"], saved["label_encoding"], saved["label_range"]) == ("age", "fourier", "60:90")
     G = runs.load_generator(run_dir, torch.device("cpu"))[0]
     assert G.mapping.label_range == [(60.0, 90.0)]
-    base = ["--checkpoint", str(run_dir), "--seeds", "0", "--outdir"]
+    base = ["images", "--checkpoint", str(run_dir), "--seeds", "0", "--outdir"]
     assert predict.main(base + [str(tmp_path / "young"), "--label", "60"]) == 0
     assert predict.main(base + [str(tmp_path / "old"), "--label", "90"]) == 0
     young, old = (np.asarray(Image.open(tmp_path / d / "seed0000.png")) for d in ("young", "old"))
@@ -187,13 +188,16 @@ def test_a_covariate_outside_0_1_is_ranged_and_stored(tmp_path):
 def test_scores_of_a_slice_model_report_the_position_error(slice_run, oasis, tmp_path, capsys):
     assert metrics.position_error([0.1, 0.5, 1.0], [0.2, 0.5, 0.6]) == pytest.approx(0.5 / 3)
     out = tmp_path / "score"
-    assert predict.main(["--checkpoint", str(slice_run), "--score", "--real", str(oasis), "--num", "8",
+    assert predict.main(["score", "--checkpoint", str(slice_run), "--real", str(oasis), "--num", "8",
                          "--outdir", str(out)]) == 0
     assert "slice position error (asked vs real)" in capsys.readouterr().out
     scores = json.loads((out / "scores.json").read_text())
-    assert 0 <= scores["position_error"] <= 1 and 0 <= scores["real_position_error"] <= 1
     assert scores["labels"].startswith("those of random reference slices")
-    # Positions given on the command line are used as asked.
-    assert predict.main(["--checkpoint", str(slice_run), "--score", "--real", str(oasis), "--num", "8", "--slice",
+    # Positions given on the command line are used as asked: at position 0 the error is the mean position of the
+    # nearest real slices (slice K of 4 lies at K / 3), and the real slices' own error does not change.
+    assert predict.main(["score", "--checkpoint", str(slice_run), "--real", str(oasis), "--num", "8", "--slice",
                          "0", "--outdir", str(tmp_path / "low")]) == 0
-    assert "labels" not in json.loads((tmp_path / "low" / "scores.json").read_text())
+    low = json.loads((tmp_path / "low" / "scores.json").read_text())
+    assert "labels" not in low and low["real_position_error"] == scores["real_position_error"]
+    found = [int(p["real"].split("_slice_")[1].split(".")[0]) / 3 for p in low["closest_pairs"]]
+    assert len(found) == 8 and low["position_error"] == pytest.approx(np.mean(found))

@@ -1,10 +1,10 @@
 """convert.py: official StyleGAN2-ADA pickles -> checkpoints of this project, read without running code.
 
-The fixtures are pickled here in the official layout (SPEC.md, "The official pickles"): each network is a
-call of torch_utils.persistence._reconstruct_persistent_obj(meta) whose meta holds module_src, class_name
-and state (_parameters / _buffers / _modules, _init_kwargs with dnnlib.util.EasyDict inside). The names
-torch_utils.persistence and dnnlib.util exist in sys.modules only while a fixture is pickled; module_src
-writes a marker file if anything ever executes it.
+The fixtures are pickled here in the layout of the official StyleGAN2-ADA code (torch_utils/persistence.py):
+each network is a call of torch_utils.persistence._reconstruct_persistent_obj(meta) whose meta holds
+module_src, class_name and state (_parameters / _buffers / _modules, _init_kwargs with dnnlib.util.EasyDict
+inside). The names torch_utils.persistence and dnnlib.util exist in sys.modules only while a fixture is
+pickled; module_src writes a marker file if anything ever executes it.
 """
 
 import collections
@@ -24,6 +24,7 @@ import torch
 import config
 import convert
 import modules
+import ops
 import predict
 import runs
 import transfer
@@ -93,8 +94,8 @@ def random_networks(cfg):
 
 
 def official_names(state: dict) -> dict:
-    """modules.py state-dict names -> the official ones (SPEC.md), written independently of convert.py,
-    plus the resample_filter buffers the official layers hold."""
+    """modules.py state-dict names -> the official ones (the official StyleGAN2-ADA code), written
+    independently of convert.py, plus the resample_filter buffers the official layers hold."""
     out = {}
     for name, t in state.items():
         parts = name.split(".")
@@ -110,8 +111,8 @@ def official_names(state: dict) -> dict:
     for name in list(out):
         layer = name.rsplit(".", 1)[0]
         if re.search(r"(^|\.)(b\d+)\.(conv0|conv1|conv|skip|fromrgb)$", layer):
-            out[f"{layer}.resample_filter"] = modules.fir_kernel()
-            out[f"{layer.rsplit('.', 1)[0]}.resample_filter"] = modules.fir_kernel()
+            out[f"{layer}.resample_filter"] = ops.fir_kernel()
+            out[f"{layer.rsplit('.', 1)[0]}.resample_filter"] = ops.fir_kernel()
     return out
 
 
@@ -196,6 +197,7 @@ def armed_packages(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_conversion_runs_nothing_from_the_pickle(tmp_path):
     cfg = tiny_cfg()
     marker = tmp_path / "pwned"

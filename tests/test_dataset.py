@@ -1,4 +1,5 @@
-"""Data loading, validation, the cache, the sampler and the demo builder (dataset.py), on tiny PNG fixtures."""
+"""Data loading, validation, the cache, the sampler (dataset.py, decode.py, cache.py), the demo builder (demo.py)
+and `python dataset.py`, on tiny PNG fixtures."""
 
 import errno
 import json
@@ -13,36 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
+import cache
 import dataset
+import decode
+import demo
 import runs
-from dataset import DataError, ImageDataset, InfiniteSampler, MASK_LEVELS
-
-
-def slice_pixels(case: int, k: int, size: int) -> np.ndarray:
-    """A distinct, deterministic 8-bit test image per (case, slice)."""
-    rng = np.random.default_rng([case, k])
-    return rng.integers(0, 256, (size, size), dtype=np.uint8)
-
-
-def make_oasis(root: Path, subjects=(2, 1, 1), slices: int = 2, size: int = 32) -> Path:
-    """OASIS layout with case_XXX_slice_K.nii.png images and seg_XXX_slice_K.nii.png masks."""
-    case = 0
-    for split, count in zip(dataset.SPLITS, subjects):
-        img_dir, seg_dir = root / f"keras_png_slices_{split}", root / f"keras_png_slices_seg_{split}"
-        img_dir.mkdir(parents=True)
-        seg_dir.mkdir(parents=True)
-        for _ in range(count):
-            case += 1
-            for k in range(slices):
-                Image.fromarray(slice_pixels(case, k, size)).save(img_dir / f"case_{case:03d}_slice_{k}.nii.png")
-                labels = (np.arange(size * size).reshape(size, size) + case + k) % 4
-                Image.fromarray(np.asarray(MASK_LEVELS, np.uint8)[labels]).save(
-                    seg_dir / f"seg_{case:03d}_slice_{k}.nii.png")
-    return root
+import volumes
+from dataset import DataError, ImageDataset, InfiniteSampler
 
 
 @pytest.fixture
-def oasis(tmp_path) -> Path:
+def oasis(tmp_path, make_oasis) -> Path:
     return make_oasis(tmp_path / "oasis")
 
 
@@ -55,7 +37,7 @@ def load(data, **kw) -> ImageDataset:
 # ----------------------------------------------------------------------------------------------
 # Loading
 
-def test_oasis_splits_load_with_exact_pixels(oasis):
+def test_oasis_splits_load_with_exact_pixels(oasis, slice_pixels):
     train = load(oasis, split="train")
     assert len(train) == 4 and train.images.shape == (4, 1, 32, 32) and train.images.dtype == np.uint8
     assert train.files[0] == "case_001_slice_0.nii.png"
@@ -287,7 +269,7 @@ def test_cache_is_reused_without_decoding(oasis, monkeypatch):
 
     def no_decoding(*args, **kw):
         raise AssertionError("decoded although the cache is current")
-    monkeypatch.setattr(dataset, "decode_image", no_decoding)
+    monkeypatch.setattr(decode, "decode_image", no_decoding)
     second = load(oasis, with_masks=True)
     assert second.info["from_cache"]
     np.testing.assert_array_equal(second.images, first.images)
@@ -337,9 +319,9 @@ def test_a_replaced_file_with_the_old_size_and_mtime_is_noticed(oasis, monkeypat
     assert not again.info["from_cache"]
     np.testing.assert_array_equal(again.images[1], first.images[2])
     os.chmod(target, 0o600)                                     # only the ctime changes: the bytes are hashed,
-    monkeypatch.setattr(dataset, "decode_image", lambda *a, **k: pytest.fail("decoded an unchanged file"))
+    monkeypatch.setattr(decode, "decode_image", lambda *a, **k: pytest.fail("decoded an unchanged file"))
     assert load(oasis).info["from_cache"]                       # found equal, and the cache is kept
-    monkeypatch.setattr(dataset, "file_digest", lambda data: pytest.fail("hashed again"))
+    monkeypatch.setattr(cache, "file_digest", lambda data: pytest.fail("hashed again"))
     assert load(oasis).info["from_cache"]                       # the new ctime was saved in the index
 
 
@@ -390,7 +372,7 @@ def test_a_read_only_folder_with_a_stale_cache_falls_back_to_the_user_cache(oasi
     try:
         notes = []
         ds = load(oasis, log=notes.append)
-        assert Path(ds.info["cache"]).parent == dataset.user_cache_dir() == tmp_path / "home/.cache/stylegan2-mri"
+        assert Path(ds.info["cache"]).parent == cache.user_cache_dir() == tmp_path / "home/.cache/stylegan2-mri"
         assert len(notes) == 1 and "Permission denied" in notes[0]
         assert load(oasis).info["from_cache"]                    # and found there next time
     finally:
@@ -398,7 +380,7 @@ def test_a_read_only_folder_with_a_stale_cache_falls_back_to_the_user_cache(oasi
 
 
 @pytest.mark.parametrize("where", ["atomic_write", "np.save"])
-def test_a_full_disk_only_costs_the_cache(oasis, tmp_path, monkeypatch, where):
+def test_a_full_disk_only_costs_the_cache(oasis, tmp_path, monkeypatch, where, slice_pixels):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     if where == "atomic_write":
         _refuse_writes_under(Path("/"), "No space left on device (disk full)", monkeypatch)
@@ -540,7 +522,7 @@ def test_help_runs_as_a_program():
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "demo"
-    return dataset.build_demo(out, seed=5, subjects=(2, 1, 1), slices=4, resolution=64, log=lambda m: None)
+    return demo.build_demo(out, seed=5, subjects=(2, 1, 1), slices=4, resolution=64, log=lambda m: None)
 
 
 def test_demo_has_the_oasis_layout_split_by_subject(small_demo):
@@ -562,11 +544,11 @@ def test_demo_has_the_oasis_layout_split_by_subject(small_demo):
     # Different subjects differ (deformation and intensity); same slice index is similar anatomy.
     a, b = ds.images[0, 0].astype(float), ds.images[4, 0].astype(float)
     assert np.abs(a - b).mean() > 2
-    assert "NOT OASIS" in (small_demo / dataset.DEMO_MARKER).read_text()
+    assert "NOT OASIS" in (small_demo / demo.DEMO_MARKER).read_text()
 
 
 def test_demo_is_deterministic_and_never_overwrites(small_demo, tmp_path):
-    again = dataset.build_demo(tmp_path / "again", seed=5, subjects=(2, 1, 1), slices=4, resolution=64,
+    again = demo.build_demo(tmp_path / "again", seed=5, subjects=(2, 1, 1), slices=4, resolution=64,
                                log=lambda m: None)
     def files(folder):                                               # not the decoded-image cache of other tests
         return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
@@ -575,8 +557,8 @@ def test_demo_is_deterministic_and_never_overwrites(small_demo, tmp_path):
     for name in written:
         if name.suffix != ".json":                                   # demo.json names its folder's settings only
             assert (again / name).read_bytes() == (small_demo / name).read_bytes(), name
-    with pytest.raises(DataError, match="already exists and is not empty; choose another --out or delete it"):
-        dataset.build_demo(small_demo, log=lambda m: None)
+    with pytest.raises(DataError, match="already exists and is not empty; choose another --outdir or delete it"):
+        demo.build_demo(small_demo, log=lambda m: None)
 
 
 def test_an_interrupted_demo_build_leaves_nothing(tmp_path, monkeypatch):
@@ -587,16 +569,38 @@ def test_an_interrupted_demo_build_leaves_nothing(tmp_path, monkeypatch):
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(*args, **kw)
-    real = dataset.demo_subject
-    monkeypatch.setattr(dataset, "demo_subject", fail_on_second)
+    real = demo.demo_subject
+    monkeypatch.setattr(demo, "demo_subject", fail_on_second)
     with pytest.raises(KeyboardInterrupt):
-        dataset.build_demo(tmp_path / "demo", subjects=(2, 1, 1), slices=2, resolution=32, log=lambda m: None)
+        demo.build_demo(tmp_path / "demo", subjects=(2, 1, 1), slices=2, resolution=32, log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_ensure_demo_reuses_a_finished_demo(small_demo, monkeypatch):
-    monkeypatch.setattr(dataset, "build_demo", lambda *a, **k: pytest.fail("rebuilt an existing demo"))
-    assert dataset.ensure_demo(small_demo) == small_demo
+    monkeypatch.setattr(demo, "build_demo", lambda *a, **k: pytest.fail("rebuilt an existing demo"))
+    assert demo.ensure_demo(small_demo) == small_demo
+
+
+@pytest.mark.slow
+def test_demo_command_takes_outdir_and_its_older_spelling_out(tmp_path, capsys):
+    tiny = ["--subjects", "1,1,1", "--slices", "1", "--resolution", "32"]
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "dataset.py", "demo", "--outdir", str(tmp_path / "a"), *tiny], cwd=repo,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"demo data written to {tmp_path / 'a'}" in result.stdout and (tmp_path / "a" / demo.DEMO_MARKER).is_file()
+    code, out, err = run_cli(capsys, "demo", "--out", tmp_path / "b", *tiny)
+    assert code == 0, err
+    assert f"demo data written to {tmp_path / 'b'}" in out and (tmp_path / "b" / demo.DEMO_MARKER).is_file()
+    assert sorted(p.name for p in (tmp_path / "b" / "keras_png_slices_train").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "a" / "keras_png_slices_train").iterdir())
+    code, _, err = run_cli(capsys, "demo", "--out", tmp_path / "b", *tiny)               # never overwritten
+    assert code == 1 and err.count("\n") == 1 and "choose another --outdir" in err
+    for bad, message in ((["--resolution", "48"], "--resolution must be a power of two"),
+                         (["--slices", "0"], "--slices must be >= 1")):
+        code, _, err = run_cli(capsys, "demo", "--outdir", tmp_path / "c", *tiny, *bad)
+        assert code == 2 and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "c").exists()
 
 
 def test_figure_is_written(small_demo, tmp_path, capsys):
@@ -609,8 +613,9 @@ def test_figure_is_written(small_demo, tmp_path, capsys):
 
 
 def test_every_file_is_written_through_runs(small_demo, tmp_path, monkeypatch):
-    text = Path(dataset.__file__).read_text()
-    assert "matplotlib.use" not in text and "_atomic_save" not in text and "assert " not in text
+    for module in (dataset, decode, cache, demo, volumes):
+        text = Path(module.__file__).read_text()
+        assert "matplotlib.use" not in text and "_atomic_save" not in text and "assert " not in text, module
     written = []
     real = runs.atomic_write
 
@@ -620,11 +625,11 @@ def test_every_file_is_written_through_runs(small_demo, tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "atomic_write", atomic_write)
     umask = os.umask(0o077)
     try:
-        out = dataset.build_demo(tmp_path / "demo", subjects=(1, 1, 1), slices=1, resolution=32, log=lambda m: None)
+        out = demo.build_demo(tmp_path / "demo", subjects=(1, 1, 1), slices=1, resolution=32, log=lambda m: None)
     finally:
         os.umask(umask)
     assert sorted(written) == sorted(p.name for p in out.rglob("*") if p.is_file())
-    assert dataset.DEMO_MARKER in written and out.stat().st_mode & 0o777 == 0o755
+    assert demo.DEMO_MARKER in written and out.stat().st_mode & 0o777 == 0o755
     load(out, with_masks=True)
     dataset.make_figure(out, tmp_path / "fig.png", count=1)
-    assert {n for n in written if n.endswith((".npy", ".json")) and n != dataset.DEMO_MARKER} and "fig.png" in written
+    assert {n for n in written if n.endswith((".npy", ".json")) and n != demo.DEMO_MARKER} and "fig.png" in written

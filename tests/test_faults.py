@@ -15,14 +15,14 @@ import losses
 import monitor
 import runs
 import train
-from test_train import run_train, tiny_args, weights
 
 
 def events(run_dir: Path) -> list:
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if '"event"' in line]
 
 
-def test_options_given_at_resume_reach_the_optimizer(images, tmp_path, capsys):
+@pytest.mark.slow
+def test_options_given_at_resume_reach_the_optimizer(images, tmp_path, capsys, tiny_args, run_train, weights):
     run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.04))
     captured = {}
     real_run_loop = train.run_loop
@@ -43,7 +43,8 @@ def test_options_given_at_resume_reach_the_optimizer(images, tmp_path, capsys):
     assert weights(run_dir / "checkpoint.pt")["config"]["lr"] == 0.001
 
 
-def test_weights_that_turn_nan_stop_the_run_and_never_reach_a_checkpoint(images, tmp_path, monkeypatch, capsys):
+def test_weights_that_turn_nan_stop_the_run_and_never_reach_a_checkpoint(images, tmp_path, monkeypatch, capsys,
+                                                                         tiny_args, weights):
     real_g_step = train.Trainer.g_step
 
     def poison_after_a_tick(self):
@@ -62,7 +63,8 @@ def test_weights_that_turn_nan_stop_the_run_and_never_reach_a_checkpoint(images,
     assert not (tmp_path / "runs" / "00000-demo" / "predict").exists()
 
 
-def test_no_checkpoint_is_written_inside_a_nonfinite_streak(images, tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_no_checkpoint_is_written_inside_a_nonfinite_streak(images, tmp_path, monkeypatch, capsys, tiny_args, weights):
     real = losses.d_logistic_loss
     calls = []
 
@@ -80,7 +82,8 @@ def test_no_checkpoint_is_written_inside_a_nonfinite_streak(images, tmp_path, mo
     assert [e["step"] for e in events(run_dir) if e["event"] == "checkpoint"] == [10]
 
 
-def test_resume_after_the_data_shrank(images, tmp_path, capsys):
+@pytest.mark.slow
+def test_resume_after_the_data_shrank(images, tmp_path, capsys, tiny_args, run_train, weights):
     data = tmp_path / "data"
     shutil.copytree(images, data)
     run_dir = run_train(tiny_args(data, tmp_path / "runs", kimg=0.04))
@@ -91,7 +94,8 @@ def test_resume_after_the_data_shrank(images, tmp_path, capsys):
     assert weights(run_dir / "checkpoint.pt")["cur_nimg"] == 80
 
 
-def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(images, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(images, tmp_path, monkeypatch, capsys, tiny_args,
+                                                                weights):
     real_save = torch.save
     saves = []
 
@@ -112,7 +116,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(images, tmp_path
     assert not [p for p in run_dir.iterdir() if runs.TMP_MARK in p.name]
 
 
-def test_a_failed_plot_costs_no_checkpoint(images, tmp_path, monkeypatch, capsys):
+def test_a_failed_plot_costs_no_checkpoint(images, tmp_path, monkeypatch, capsys, tiny_args, run_train, weights):
     def broken_plot(log_path, out):
         raise runs.RunError(f"{out}: cannot be written (Read-only file system)")
     monkeypatch.setattr(monitor, "plot_losses", broken_plot)
@@ -122,7 +126,8 @@ def test_a_failed_plot_costs_no_checkpoint(images, tmp_path, monkeypatch, capsys
     assert "warning: " in err and "losses.png: cannot be written (Read-only file system); training goes on" in err
 
 
-def test_snapshot_is_written_before_checkpoint(images, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_snapshot_is_written_before_checkpoint(images, tmp_path, monkeypatch, tiny_args, run_train):
     order = []
     real = runs.save_checkpoint
     monkeypatch.setattr(runs, "save_checkpoint", lambda path, state: (order.append(Path(path).name), real(path, state)))
@@ -130,7 +135,8 @@ def test_snapshot_is_written_before_checkpoint(images, tmp_path, monkeypatch):
     assert order == ["snapshot-0000.040.pt", "checkpoint.pt", "snapshot-0000.080.pt", "checkpoint.pt"]
 
 
-def test_resume_cleans_temporaries_of_a_killed_write(images, tmp_path, capsys):
+@pytest.mark.slow
+def test_resume_cleans_temporaries_of_a_killed_write(images, tmp_path, capsys, tiny_args, run_train):
     run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.04))
     orphan = run_dir / f".checkpoint.pt{runs.TMP_MARK}999999999"
     orphan.write_bytes(b"x" * 1000)
@@ -138,7 +144,8 @@ def test_resume_cleans_temporaries_of_a_killed_write(images, tmp_path, capsys):
     assert not orphan.exists() and "removed 1 temporary file(s)" in capsys.readouterr().err
 
 
-def test_two_processes_cannot_train_in_one_run_folder(images, tmp_path, capsys):
+@pytest.mark.slow
+def test_two_processes_cannot_train_in_one_run_folder(images, tmp_path, capsys, tiny_args, run_train):
     run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.04))
     before = (run_dir / "log.jsonl").read_text()
     capsys.readouterr()
@@ -149,7 +156,7 @@ def test_two_processes_cannot_train_in_one_run_folder(images, tmp_path, capsys):
     assert (run_dir / "log.jsonl").read_text() == before
 
 
-def test_unwritable_outdir_fails_before_the_data_is_read(images, tmp_path, monkeypatch, capsys):
+def test_unwritable_outdir_fails_before_the_data_is_read(images, tmp_path, monkeypatch, capsys, tiny_args):
     (tmp_path / "a_file").write_text("")
     monkeypatch.setattr(train, "load_data", lambda *a: pytest.fail("the data was read before the outdir check"))
     assert train.main(tiny_args(images, tmp_path / "a_file" / "runs")) == 1
@@ -157,14 +164,16 @@ def test_unwritable_outdir_fails_before_the_data_is_read(images, tmp_path, monke
     assert err.count("\n") == 1 and "not a writable folder" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage,message", [
     (lambda s: s.pop("opt_D"), "damaged checkpoint, the key 'opt_D' is missing"),
     (lambda s: s.pop("sampler"), "damaged checkpoint, the key 'sampler' is missing"),
     (lambda s: s["G"].update({k: torch.zeros(3) for k in list(s["G"])[:1]}), "G does not match its config"),
     (lambda s: s["D"].update({k: v * float("nan") for k, v in list(s["D"].items())[:1]}), "the weights hold NaN"),
-    (lambda s: s.update(version=7), "checkpoint version 7, this code reads versions 1 to 1"),
+    (lambda s: s.update(version=7), "checkpoint version 7, this code reads versions 1 to 2"),
 ])
-def test_damaged_checkpoints_are_refused_at_resume(images, tmp_path, capsys, damage, message):
+def test_damaged_checkpoints_are_refused_at_resume(images, tmp_path, capsys, damage, message, tiny_args, run_train,
+                                                   weights):
     run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.04))
     state = weights(run_dir / "checkpoint.pt")
     damage(state)
@@ -175,7 +184,8 @@ def test_damaged_checkpoints_are_refused_at_resume(images, tmp_path, capsys, dam
     assert err.count("\n") == 1 and message in err, err
 
 
-def test_resume_reports_random_bytes_as_damaged_not_pickled(images, tmp_path, capsys):
+@pytest.mark.slow
+def test_resume_reports_random_bytes_as_damaged_not_pickled(images, tmp_path, capsys, tiny_args, run_train):
     run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.04))
     (run_dir / "checkpoint.pt").write_bytes(bytes(range(256)) * 8)
     assert train.main([f"--resume={run_dir}"]) == 1

@@ -1,5 +1,5 @@
-"""FIR resampling as slice sums (modules.fir2d) against the depthwise-convolution reference
-(modules.fir_impl("conv")): the same function and the same derivatives to third order, in the layers,
+"""FIR resampling as slice sums (ops.fir2d) against the depthwise-convolution reference
+(tests/reference.py, use("fir")): the same function and the same derivatives to third order, in the ops,
 in G and D, and in the augmentation pipe's resampling."""
 
 import pytest
@@ -7,14 +7,16 @@ import torch
 
 import augment
 import modules
-from modules import FirSpec, blur2d, conv2d_resample, downsample2d, fir_kernel, upsample2d
+import ops
+import reference
+from ops import FirSpec, blur2d, conv2d_resample, downsample2d, fir_kernel, upsample2d
 
 F64 = dict(dtype=torch.float64)
 ASYMMETRIC = (1.0, 2.0, 4.0, 1.0)        # catches a filter applied flipped, which [1, 3, 3, 1] would hide
 
 
-def ops(f):
-    """name -> one-argument function of x [N, 3, H, W], every use of the FIR filter in modules.py."""
+def fir_ops(f):
+    """name -> one-argument function of x [N, 3, H, W], every use of the FIR filter in the networks."""
     gen = torch.Generator().manual_seed(1)
     w3 = torch.randn(4, 3, 3, 3, generator=gen, **F64)
     w1 = torch.randn(4, 3, 1, 1, generator=gen, **F64)
@@ -40,14 +42,14 @@ def derivatives(op, x):
     return [y, g1, g2, g3]
 
 
-@pytest.mark.parametrize("taps", [modules.FIR_TAPS, ASYMMETRIC])
-@pytest.mark.parametrize("name", list(ops(fir_kernel())))
+@pytest.mark.parametrize("taps", [ops.FIR_TAPS, ASYMMETRIC])
+@pytest.mark.parametrize("name", list(fir_ops(fir_kernel())))
 def test_slices_equal_conv_to_third_order(name, taps):
     f = fir_kernel(taps).double()
-    op = ops(f)[name]
+    op = fir_ops(f)[name]
     for shape in [(2, 3, 8, 8), (1, 3, 7, 9)]:                   # even, odd and non-square
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(0), **F64)
-        with modules.fir_impl("conv"):
+        with reference.use("fir"):
             ref = derivatives(op, x)
         new = derivatives(op, x)
         for a, b in zip(new, ref):
@@ -55,6 +57,7 @@ def test_slices_equal_conv_to_third_order(name, taps):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [FirSpec(1, 1, 1, 1), FirSpec(1, 2, 1, 1), FirSpec(1, 2, 0, -1),
                                   FirSpec(2, 1, 2, 1), FirSpec(2, 1, 0, -1), FirSpec(1, 1, -1, 3)])
 def test_fir2d_gradcheck_to_third_order(spec):
@@ -63,7 +66,7 @@ def test_fir2d_gradcheck_to_third_order(spec):
     x = torch.randn(2, 2, 6, 7, **F64, requires_grad=True)
 
     def op(t):
-        return modules.fir2d(t, fy, fx, spec)
+        return ops.fir2d(t, fy, fx, spec)
 
     assert torch.autograd.gradcheck(op, (x,))
     assert torch.autograd.gradgradcheck(op, (x,))
@@ -81,9 +84,9 @@ def test_adjoint_spec_is_the_transpose():
     for n in (5, 6, 9):
         for spec in [FirSpec(1, 2, 1, 1), FirSpec(2, 1, 2, 1), FirSpec(1, 1, 2, -1), FirSpec(2, 1, -1, 0)]:
             x = torch.randn(1, 1, n, 3, **F64)
-            ax = modules._fir1d(x, taps, 2, spec)
+            ax = ops._fir1d(x, taps, 2, spec)
             y = torch.randn_like(ax)
-            aty = modules._fir1d(y, taps.flip(0), 2, spec.adjoint(n, 4))
+            aty = ops._fir1d(y, taps.flip(0), 2, spec.adjoint(n, 4))
             assert aty.shape == x.shape
             torch.testing.assert_close((ax * y).sum(), (x * aty).sum())
 
@@ -94,8 +97,8 @@ def test_compile_form_equals_slice_form():
     x = torch.randn(2, 3, 7, 8, **F64)
     for spec in [FirSpec(1, 2, 1, 1), FirSpec(2, 1, 2, 1), FirSpec(1, 1, 2, -1)]:
         for dim in (2, 3):
-            torch.testing.assert_close(modules._fir1d_functional(x, taps, dim, spec),
-                                       modules._fir1d(x, taps.unbind(), dim, spec), rtol=0, atol=1e-14)
+            torch.testing.assert_close(ops._fir1d_functional(x, taps, dim, spec),
+                                       ops._fir1d(x, taps.unbind(), dim, spec), rtol=0, atol=1e-14)
 
 
 def test_channels_last_stays_channels_last():
@@ -130,7 +133,7 @@ def test_networks_equal_between_implementations():
         params = list(D.parameters()) + list(G.synthesis.parameters())
         return [img, logits, loss] + list(torch.autograd.grad(loss, params, allow_unused=True))
 
-    with modules.fir_impl("conv"):
+    with reference.use("fir"):
         ref = run()
     for a, b in zip(run(), ref):
         if a is None or b is None:
@@ -149,7 +152,7 @@ def test_augment_resampling_equal_between_implementations():
     def op(t):
         return augment.resample(t, G_inv, lowpass)
 
-    with modules.fir_impl("conv"):
+    with reference.use("fir"):
         ref = derivatives(op, x)
     for a, b in zip(derivatives(op, x), ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
@@ -157,14 +160,24 @@ def test_augment_resampling_equal_between_implementations():
     images = torch.randn(4, 1, 16, 16)
     with torch.random.fork_rng():
         torch.manual_seed(3)
-        with modules.fir_impl("conv"):
+        with reference.use("fir"):
             ref = pipe(images)
     with torch.random.fork_rng():
         torch.manual_seed(3)
         torch.testing.assert_close(pipe(images), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_fir_impl_rejects_unknown_name():
-    with pytest.raises(ValueError, match="fir_impl"):
-        with modules.fir_impl("cudnn"):
-            pass
+def test_reference_forms_are_swapped_in_and_back():
+    """reference.use reaches every binding the networks and the pipe call (a comparison with nothing swapped
+    in could not fail), and restores them."""
+    product = (ops.blur2d, modules.upsample2d, ops.conv2d_resample, modules.conv2d_resample, augment._sep_conv)
+    with reference.use("fir"):
+        assert (ops.blur2d, modules.upsample2d, ops.conv2d_resample, modules.conv2d_resample, augment._sep_conv) == (
+            reference.blur2d, reference.upsample2d, reference.conv2d_resample, reference.conv2d_resample,
+            reference.sep_conv)
+    with reference.use("conv", "layers"):
+        assert (ops.conv2d, augment.conv2d, modules.modulated_conv2d) == (
+            reference.conv2d, reference.conv2d, reference.modulated_conv2d)
+        assert modules.SynthesisLayer.forward is reference.synthesis_layer
+    assert (ops.blur2d, modules.upsample2d, ops.conv2d_resample, modules.conv2d_resample, augment._sep_conv) == product
+    assert ops.conv2d is not reference.conv2d and modules.SynthesisLayer.forward is not reference.synthesis_layer

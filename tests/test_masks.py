@@ -9,14 +9,12 @@ import dataset
 import modules
 import runs
 import train
-from test_dataset import make_oasis
-from test_train import assert_same_weights, run_train, tiny_args, weights
 
 K = config.MASK_CLASSES
 
 
 @pytest.fixture(scope="module")
-def oasis(tmp_path_factory):
+def oasis(tmp_path_factory, make_oasis):
     return make_oasis(tmp_path_factory.mktemp("masks") / "oasis", subjects=(3, 1, 1), slices=4, size=16)
 
 
@@ -95,7 +93,9 @@ def test_colour_filter_noise_and_cutout_leave_the_mask_untouched(groups, transfo
     assert not torch.equal(y[:, 0], x[:, 0])
 
 
-def test_a_masked_run_trains_on_pairs_and_resumes_bit_exactly(oasis, tmp_path):
+@pytest.mark.slow
+def test_a_masked_run_trains_on_pairs_and_resumes_bit_exactly(oasis, tmp_path, tiny_args, run_train, weights,
+                                                              assert_same_weights):
     args = tiny_args(oasis, tmp_path / "runs", masks="true")
     full = run_train(args + ["--kimg=0.12"])
     part = run_train(args + ["--kimg=0.06"])
@@ -112,7 +112,7 @@ def test_a_masked_run_trains_on_pairs_and_resumes_bit_exactly(oasis, tmp_path):
         run_train([f"--resume={part}", "--masks=false"])
 
 
-def test_masks_on_data_without_masks_is_one_line(tmp_path, capsys):
+def test_masks_on_data_without_masks_is_one_line(tmp_path, capsys, tiny_args):
     images = tmp_path / "imgs"
     images.mkdir()
     from PIL import Image
@@ -128,15 +128,16 @@ def test_masks_on_data_without_masks_is_one_line(tmp_path, capsys):
 # predict.py with a masked model
 
 @pytest.fixture(scope="module")
-def masked_run(oasis, tmp_path_factory):
+def masked_run(oasis, tmp_path_factory, tiny_args, run_train):
     return run_train(tiny_args(oasis, tmp_path_factory.mktemp("masked") / "runs", masks="true", kimg=0.02))
 
 
+@pytest.mark.slow
 def test_predict_writes_masks_and_an_overlay(masked_run, tmp_path, capsys):
     import predict
     from PIL import Image
     import numpy as np
-    assert predict.main(["--checkpoint", str(masked_run), "--seeds", "0-4", "--outdir", str(tmp_path)]) == 0
+    assert predict.main(["images", "--checkpoint", str(masked_run), "--seeds", "0-4", "--outdir", str(tmp_path)]) == 0
     assert "seed0000_seg.png ... and overlay.png" in capsys.readouterr().out
     for s in range(5):
         with Image.open(tmp_path / f"seed{s:04d}_seg.png") as im:
@@ -150,10 +151,11 @@ def test_predict_writes_masks_and_an_overlay(masked_run, tmp_path, capsys):
         assert np.array_equal(np.asarray(im), dataset.mask_to_levels(labels)[0, 0].numpy())
 
 
+@pytest.mark.slow
 def test_export_round_trips_through_dataset(masked_run, tmp_path, capsys):
     import predict
     out = tmp_path / "synthetic"
-    assert predict.main(["--checkpoint", str(masked_run), "--export", str(out), "--num", "40", "--batch", "8"]) == 0
+    assert predict.main(["export", str(out), "--checkpoint", str(masked_run), "--num", "40", "--batch", "8"]) == 0
     names = sorted(p.name for p in (out / "keras_png_slices_train").iterdir())
     assert len(names) == 40 and "case_001_slice_0.nii.png" in names and "case_002_slice_7.nii.png" in names
     assert (out / "keras_png_slices_seg_train" / "seg_002_slice_7.nii.png").is_file()
@@ -167,7 +169,7 @@ def test_export_round_trips_through_dataset(masked_run, tmp_path, capsys):
     assert torch.equal(torch.from_numpy(data.images[i]), images[-1])
     assert torch.equal(torch.from_numpy(data.masks[i]), labels[-1])
     capsys.readouterr()
-    assert predict.main(["--checkpoint", str(masked_run), "--export", str(out), "--num", "4"]) == 1
+    assert predict.main(["--checkpoint", str(masked_run), "--export", str(out), "--num", "4"]) == 1   # earlier
     assert "exists and is not empty" in capsys.readouterr().err
     assert len(list((out / "keras_png_slices_train").iterdir())) == 40          # nothing overwritten
     assert predict.main(["--checkpoint", str(masked_run), "--export", str(out), "--outdir", str(tmp_path)]) == 2

@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
 import metrics
@@ -63,8 +64,21 @@ def test_ms_ssim_falls_with_noise_and_is_symmetric():
 def test_ssim_rejects_mismatched_or_tiny_inputs():
     with pytest.raises(ValueError, match="same shape"):
         metrics.ssim(torch.rand(2, 1, 32, 32), torch.rand(3, 1, 32, 32))
-    with pytest.raises(ValueError, match="larger than 10 px"):
-        metrics.ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+    for metric in (metrics.ssim, metrics.ms_ssim):
+        with pytest.raises(ValueError, match="larger than 10 px"):
+            metric(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+
+
+def test_ms_ssim_shares_the_ssim_computation():
+    """One scale of MS-SSIM is SSIM; with more scales, each scale's contrast-structure term is SSIM's without
+    its luminance term (Wang et al. 2003)."""
+    a, b = torch.from_numpy(brain_like(3, 64, 8)), torch.from_numpy(brain_like(3, 64, 9))
+    assert torch.equal(metrics.ms_ssim(a, b, weights=(1.0,)), metrics.ssim(a, b).clamp(min=0))
+    s, cs = metrics._ssim_maps(a, b, with_cs=True)
+    torch.testing.assert_close(metrics.ms_ssim(a, b, weights=(1.0, 1.0)),
+                               (cs.mean(dim=[1, 2, 3]).clamp(min=0) *
+                                metrics.ssim(F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)).clamp(min=0)).sqrt())
+    assert s.shape == cs.shape == (3, 1, 64 - 10, 64 - 10)                     # the pixels 5 or more from the border
 
 
 def test_nearest_ssim_prefilter_and_exhaustive_search(device):
@@ -131,7 +145,7 @@ def test_level_coverage_counts_levels_hit_and_their_evenness():
 
 
 def test_slice_level_from_oasis_names():
-    import dataset
-    assert dataset.slice_level("keras_png_slices_train/case_012_slice_31.nii.png") == 31
-    assert dataset.slice_level("scan_0001.png") is None
+    import oasis
+    assert oasis.slice_level("keras_png_slices_train/case_012_slice_31.nii.png") == 31
+    assert oasis.slice_level("scan_0001.png") is None
 

@@ -1,13 +1,16 @@
-"""Behaviour of the StyleGAN2 networks in modules.py, on tiny configs."""
+"""Behaviour of the StyleGAN2 networks in modules.py and of the operations they compose (ops.py), on tiny
+configs; the convolutions' gradients against PyTorch's own (tests/reference.py)."""
 
+import contextlib
 import math
 
 import pytest
 import torch
-import modules
 
-from modules import (Conv2dLayer, Discriminator, FullyConnectedLayer, Generator, SynthesisLayer, conv2d_resample,
-                     count_params, downsample2d, fir_kernel, minibatch_stddev, modulated_conv2d, upsample2d)
+import ops
+import reference
+from modules import Conv2dLayer, Discriminator, FullyConnectedLayer, Generator, SynthesisLayer, count_params
+from ops import conv2d_resample, downsample2d, fir_kernel, minibatch_stddev, modulated_conv2d, upsample2d
 
 
 def tiny_G(res=16, img_channels=1, **kw):
@@ -28,7 +31,7 @@ def tiny_D(res=16, img_channels=1, **kw):
 
 def official_param_counts(res, img_channels, channel_base, channel_max, mapping_layers, z_dim=512, w_dim=512):
     """(G, D) trainable parameters of the official StyleGAN2-ADA "skip" G / "resnet" D, derived
-    independently of modules.py from the layer list in SPEC.md."""
+    independently of modules.py from the official StyleGAN2-ADA code's layer list."""
     ch = lambda r: min(channel_base // r, channel_max)
     fc = lambda i, o: i * o + o                                   # weight + bias
     conv = lambda i, o, k, bias=True: o * i * k * k + (o if bias else 0)
@@ -409,6 +412,7 @@ CONV_CASES = [  # (transpose, in_ch, out_ch, k, stride, padding, groups, size)
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_regrad_conv_matches_torch_to_third_order(case):
     transpose, i, o, k, s, p, g, size = case
@@ -417,21 +421,19 @@ def test_regrad_conv_matches_torch_to_third_order(case):
     w_shape = (i, o // g, k, k) if transpose else (o, i // g, k, k)
     w = torch.randn(*w_shape, dtype=torch.float64, generator=gen, requires_grad=True)
 
-    def run(impl):
-        with modules.conv_impl(impl):
-            op = modules.conv_transpose2d if transpose else modules.conv2d
-            y = op(x, w, stride=s, padding=p, groups=g)
-            gx, gw = torch.autograd.grad(y.square().sum(), [x, w], create_graph=True)
-            gx2, gw2 = torch.autograd.grad(gx.sin().sum() + gw.square().sum(), [x, w], create_graph=True)
-            gx3, gw3 = torch.autograd.grad(gx2.square().sum() + gw2.cos().sum(), [x, w])
+    def run(lib):
+        op = lib.conv_transpose2d if transpose else lib.conv2d
+        y = op(x, w, stride=s, padding=p, groups=g)
+        gx, gw = torch.autograd.grad(y.square().sum(), [x, w], create_graph=True)
+        gx2, gw2 = torch.autograd.grad(gx.sin().sum() + gw.square().sum(), [x, w], create_graph=True)
+        gx3, gw3 = torch.autograd.grad(gx2.square().sum() + gw2.cos().sum(), [x, w])
         return [y, gx, gw, gx2, gw2, gx3, gw3]
 
-    for a, b in zip(run("regrad"), run("torch")):
+    for a, b in zip(run(ops), run(reference)):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    with modules.conv_impl("regrad"):
-        op = modules.conv_transpose2d if transpose else modules.conv2d
-        assert torch.autograd.gradgradcheck(lambda a, b: op(a, b, stride=s, padding=p, groups=g), (x, w))
+    op = ops.conv_transpose2d if transpose else ops.conv2d
+    assert torch.autograd.gradgradcheck(lambda a, b: op(a, b, stride=s, padding=p, groups=g), (x, w))
 
 
 def test_regrad_r1_and_path_length_equal_torch():
@@ -443,8 +445,8 @@ def test_regrad_r1_and_path_length_equal_torch():
     reals = torch.randn(4, 1, 16, 16, dtype=torch.float64)
     ws = G.mapping(torch.randn(2, 8, dtype=torch.float64))
 
-    def grads(impl):
-        with modules.conv_impl(impl):
+    def grads(use_reference):
+        with reference.use("conv") if use_reference else contextlib.nullcontext():
             x = reals.clone().requires_grad_(True)
             (g,) = torch.autograd.grad(D(x).sum(), [x], create_graph=True)
             r1 = g.square().sum()
@@ -455,17 +457,11 @@ def test_regrad_r1_and_path_length_equal_torch():
             params = list(D.parameters()) + list(G.synthesis.parameters())
             return [r1, pl] + list(torch.autograd.grad(r1 + pl, params, allow_unused=True))
 
-    for a, b in zip(grads("regrad"), grads("torch")):
+    for a, b in zip(grads(False), grads(True)):
         if a is None or b is None:
             assert a is None and b is None
             continue
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
-
-
-def test_conv_impl_rejects_unknown_name():
-    with pytest.raises(ValueError, match="conv_impl"):
-        with modules.conv_impl("cudnn"):
-            pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -481,7 +477,7 @@ def conditional_extra(c_dim: int, w_dim: int, c4: int, layers: int):
 
 
 @pytest.mark.parametrize("res,c_dim,layers,base,cmax,w_dim", [
-    (256, 1, 8, 16384, 512, 512),                # SPEC.md: official G 25,025,620 / D 26,365,376
+    (256, 1, 8, 16384, 512, 512),                # official StyleGAN2-ADA: G 25,025,620 / D 26,365,376
     (64, 3, 2, 2048, 64, 512), (32, 10, 4, 1024, 32, 64), (16, 2, 1, 256, 16, 32),
 ])
 def test_conditional_parameter_counts(res, c_dim, layers, base, cmax, w_dim):

@@ -1,6 +1,7 @@
 """Projection of slices into the latent space (project.py, predict.py --project / --projected_w) with tiny
 generators (16-32 px, channel_base 128)."""
 
+import ast
 import json
 import warnings
 from pathlib import Path
@@ -13,10 +14,8 @@ from PIL import Image
 import config
 import modules
 import predict
-from test_predict import predict_main
 import project
 import runs
-from test_train import tiny_args
 
 
 def tiny_generator(res: int = 32, **kw) -> modules.Generator:
@@ -27,7 +26,7 @@ def tiny_generator(res: int = 32, **kw) -> modules.Generator:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, tiny_args) -> Path:
     """A run folder whose checkpoint.pt holds an untrained 16 px generator with masks."""
     root = tmp_path_factory.mktemp("project")
     cfg = config.parse_args(tiny_args(root / "unused", root / "runs", masks=True))
@@ -186,9 +185,10 @@ def test_feature_network_errors_are_one_line(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # The command line
 
-def test_project_command_writes_every_file(capsys, run_dir, slices, tmp_path):
+@pytest.mark.slow
+def test_project_command_writes_every_file(capsys, run_dir, slices, tmp_path, predict_main):
     out = tmp_path / "out"
-    code, stdout, err = predict_main(capsys, "--checkpoint", run_dir, "--project", slices, "--steps", 10,
+    code, stdout, err = predict_main(capsys, "project", slices, "--checkpoint", run_dir, "--steps", 10,
                                      "--outdir", out, "--device", "cpu")
     assert code == 0, err
     assert "1 of 3 image(s) resized to 16x16" in err
@@ -208,8 +208,8 @@ def test_project_command_writes_every_file(capsys, run_dir, slices, tmp_path):
                                                                              project.noise_names(
                                                                                  runs.load_generator(run_dir, "cpu")[0]))
 
-    # --projected_w round trip: the same reconstructions and masks, bit for bit
-    code, stdout, err = predict_main(capsys, "--checkpoint", run_dir, "--projected_w", out / "projected_w.npz",
+    # from_w round trip: the same reconstructions and masks, bit for bit
+    code, stdout, err = predict_main(capsys, "from_w", out / "projected_w.npz", "--checkpoint", run_dir,
                                      "--outdir", out, "--device", "cpu")
     assert code == 0, err
     for i in range(3):
@@ -218,9 +218,9 @@ def test_project_command_writes_every_file(capsys, run_dir, slices, tmp_path):
         assert np.array_equal(png(out / f"projected{i:04d}_seg.png"), side[:, 32:])
 
 
-def test_project_w_plus_and_seed(capsys, run_dir, slices, tmp_path):
+def test_project_w_plus_and_seed(capsys, run_dir, slices, tmp_path, predict_main):
     code, _, err = predict_main(capsys, "--checkpoint", run_dir, "--project", slices / "slice0.png", "--steps", 3,
-                                "--w_plus", "--seed", 7, "--outdir", tmp_path, "--device", "cpu")
+                                "--w_plus", "--seed", 7, "--outdir", tmp_path, "--device", "cpu")   # earlier spelling
     assert code == 0, err
     summary = json.loads((tmp_path / "projection.json").read_text())
     assert summary["w_plus"] is True and summary["seed"] == 7 and len(summary["images"]) == 1
@@ -228,7 +228,7 @@ def test_project_w_plus_and_seed(capsys, run_dir, slices, tmp_path):
         assert not np.array_equal(f["w"][0, 0], f["w"][0, -1])               # one w per layer
 
 
-def test_bad_inputs_are_one_line_naming_the_file(capsys, run_dir, slices, tmp_path):
+def test_bad_inputs_are_one_line_naming_the_file(capsys, run_dir, slices, tmp_path, predict_main):
     broken, empty, oasis = tmp_path / "broken.png", tmp_path / "empty", tmp_path / "oasis"
     broken.write_bytes(b"\x89PNG not really")
     empty.mkdir()
@@ -239,24 +239,37 @@ def test_bad_inputs_are_one_line_naming_the_file(capsys, run_dir, slices, tmp_pa
     junk.write_bytes(b"junk")
     common = ("--checkpoint", run_dir, "--outdir", tmp_path / "out", "--device", "cpu")
     for args, message in (
-            (("--project", slices / "slice0.png", broken), f"{broken}: not an image file"),
-            (("--project", empty), f"--project {empty}: no images"),
-            (("--project", tmp_path / "nope.png"), f"--project {tmp_path / 'nope.png'}: no such file or folder"),
-            (("--project", oasis), f"--project {oasis}: an OASIS folder"),
-            (("--projected_w", wrong_w), rf"--projected_w {wrong_w}: w of shape [2, 5, 16]; this generator takes "
-                                         rf"w of shape [N, 6, 16]"),
-            (("--projected_w", junk), f"--projected_w {junk}: not a readable .npz file"),
-            (("--projected_w", tmp_path / "none.npz"), f"--projected_w {tmp_path / 'none.npz'}: no such file"),
-            (("--project", slices, "--distance", tmp_path / "none.pt"), f"--distance {tmp_path / 'none.pt'}: no such")):
-        code, _, err = predict_main(capsys, *common, *args)
+            (("project", slices / "slice0.png", broken), f"{broken}: not an image file"),
+            (("project", empty), f"project {empty}: no images"),
+            (("project", tmp_path / "nope.png"), f"project {tmp_path / 'nope.png'}: no such file or folder"),
+            (("project", oasis), f"project {oasis}: an OASIS folder"),
+            (("from_w", wrong_w), f"from_w {wrong_w}: w of shape [2, 5, 16]; this generator takes w of shape "
+                                  f"[N, 6, 16]"),
+            (("from_w", junk), f"from_w {junk}: not a readable .npz file"),
+            (("from_w", tmp_path / "none.npz"), f"from_w {tmp_path / 'none.npz'}: no such file"),
+            (("--projected_w", tmp_path / "none.npz"), f"from_w {tmp_path / 'none.npz'}: no such file"),  # earlier
+            (("project", slices, "--distance", tmp_path / "none.pt"), f"--distance {tmp_path / 'none.pt'}: no such")):
+        code, _, err = predict_main(capsys, *args, *common)
         assert code == 1 and err.startswith(f"error: {message}"), err
         assert len(err.strip().splitlines()) == 1, err
 
 
-def test_projection_options_are_checked(capsys, run_dir, slices):
-    for args, message in ((("--w_plus",), "--w_plus is used only with --project"),
-                          (("--seed", 3), "--seed is used only with --project"),
-                          (("--project", slices, "--seeds", "0-3"), "--project and --projected_w take no --seeds"),
-                          (("--project", slices, "--seed", -1), "--seed must be in [0, 2^32)")):
-        code, _, err = predict_main(capsys, "--checkpoint", run_dir, *args)
-        assert code == 2 and message in err, err
+def test_projection_options_are_checked(capsys, run_dir, slices, predict_main):
+    for args, message in ((("images", "--w_plus"), "--w_plus is not an option of images; it belongs to project"),
+                          (("images", "--seed", 3), "--seed is not an option of images; it belongs to project"),
+                          (("project", slices, "--seeds", "0-3"), "--seeds is not an option of project"),
+                          (("project", slices, "--seed", 2 ** 32), "argument --seed: must be in [0, 4294967296)"),
+                          (("from_w", "w.npz", "--steps", 3), "--steps is not an option of from_w"),
+                          (("project",), "the following arguments are required: IMAGE_OR_FOLDER"),
+                          (("--seed", 3), "--seed is not an option of images"),                 # earlier spellings
+                          (("--project", slices, "--projected_w", "w.npz"), "--project and --projected_w choose two")):
+        mode = args[:1] if not args[0].startswith("-") else ()
+        code, _, err = predict_main(capsys, *mode, "--checkpoint", run_dir, *args[len(mode):])
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_project_py_does_not_import_predict_py():
+    tree = ast.parse(Path(project.__file__).read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "predict" not in names and "scoring" not in names

@@ -14,36 +14,12 @@ import torch
 from PIL import Image
 
 import config
-import dataset
 import losses
 import runs
 import train
+from trainer import HEALTH_CHECK_INTERVAL, NonFiniteGuard, RandomStreams, TrainingStopped
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_args(images: Path, outdir: Path, **extra) -> list:
-    args = dict(data=images, outdir=outdir, resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16,
-                batch=4, tick_kimg=0.04, snap=2, checkpoint_minutes=0, grid="4x2")
-    args.update(extra)
-    return [f"--{k}={v}" for k, v in args.items()]
-
-
-def run_train(args) -> Path:
-    cfg = config.parse_args(args)
-    return train.train(cfg, config.parse_given(args))
-
-
-def weights(path: Path) -> dict:
-    return torch.load(path, weights_only=True)
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    for net in ("G", "D", "G_ema"):
-        for name in a[net]:
-            assert torch.equal(a[net][name], b[net][name]), f"{net}.{name} differs"
-    assert a["cur_nimg"] == b["cur_nimg"]
-    assert torch.equal(a["pl_mean"], b["pl_mean"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,13 +84,7 @@ def test_ada_adjustment():
 # ----------------------------------------------------------------------------------------------
 # The loop
 
-def make_trainer(images, device=torch.device("cpu"), **extra):
-    cfg = config.parse_args(tiny_args(images, "unused", **extra))
-    data = dataset.ImageDataset(images, resolution=16, mirror=cfg.mirror, log=lambda m: None)
-    return train.Trainer(cfg, device, data=data, log=lambda m: None)
-
-
-def test_lazy_intervals_and_optimizer_settings(images, monkeypatch, device):
+def test_lazy_intervals_and_optimizer_settings(images, monkeypatch, device, make_trainer):
     trainer = make_trainer(images, device)
     calls = {"r1": [], "pl": []}
     real_r1, real_pl = trainer.r1_step, trainer.pl_step
@@ -135,7 +105,8 @@ def test_lazy_intervals_and_optimizer_settings(images, monkeypatch, device):
     assert trainer.G.mapping.w_avg.abs().sum() > 0                            # w_avg is tracked
 
 
-def test_a_few_ticks_write_every_file(images, tmp_path):
+@pytest.mark.slow
+def test_a_few_ticks_write_every_file(images, tmp_path, tiny_args, run_train, weights):
     run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.12))
     assert run_dir.name == "00000-demo"
     names = {p.name for p in run_dir.iterdir()}
@@ -157,7 +128,8 @@ def test_a_few_ticks_write_every_file(images, tmp_path):
     assert again.name == "00001-demo"                                            # never reuses a folder
 
 
-def test_resume_is_bit_exact_in_process(images, tmp_path):
+@pytest.mark.slow
+def test_resume_is_bit_exact_in_process(images, tmp_path, tiny_args, run_train, weights, assert_same_weights):
     full = run_train(tiny_args(images, tmp_path / "runs", kimg=0.2))
     part = run_train(tiny_args(images, tmp_path / "runs", kimg=0.1))
     resumed = run_train([f"--resume={part}", "--kimg=0.2"])
@@ -165,6 +137,22 @@ def test_resume_is_bit_exact_in_process(images, tmp_path):
     assert_same_weights(weights(full / "checkpoint.pt"), weights(part / "checkpoint.pt"))
     events = [json.loads(line).get("event") for line in (part / "log.jsonl").read_text().splitlines()]
     assert events.count("resume") == 1
+
+
+@pytest.mark.slow
+def test_a_version_1_checkpoint_resumes_with_fresh_streams(images, tmp_path, capsys, tiny_args, run_train,
+                                                           weights):
+    """Version 1 checkpoints held the global RNG's state ({"cpu": [...]}) under "rng"; they still resume."""
+    run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.04))
+    state = weights(run_dir / "checkpoint.pt")
+    state.update(version=1, rng={"cpu": [torch.get_rng_state()]})
+    torch.save(state, run_dir / "checkpoint.pt")
+    capsys.readouterr()
+    assert train.main([f"--resume={run_dir}", "--kimg=0.08"]) == 0
+    assert "written by an older version" in capsys.readouterr().err
+    state = weights(run_dir / "checkpoint.pt")
+    assert state["cur_nimg"] == 80 and state["version"] == runs.CHECKPOINT_VERSION == 2
+    assert set(state["rng"]) == set(RandomStreams.NAMES)
 
 
 def _wait_for_ticks(log_path: Path, ticks: int, proc, timeout=120):
@@ -178,8 +166,9 @@ def _wait_for_ticks(log_path: Path, ticks: int, proc, timeout=120):
     pytest.fail("training did not reach the tick in time")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["kill -9", "SIGINT"])
-def test_interrupted_run_resumes_bit_exact(images, tmp_path, how):
+def test_interrupted_run_resumes_bit_exact(images, tmp_path, how, tiny_args, run_train, weights, assert_same_weights):
     args = tiny_args(images, tmp_path / "runs", kimg=0.4)
     reference = run_train(args)
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
@@ -201,25 +190,26 @@ def test_interrupted_run_resumes_bit_exact(images, tmp_path, how):
     assert_same_weights(weights(reference / "checkpoint.pt"), weights(run_dir / "checkpoint.pt"))
 
 
-def test_nonfinite_steps_are_skipped_then_stop_the_run(images, tmp_path, monkeypatch):
+def test_nonfinite_steps_are_skipped_then_stop_the_run(images, tmp_path, monkeypatch, make_trainer):
     trainer = make_trainer(images, max_nonfinite=3)
     trainer.step()
     before = {k: v.clone() for k, v in trainer.D.state_dict().items()}
     monkeypatch.setattr(losses, "d_logistic_loss", lambda r, f: (r + f) * float("nan"))
     trainer.step()                                        # D step skipped, G step still taken
-    assert trainer.nonfinite_total == 1
+    assert trainer.guard.total == 1
     for k, v in trainer.D.state_dict().items():
         assert torch.equal(v, before[k]), f"D.{k} changed by a non-finite step"
     trainer.step()
     trainer.check_nonfinite()                             # 2 in a row: still going
-    assert train.HEALTH_CHECK_INTERVAL == 4 and trainer.batch_idx == 3
+    assert HEALTH_CHECK_INTERVAL == 4 and trainer.batch_idx == 3
     with pytest.raises(train.TrainingStopped, match=r"3 non-finite steps in a row \(last in the D step at kimg "
                                                     r"0.0, step 3\); try a lower --lr"):
         trainer.step()                                    # the 3rd in a row; step 4 reads the counters
-    assert trainer.nonfinite_total == 3                   # the G steps stayed finite and were taken
+    assert trainer.guard.total == 3                       # the G steps stayed finite and were taken
 
 
-def test_a_run_that_goes_nonfinite_keeps_its_last_checkpoint(images, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_a_run_that_goes_nonfinite_keeps_its_last_checkpoint(images, tmp_path, monkeypatch, tiny_args, weights):
     real = losses.d_logistic_loss
     calls = []
 
@@ -294,7 +284,8 @@ def test_dry_run_prints_config_and_parameter_counts(capsys):
     assert "G 24,762,452 parameters, D 24,000,961 parameters, num_ws 14" in out
 
 
-def test_resume_refuses_a_different_architecture_or_a_snapshot(images, tmp_path):
+@pytest.mark.slow
+def test_resume_refuses_a_different_architecture_or_a_snapshot(images, tmp_path, tiny_args, run_train):
     run_dir = run_train(tiny_args(images, tmp_path / "runs", kimg=0.08))
     with pytest.raises(config.ConfigError, match=r"--channel_max cannot change when resuming"):
         run_train([f"--resume={run_dir}", "--channel_max=32"])
@@ -305,7 +296,8 @@ def test_resume_refuses_a_different_architecture_or_a_snapshot(images, tmp_path)
 # ----------------------------------------------------------------------------------------------
 # Two processes with the gloo backend
 
-def test_two_process_gloo_run_stays_in_sync(images, tmp_path):
+@pytest.mark.slow
+def test_two_process_gloo_run_stays_in_sync(images, tmp_path, tiny_args, weights):
     args = tiny_args(images, tmp_path / "runs", kimg=0.08, batch=8, snap=1, mbstd_group=4)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -317,14 +309,16 @@ def test_two_process_gloo_run_stays_in_sync(images, tmp_path):
     assert [r["tick"] for r in records] == [1, 2]
     assert all(r["ranks_in_sync"] for r in records)
     state = weights(run_dirs[0] / "checkpoint.pt")
-    assert state["world_size"] == 2 and len(state["rng"]["cpu"]) == 2
+    assert state["world_size"] == 2 and {k: len(v) for k, v in state["rng"].items()} == \
+        {"latents": 2, "choices": 2, "layers": 2}
+    assert not torch.equal(state["rng"]["latents"][0], state["rng"]["latents"][1])   # each rank its own draws
     assert state["cur_nimg"] == 80
 
 
 # ----------------------------------------------------------------------------------------------
 # The loop's pieces: precision, memory layout, seeding, signals, the penalty the loop really uses
 
-def test_bf16_step_with_r1_and_path_length(images, device):
+def test_bf16_step_with_r1_and_path_length(images, device, make_trainer):
     """The GPU default (bf16 autocast, second-order gradients under it) runs on the CPU too."""
     trainer = make_trainer(images, device, mixed_precision="bf16")
     assert trainer.amp_dtype == torch.bfloat16
@@ -334,11 +328,11 @@ def test_bf16_step_with_r1_and_path_length(images, device):
     stats = trainer.pop_stats()
     assert {"loss_D", "r1_penalty", "loss_G", "pl_penalty"} <= set(stats)
     assert all(math.isfinite(v) for v in stats.values()), stats
-    assert trainer.nonfinite_total == 0
+    assert trainer.guard.total == 0
     assert any(not torch.equal(v, before[k]) for k, v in trainer.G.state_dict().items())
 
 
-def test_channels_last_on_and_off_agree(images):
+def test_channels_last_on_and_off_agree(images, make_trainer):
     a = make_trainer(images, channels_last=True)
     b = make_trainer(images, channels_last=False)
     conv_a, conv_b = (next(p for p in t.D.parameters() if p.ndim == 4 and p.shape[-1] == 3) for t in (a, b))
@@ -347,30 +341,83 @@ def test_channels_last_on_and_off_agree(images):
     for net in ("G", "D"):
         for (name, p), q in zip(getattr(a, net).state_dict().items(), getattr(b, net).state_dict().values()):
             assert torch.equal(p, q), f"{net}.{name} starts differently"
-    for _ in range(2):
-        torch.manual_seed(7)
+    for _ in range(2):                                    # the same seed: the same random streams
         a.step()
-        torch.manual_seed(7)
         b.step()
     for net in ("G", "D"):
         for (name, p), q in zip(getattr(a, net).state_dict().items(), getattr(b, net).state_dict().values()):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=f"{net}.{name}")
 
 
-def test_seed_is_the_only_global_seeding(images):
+def test_seed_alone_sets_the_initial_networks(images, make_trainer):
     torch.manual_seed(123)
     a = make_trainer(images, seed=3)
-    after_a = torch.get_rng_state()
     torch.manual_seed(456)                                # whatever the global state was before
     b = make_trainer(images, seed=3)
     for p, q in zip(a.G.parameters(), b.G.parameters()):
         assert torch.equal(p, q)
-    assert torch.equal(after_a, torch.get_rng_state())
-    torch.manual_seed(3 * 1 + 0)                          # the documented stream: seed * world_size + rank
-    assert torch.equal(torch.get_rng_state(), after_a)
+    c = make_trainer(images, seed=4)
+    assert not all(torch.equal(p, q) for p, q in zip(a.G.parameters(), c.G.parameters()))
 
 
-def test_training_calls_the_tested_path_length_penalty(images, monkeypatch):
+def test_training_leaves_the_global_rng_alone(images, make_trainer):
+    """Trainer draws from its own streams: building it and training (noise, mixing, augmentation, path
+    length) neither reads nor moves the global torch RNG, so training goes the same whatever it holds."""
+    state = torch.get_rng_state()
+    a = make_trainer(images, p=0.5)                       # augmentations too
+    for _ in range(3):
+        a.step()
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(99)
+    b = make_trainer(images, p=0.5)
+    for _ in range(3):
+        b.step()
+    for (name, p), q in zip(a.G.state_dict().items(), b.G.state_dict().values()):
+        assert torch.equal(p, q), f"G.{name}"
+
+
+def test_random_streams_are_independent_and_round_trip():
+    streams = RandomStreams(3, torch.device("cpu"))
+    draws = [torch.randn(4, generator=getattr(streams, name)) for name in RandomStreams.NAMES]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    saved = streams.state_dict()
+    after = torch.randn(4, generator=streams.latents)
+    with streams.scope():
+        noise = torch.randn(4)                            # code that takes no generator: the layers stream
+    again = RandomStreams(0, torch.device("cpu"))
+    again.load_state_dict(saved)
+    assert torch.equal(torch.randn(4, generator=again.latents), after)
+    with again.scope():
+        assert torch.equal(torch.randn(4), noise)
+
+
+def test_nonfinite_guard_counts_stops_and_round_trips():
+    guard = NonFiniteGuard(max_nonfinite=3, batch=4, device=torch.device("cpu"))
+    grads = [torch.ones(2)]
+    nets = {"G": torch.nn.Linear(2, 2)}
+    assert guard.record("G", 0, torch.tensor(1.0), grads)               # finite: taken
+    assert not guard.record("D", 1, torch.tensor(float("nan")), grads)  # a NaN loss: skipped and counted
+    assert not guard.record("D", 2, torch.tensor(1.0), [torch.tensor([float("inf")])])   # an inf gradient
+    assert int(guard.total) == 2 and guard.streak() == 2
+    guard.check(2, nets)                                                # 2 in a row: still going
+    state = guard.state_dict()
+    assert state == {"nonfinite_total": 2, "nonfinite_run": {"G": 0, "D": 2}}
+    again = NonFiniteGuard(max_nonfinite=3, batch=4, device=torch.device("cpu"))
+    again.load_state_dict(state)
+    assert again.state_dict() == state and again.streak() == 2
+    assert not again.record("D", 250, torch.tensor(float("inf")), grads)      # the 3rd in a row
+    with pytest.raises(TrainingStopped, match=r"^3 non-finite steps in a row \(last in the D step at kimg 1.0, "
+                                              r"step 250\); try a lower --lr, a larger --r1_gamma or "
+                                              r"--mixed_precision=fp32$"):
+        again.check(250, nets)
+    assert guard.record("D", 3, torch.tensor(1.0), grads) and guard.streak() == 0      # a finite step ends it
+    with torch.no_grad():
+        nets["G"].bias.fill_(float("nan"))
+    with pytest.raises(TrainingStopped, match=r"the weights became NaN or inf \(G.bias\) by step 3"):
+        guard.check(3, nets)
+
+
+def test_training_calls_the_tested_path_length_penalty(images, monkeypatch, make_trainer):
     trainer = make_trainer(images)
     seen = []
     real = losses.path_length_penalty
@@ -384,7 +431,7 @@ def test_training_calls_the_tested_path_length_penalty(images, monkeypatch):
     assert len(seen) == 1 and torch.equal(trainer.pl_mean, seen[0])
 
 
-def test_signal_handlers_are_restored_after_a_run(images, tmp_path):
+def test_signal_handlers_are_restored_after_a_run(images, tmp_path, tiny_args, run_train):
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     run_train(tiny_args(images, tmp_path / "runs", kimg=0.04))
     assert {s: signal.getsignal(s) for s in before} == before
@@ -394,7 +441,7 @@ def test_signal_handlers_are_restored_after_a_run(images, tmp_path):
     assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
 
 
-def test_training_without_noise_inputs_keeps_their_strengths_at_zero(images):
+def test_training_without_noise_inputs_keeps_their_strengths_at_zero(images, make_trainer):
     trainer = make_trainer(images, noise=False)
     for _ in range(5):
         trainer.step()

@@ -14,7 +14,6 @@ import runs
 import train
 import transfer
 from modules import Discriminator, Generator
-from test_train import make_trainer, run_train, tiny_args
 
 SIZES = dict(channel_base=128, channel_max=16)
 
@@ -47,7 +46,7 @@ def test_rgb_to_gray_init_is_exact():
             assert torch.equal(p, G3.state_dict()[name]), name
 
 
-def test_freeze_d_keeps_the_frozen_layers_bit_identical(images):
+def test_freeze_d_keeps_the_frozen_layers_bit_identical(images, make_trainer):
     trainer = make_trainer(images, freeze_d=4)                    # b16: fromrgb, conv0, conv1, skip
     names = [name for name, _ in transfer.d_layers(trainer.D)]
     assert names[:5] == ["blocks.b16.fromrgb", "blocks.b16.conv0", "blocks.b16.conv1", "blocks.b16.skip",
@@ -69,7 +68,8 @@ def _pixels(path: Path):
         return np.asarray(im).tolist()
 
 
-def test_init_from_starts_a_new_run_from_the_source_networks(images, tmp_path):
+@pytest.mark.slow
+def test_init_from_starts_a_new_run_from_the_source_networks(images, tmp_path, tiny_args, run_train):
     source = run_train(tiny_args(images, tmp_path / "runs", kimg=0.08))
     source_files = {p.name: p.stat().st_mtime_ns for p in source.iterdir()}
     run = run_train(tiny_args(images, tmp_path / "runs", kimg=0.04, init_from=source))
@@ -88,7 +88,7 @@ def test_init_from_takes_the_source_shapes_unless_typed():
     assert (cfg.resolution, cfg.channel_base, cfg.channel_max, cfg.mapping_layers) == (128, 4096, 32, 8)
 
 
-def test_init_from_refuses_a_shape_that_cannot_match(images, tmp_path, capsys):
+def test_init_from_refuses_a_shape_that_cannot_match(images, tmp_path, capsys, tiny_args, run_train):
     source = run_train(tiny_args(images, tmp_path / "runs", kimg=0.04))
     capsys.readouterr()
     code = train.main(tiny_args(images, tmp_path / "runs", kimg=0.04, init_from=source, channel_max=32))
@@ -99,7 +99,8 @@ def test_init_from_refuses_a_shape_that_cannot_match(images, tmp_path, capsys):
     assert code == 1 and "--init_from" in capsys.readouterr().err
 
 
-def test_compiled_and_eager_steps_agree(images, monkeypatch):
+@pytest.mark.slow
+def test_compiled_and_eager_steps_agree(images, monkeypatch, make_trainer):
     # The compiler's code generation takes minutes on two cores; aot_eager traces the same graphs (and
     # fullgraph proves G's synthesis and D compile without a break) in seconds.
     monkeypatch.setattr(train.torch, "compile", functools.partial(torch.compile, backend="aot_eager", fullgraph=True))
