@@ -136,7 +136,9 @@ class AugmentPipe(nn.Module):
     def _blit(self, x: torch.Tensor) -> torch.Tensor:
         n, _, size, _ = x.shape
         if "xflip" in self.enabled:
-            flip = self._chosen(x, self.p).bool()[:, None, None, None]
+            # Chosen with probability p, then flipped with probability 1/2, as the official pipe does: at
+            # p = 1 half of the images are mirrored (Karras et al. 2020, ADA appendix B; lumaflip likewise).
+            flip = (torch.randint(0, 2, (n,), device=x.device) * self._chosen(x, self.p)).bool()[:, None, None, None]
             x = torch.where(flip, x.flip(3), x)
         if "rotate90" in self.enabled:
             k = (torch.randint(0, 4, (n,), device=x.device) * self._chosen(x, self.p)).long()

@@ -60,7 +60,8 @@ class TrainConfig:
     # Networks
     z_dim: int = 512                    # latent z width
     w_dim: int = 512                    # intermediate latent w width
-    mapping_layers: int = 2             # mapping-network depth (8 in the paper, 2 in the official auto config)
+    mapping_layers: int = 2             # G's mapping-network depth (8 in the paper, 2 in the official auto config)
+    d_mapping_layers: int = 8           # depth of D's label mapping (conditional runs); the official code keeps 8
     channel_base: int = 2048            # channels at resolution r = min(channel_base // r, channel_max)
     channel_max: int = 64               # upper bound on channels per layer
     mbstd_group: int = 4                # minibatch-stddev group size
@@ -103,12 +104,21 @@ class TrainConfig:
     grid: str = "8x4"                   # image grid columns x rows for reals.png / fakes*.png
 
     def resolved_r1_gamma(self) -> float:
-        """Official auto rule: gamma = 0.0002 * r^2 / batch (the official StyleGAN2-ADA code, cfg auto)."""
+        """The auto rule gamma = 0.0002 * r^2 / batch (the official StyleGAN2-ADA code, cfg auto), with the
+        batch given here; the official code uses its own auto batch even when --batch is given (a deviation
+        named in docs/design.md)."""
         return self.r1_gamma if self.r1_gamma > 0 else 0.0002 * self.resolution ** 2 / self.batch
 
     def resolved_ema_kimg(self) -> float:
-        """Official auto rule: ema_kimg = batch * 10 / 32."""
+        """The auto rule ema_kimg = batch * 10 / 32, with the batch given here (as resolved_r1_gamma)."""
         return self.ema_kimg if self.ema_kimg > 0 else self.batch * 10 / 32
+
+    def auto_rule_line(self) -> str:
+        """The resolved R1 weight and EMA half-life, and what each came from (for --dry_run and the log)."""
+        gamma = "given" if self.r1_gamma > 0 else f"auto rule from batch {self.batch}"
+        ema = "given" if self.ema_kimg > 0 else f"auto rule from batch {self.batch}"
+        return (f"r1_gamma {self.resolved_r1_gamma():.4g} ({gamma}), ema_kimg {self.resolved_ema_kimg():.4g} ({ema}), "
+                f"ema_rampup {self.ema_rampup:g}")
 
     def adam_betas(self):
         return tuple(float(b) for b in self.betas.split(","))
@@ -234,8 +244,8 @@ def parse_given(argv) -> dict:
     return given
 
 
-ARCHITECTURE_KEYS = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max",
-                     "masks", "cond", "c_dim", "label_encoding", "label_range")
+ARCHITECTURE_KEYS = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "d_mapping_layers",
+                     "channel_base", "channel_max", "masks", "cond", "c_dim", "label_encoding", "label_range")
 MASK_CLASSES = 4                        # OASIS tissue masks: background, CSF, grey matter, white matter
 
 
@@ -280,7 +290,8 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"--channel_base={cfg.channel_base} gives no channels at {r} px; use >= {r}")
     positive = {"kimg": cfg.kimg, "tick_kimg": cfg.tick_kimg, "lr": cfg.lr, "r1_interval": cfg.r1_interval,
                 "pl_interval": cfg.pl_interval, "pl_batch_shrink": cfg.pl_batch_shrink, "z_dim": cfg.z_dim,
-                "w_dim": cfg.w_dim, "mapping_layers": cfg.mapping_layers, "max_nonfinite": cfg.max_nonfinite,
+                "w_dim": cfg.w_dim, "mapping_layers": cfg.mapping_layers,
+                "d_mapping_layers": cfg.d_mapping_layers, "max_nonfinite": cfg.max_nonfinite,
                 "ada_interval": cfg.ada_interval, "ada_kimg": cfg.ada_kimg}
     for name, value in positive.items():
         if not value > 0:
@@ -358,8 +369,10 @@ def from_dict(values: dict) -> TrainConfig:
     unknown = set(values) - names
     if unknown:
         raise ConfigError(f"saved config has unknown keys {sorted(unknown)}; was it written by another version?")
-    # Configs saved before label_encoding existed fed the label to the embedding as it is.
-    return TrainConfig(**{"label_encoding": "none", **values})
+    # Configs saved before label_encoding existed fed the label to the embedding as it is; configs saved
+    # before d_mapping_layers existed gave D's label mapping G's depth (they load as they were trained).
+    old = {"label_encoding": "none", "d_mapping_layers": values.get("mapping_layers", TrainConfig.mapping_layers)}
+    return TrainConfig(**{**old, **values})
 
 
 def label_encoding(cfg: TrainConfig) -> str:

@@ -256,10 +256,8 @@ def source_config(records: dict, label_names: str) -> config_lib.TrainConfig:
         raise lacks("different channel_base/channel_max in G and D (one pair here)")
     check_features(g_kw, d_kw, shape)
     layers = mapping_layers(tensors_of(records["G"]), "G", sub_kwargs(g_kw, "mapping_kwargs"))
-    if g_kw["c_dim"]:
-        d_layers = mapping_layers(tensors_of(records["D"]), "D", sub_kwargs(d_kw, "mapping_kwargs"))
-        if d_layers != layers:
-            raise lacks(f"a D label mapping of {d_layers} layers beside G's {layers} (one mapping_layers here)")
+    d_layers = (mapping_layers(tensors_of(records["D"]), "D", sub_kwargs(d_kw, "mapping_kwargs")) if g_kw["c_dim"]
+                else config_lib.TrainConfig.d_mapping_layers)       # D's label mapping has its own depth
     group = sub_kwargs(d_kw, "epilogue_kwargs").get("mbstd_group_size", 4)
     if not isinstance(group, int) or group < 1:
         raise lacks(f"mbstd_group_size={group!r} (a positive group size here)")
@@ -268,7 +266,8 @@ def source_config(records: dict, label_names: str) -> config_lib.TrainConfig:
     clamp = synthesis.get("conv_clamp")                       # 256 when the source trained in float16, else None
     cfg = config_lib.TrainConfig(
         resolution=g_kw["img_resolution"], img_channels=g_kw["img_channels"], z_dim=g_kw["z_dim"],
-        w_dim=g_kw["w_dim"], mapping_layers=layers, channel_base=shape[0], channel_max=shape[1],
+        w_dim=g_kw["w_dim"], mapping_layers=layers, d_mapping_layers=d_layers, channel_base=shape[0],
+        channel_max=shape[1],
         mbstd_group=group, batch=-(-16 // group) * group, c_dim=g_kw["c_dim"],
         cond="json" if g_kw["c_dim"] else "none", label_names=label_names, label_encoding="none",
         conv_clamp=float(clamp) if isinstance(clamp, (int, float)) and clamp > 0 else 256.0)

@@ -157,10 +157,13 @@ def label_width(c_dim: int, encoding: str) -> int:
     return c_dim * 2 * FOURIER_FREQUENCIES if encoding == "fourier" else c_dim
 
 
+EMBED_LR_MUL = 1.0                      # learning-rate multiplier of the label embedding (official: 1)
+
+
 class MappingNetwork(nn.Module):
     """(z, c) -> w: 2nd-moment normalization, `num_layers` lrelu FC layers (lr_mul 0.01), broadcast to
     num_ws copies, running mean w_avg for truncation (StyleGAN sec. 2 and 4). With a label (c_dim > 0) the
-    first layer reads concat(normalize(z), normalize(embed(c))), embed a linear FC c_dim -> w_dim
+    first layer reads concat(normalize(z), normalize(embed(c))), embed a linear FC c_dim -> w_dim at lr 1
     (StyleGAN2-ADA's conditional mapping; label_encoding "fourier" feeds embed Fourier features of c instead,
     see label_features). With z_dim 0 and num_ws None it is D's label mapping: c -> [N, w_dim]."""
 
@@ -189,7 +192,10 @@ class MappingNetwork(nn.Module):
             # Set from the data and stored in the run's config, so not part of the state dict.
             self.register_buffer("label_lo", torch.tensor([r[0] for r in self.label_range]), persistent=False)
             self.register_buffer("label_hi", torch.tensor([r[1] for r in self.label_range]), persistent=False)
-        self.embed = FullyConnectedLayer(label_width(c_dim, label_encoding), w_dim, lr_mul=lr_mul) if c_dim else None
+        # The label embedding is a plain FC layer at learning-rate multiplier 1; only the mapping's FC layers
+        # learn at lr_mul (official StyleGAN2-ADA networks.py, MappingNetwork.embed).
+        self.embed = (FullyConnectedLayer(label_width(c_dim, label_encoding), w_dim, lr_mul=EMBED_LR_MUL)
+                      if c_dim else None)
         widths = [z_dim + (w_dim if c_dim else 0)] + [w_dim] * num_layers
         self.layers = nn.ModuleList(
             FullyConnectedLayer(widths[i], widths[i + 1], activation="lrelu", lr_mul=lr_mul)

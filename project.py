@@ -10,7 +10,7 @@ are written (runs.py), the networks (modules.py) or SSIM itself (metrics.py). Im
 
 The procedure is that of the StyleGAN2 paper (Karras et al. 2020, sec. 5 and appendix D): start at the mean
 w of 10,000 mapped z (seed 123); Adam (betas 0.9, 0.999) on w and on every layer's noise map for 1,000 steps;
-learning rate 0.1 with a cosine ramp-up over the first 5 % of the steps and a cosine ramp-down over the last
+learning rate 0.1 with a linear ramp-up over the first 5 % of the steps and a cosine ramp-down over the last
 25 %; Gaussian noise of scale w_std * 0.05 * max(0, 1 - t / 0.75)^2 added to w at each step (t = step /
 steps) so the search explores early and settles late; the noise maps renormalized to mean 0 / std 1 after
 each step and kept free of spatial correlation by a regularizer of weight 1e5. The noise maps are drawn anew
@@ -69,7 +69,7 @@ class Settings:
     w_plus: bool = False                # one w per synthesis layer (W+) instead of one w for all
     seed: int = 0                       # the initial noise maps and the w noise of every step
     lr: float = 0.1                     # peak learning rate
-    lr_rampup: float = 0.05             # share of the steps of the cosine ramp-up
+    lr_rampup: float = 0.05             # share of the steps of the linear ramp-up
     lr_rampdown: float = 0.25           # share of the steps of the cosine ramp-down
     w_noise: float = 0.05               # w noise at t = 0, in units of w_std
     w_noise_ramp: float = 0.75          # share of the steps over which the w noise falls to 0

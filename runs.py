@@ -23,8 +23,12 @@ import config as config_lib
 from modules import Discriminator, Generator
 
 CHECKPOINT_FORMAT = "stylegan2-mri-checkpoint"
-CHECKPOINT_VERSION = 2                  # bump when a key changes meaning; older versions stay readable
-                                        # (2: "rng" holds the trainer's random streams, 1: the global RNG's)
+CHECKPOINT_VERSION = 3                  # bump when a key changes meaning; older versions stay readable
+                                        # (3: the label embedding at lr 1; 2: "rng" holds the trainer's random
+                                        # streams, 1: the global RNG's)
+EMBED_VERSION = 3                       # first version whose label embedding is stored for lr multiplier 1
+OLD_EMBED_LR_MUL = 0.01                 # the multiplier older versions stored the label embedding for
+EMBED_KEYS = ("mapping.embed.weight", "mapping.embed.bias")
 NETWORK_KEYS = ("G", "D", "G_ema")
 RESUME_KEYS = ("config", "G", "D", "G_ema", "opt_G", "opt_D", "pl_mean", "ada_p", "ada_sum", "ada_count", "cur_nimg",
                "batch_idx", "tick", "nonfinite_total", "nonfinite_run", "sampler", "world_size", "rng")
@@ -229,7 +233,29 @@ def load_checkpoint(path, option: str = "--checkpoint", need=NETWORK_KEYS, check
     bad = nonfinite_tensor(state) if check_finite else None
     if bad is not None:
         raise RunError(f"{path}: the weights hold NaN or inf ({bad}); use an earlier snapshot")
+    upgrade_embedding(state)
     return state
+
+
+def old_embedding(state: dict) -> bool:
+    """Whether a checkpoint stores a label embedding for the old multiplier (versions before EMBED_VERSION)."""
+    return state["version"] < EMBED_VERSION and any(
+        isinstance(state.get(key), dict) and EMBED_KEYS[0] in state[key] for key in NETWORK_KEYS)
+
+
+def upgrade_embedding(state: dict) -> None:
+    """Versions before EMBED_VERSION stored the label embedding (G's and D's) for lr multiplier 0.01: the
+    layer computed W_s c * 0.01 / sqrt(in) + b_s * 0.01. At multiplier 1 the same function is stored as
+    W_s * 0.01 and b_s * 0.01, so loading rescales them in place (the networks then compute what they did)."""
+    if not old_embedding(state):
+        return
+    for key in NETWORK_KEYS:
+        tensors = state.get(key)
+        if isinstance(tensors, dict):
+            for name in EMBED_KEYS:
+                if name in tensors:
+                    tensors[name] = tensors[name] * OLD_EMBED_LR_MUL
+    state["embedding_upgraded_from"] = state["version"]
 
 
 def pickled_globals(path) -> list:
@@ -272,7 +298,7 @@ def build_networks(cfg, conv_clamp=None):
                   label_range=ranges)
     D = Discriminator(img_resolution=cfg.resolution, img_channels=cfg.img_channels, channel_base=cfg.channel_base,
                       channel_max=cfg.channel_max, mbstd_group_size=cfg.mbstd_group, conv_clamp=conv_clamp,
-                      mask_classes=mask_classes, c_dim=cfg.c_dim, mapping_layers=cfg.mapping_layers,
+                      mask_classes=mask_classes, c_dim=cfg.c_dim, mapping_layers=cfg.d_mapping_layers,
                       label_encoding=encoding, label_range=ranges)
     return G, D
 
@@ -326,6 +352,10 @@ def load_for_resume(resume: str, given: dict):
     missing = [k for k in RESUME_KEYS if k not in state]
     if missing:
         raise RunError(f"{path}: damaged checkpoint, the key '{missing[0]}' is missing; try the previous snapshot")
+    if "embedding_upgraded_from" in state:
+        raise RunError(f"--resume {resume}: checkpoint version {state['embedding_upgraded_from']} trained the label "
+                       f"embedding at lr multiplier {OLD_EMBED_LR_MUL} (now 1, as in the official code), so its "
+                       f"optimizer state cannot continue; start a new run from its networks with --init_from {path}")
     saved = checkpoint_config(state, path)
     cfg = config_lib.resume_config(state["config"], dict(given, resume=resume))
     changed = [f"{k} {getattr(saved, k)!r} -> {getattr(cfg, k)!r}" for k in given

@@ -276,6 +276,7 @@ def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
     elif cfg.init_from:                                              # transfer learning: the source's shapes
         source = transfer.load_source(cfg.init_from)
         cfg = transfer.config_for(cfg, given if given is not None else {}, source[1])
+        log(transfer.recipe_line(cfg, given if given is not None else {}))
     config_lib.validate(cfg, world_size)
     if cfg.dry_run:
         G, D = runs.build_networks(cfg)
@@ -283,6 +284,7 @@ def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
             print(cfg.to_json())
             print(f"G {count_params(G):,} parameters, D {count_params(D):,} parameters, num_ws {G.num_ws}, "
                   f"{world_size} process(es), {cfg.batch // world_size} images per process, device {device}")
+            print(cfg.auto_rule_line())
         return None
     if is_main:                                                      # cheap checks before decoding anything
         runs.check_writable(run_dir if run_dir is not None else cfg.outdir, "--resume" if run_dir else "--outdir")

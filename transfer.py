@@ -26,8 +26,8 @@ import config as config_lib
 import runs
 
 LUMA = (0.299, 0.587, 0.114)            # ITU-R BT.601 weights of R, G, B in the gray value
-TAKEN_FROM_SOURCE = ("resolution", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max",
-                     "label_encoding")
+TAKEN_FROM_SOURCE = ("resolution", "z_dim", "w_dim", "mapping_layers", "d_mapping_layers", "channel_base",
+                     "channel_max", "label_encoding")
 
 
 def load_source(path: str):
@@ -38,10 +38,23 @@ def load_source(path: str):
     return state, runs.checkpoint_config(state, file), file
 
 
+# The official resume branch fine-tunes with ADA at 100 kimg and no EMA ramp-up (the ADA paper's transfer
+# recipe; official StyleGAN2-ADA train.py, resume settings). Options the user types win.
+TRANSFER_RECIPE = {"ada_kimg": 100.0, "ema_rampup": 0.0}
+
+
 def config_for(cfg, given: dict, source_cfg):
-    """cfg with the source's network shape for every architecture option the user did not type."""
+    """cfg with the source's network shape for every architecture option the user did not type, and the
+    transfer recipe (TRANSFER_RECIPE) for each of its options the user did not type."""
     keep = {k: getattr(source_cfg, k) for k in TAKEN_FROM_SOURCE if k not in given}
-    return dataclasses.replace(cfg, **keep)
+    recipe = {k: v for k, v in TRANSFER_RECIPE.items() if k not in given}
+    return dataclasses.replace(cfg, **keep, **recipe)
+
+
+def recipe_line(cfg, given: dict) -> str:
+    """The log line naming the fine-tuning values in use and where each came from."""
+    parts = [f"{k} {getattr(cfg, k):g} ({'given' if k in given else 'transfer recipe'})" for k in TRANSFER_RECIPE]
+    return "--init_from: fine-tuning with " + ", ".join(parts)
 
 
 def adapt(name: str, tensor: torch.Tensor, shape: torch.Size, source_channels: int, channels: int) -> torch.Tensor:

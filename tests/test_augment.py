@@ -70,12 +70,12 @@ def test_gradients_flow_through_the_pipe_to_second_order(device):
 
 
 @pytest.mark.parametrize("transform,expected", [
-    ("xflip", 1.0), ("rotate90", 0.75), ("scale", 1.0), ("rotate", 1.0), ("aniso", 1.0), ("xfrac", 1.0),
+    ("xflip", 0.5), ("rotate90", 0.75), ("scale", 1.0), ("rotate", 1.0), ("aniso", 1.0), ("xfrac", 1.0),
     ("brightness", 1.0), ("contrast", 1.0), ("lumaflip", 0.5), ("imgfilter", 1.0), ("noise", 1.0),
 ])
 def test_empirical_rate_matches_p(transform, expected):
     # expected: the share of chosen images that actually change (rotate90 draws k=0 a quarter of the
-    # time, lumaflip flips half of the time).
+    # time, xflip and lumaflip flip half of the time, as in the official pipe).
     torch.manual_seed(2)
     p, n = 0.3, 3000
     y = only(transform, p=p)(pattern(n))
@@ -83,10 +83,25 @@ def test_empirical_rate_matches_p(transform, expected):
     assert changed == pytest.approx(p * expected, abs=4 * math.sqrt(p * expected * (1 - p * expected) / n))
 
 
+@pytest.mark.parametrize("p, share", [(1.0, 0.5), (0.5, 0.25)])
+def test_xflip_mirrors_half_of_the_chosen_images(p, share):
+    """Official semantics: chosen with probability p, then mirrored with probability 1/2."""
+    torch.manual_seed(5)
+    n = 4000
+    x = pattern(n)
+    y = only("xflip", p=p)(x)
+    flipped = (y - x.flip(3)).flatten(1).abs().amax(dim=1) == 0
+    kept = (y - x).flatten(1).abs().amax(dim=1) == 0
+    assert bool((flipped | kept).all())                             # each image is itself or its mirror
+    assert flipped.float().mean().item() == pytest.approx(share, abs=4 * math.sqrt(share * (1 - share) / n))
+
+
 def test_xflip_and_rotate90_are_exact():
+    torch.manual_seed(3)
     x = pattern(64)
     y = only("xflip")(x)
-    assert torch.equal(y, x.flip(3))
+    assert all(torch.equal(img, x[0].flip(2)) or torch.equal(img, x[0]) for img in y)
+    assert any(torch.equal(img, x[0].flip(2)) for img in y) and any(torch.equal(img, x[0]) for img in y)
     torch.manual_seed(3)
     y = only("rotate90")(x)
     candidates = [torch.rot90(x[0], k, dims=(1, 2)) for k in range(4)]

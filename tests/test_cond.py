@@ -201,3 +201,117 @@ def test_scores_of_a_slice_model_report_the_position_error(slice_run, oasis, tmp
     assert "labels" not in low and low["real_position_error"] == scores["real_position_error"]
     found = [int(p["real"].split("_slice_")[1].split(".")[0]) / 3 for p in low["closest_pairs"]]
     assert len(found) == 8 and low["position_error"] == pytest.approx(np.mean(found))
+
+
+def _official_fc(x, weight, bias, lr_mul, activation=False):
+    """One FC layer as the official code computes it: x W^T * lr_mul / sqrt(in) + b * lr_mul (lrelu * sqrt 2)."""
+    y = x @ (weight * lr_mul / weight.shape[1] ** 0.5).T + bias * lr_mul
+    return torch.nn.functional.leaky_relu(y, 0.2) * 2 ** 0.5 if activation else y
+
+
+def _normalize(x):
+    return x * (x.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+
+
+@pytest.mark.parametrize("net", ["G", "D"])
+def test_label_embedding_is_the_official_lr_1_layer(net):
+    """normalize(z) ++ normalize(W c / sqrt(c_dim) + b), then FC layers at lr 0.01: the official conditional
+    mapping, by hand, with known embedding weights (G's mapping, and D's label mapping without z)."""
+    torch.manual_seed(0)
+    kw = dict(img_resolution=8, channel_base=64, channel_max=16, mapping_layers=2, c_dim=3, label_encoding="none")
+    model = modules_Generator(z_dim=16, w_dim=16, **kw) if net == "G" else modules_Discriminator(**kw)
+    mapping = model.mapping
+    with torch.no_grad():
+        mapping.embed.weight.copy_(torch.arange(48.0).reshape(16, 3) / 10 - 2)
+        mapping.embed.bias.copy_(torch.linspace(-1, 1, 16))
+    c = torch.tensor([[0.2, 0.0, 1.0], [0.9, 0.5, 0.0]])
+    z = torch.randn(2, 16)
+    embedded = _normalize(c @ mapping.embed.weight.T / 3 ** 0.5 + mapping.embed.bias)   # lr multiplier 1
+    x = torch.cat([_normalize(z), embedded], dim=1) if net == "G" else embedded
+    for layer in mapping.layers:
+        x = _official_fc(x, layer.weight, layer.bias, 0.01, activation=True)
+    got = mapping(z, c)[:, 0] if net == "G" else mapping(None, c)
+    assert torch.allclose(got, x, rtol=1e-5, atol=1e-6)
+    # The embedding's bias is what breaks "every positive position is one vector": at lr 1 it is the bias itself.
+    assert torch.allclose(mapping.embed.bias * mapping.embed.bias_gain, torch.linspace(-1, 1, 16))
+
+
+def _as_old_format(state: dict, version: int = 2) -> dict:
+    """A checkpoint as versions before runs.EMBED_VERSION stored it: the embedding scaled for lr 0.01."""
+    old = dict(state, version=version)
+    for key in runs.NETWORK_KEYS:
+        old[key] = {name: t / runs.OLD_EMBED_LR_MUL if name in runs.EMBED_KEYS else t for name, t in state[key].items()}
+    return old
+
+
+def test_an_old_conditional_checkpoint_generates_the_same_images(slice_run, tmp_path, monkeypatch, weights):
+    state = weights(slice_run / "checkpoint.pt")
+    old_file = tmp_path / "old.pt"
+    torch.save(_as_old_format(state), old_file)
+    z, c = torch.randn(4, 32), torch.tensor([[0.1], [0.4], [0.6], [0.9]])
+    # What the old code made of that file: the embedding at lr 0.01 reading the stored tensors as they are.
+    import modules
+    with monkeypatch.context() as m:
+        m.setattr(modules, "EMBED_LR_MUL", runs.OLD_EMBED_LR_MUL)
+        G_old = runs.build_networks(runs.checkpoint_config(state, old_file))[0].eval()
+        G_old.load_state_dict(torch.load(old_file, weights_only=True)["G_ema"])
+    G_new = runs.load_generator(old_file, torch.device("cpu"))[0]
+    assert G_new.mapping.embed.weight_gain == pytest.approx(G_new.mapping.embed.weight.shape[1] ** -0.5)  # lr 1 now
+    with torch.no_grad():
+        before = G_old(z[:, :G_old.z_dim], c, noise_mode="const")
+        after = G_new(z[:, :G_new.z_dim], c, noise_mode="const")
+    assert (before - after).abs().max() < 1e-5
+    # The normalization after the embedding hides its scale in the images (up to its epsilon), so check the
+    # embedding itself: rescaled on load it computes what the old layer did; the file read as version 3
+    # (no rescale) would compute 100x that.
+    features = torch.rand(4, G_new.mapping.embed.weight.shape[1])
+    torch.save(dict(_as_old_format(state), version=runs.CHECKPOINT_VERSION), tmp_path / "raw.pt")
+    G_raw = runs.load_generator(tmp_path / "raw.pt", torch.device("cpu"))[0]
+    with torch.no_grad():
+        old_embed, new_embed = G_old.mapping.embed(features), G_new.mapping.embed(features)
+        assert torch.allclose(new_embed, old_embed, rtol=1e-5, atol=1e-7)
+        assert torch.allclose(G_raw.mapping.embed(features), old_embed / runs.OLD_EMBED_LR_MUL, rtol=1e-4, atol=1e-6)
+
+
+def test_resuming_an_old_conditional_run_is_refused_in_one_line(slice_run, tmp_path, weights):
+    state = weights(slice_run / "checkpoint.pt")
+    run = tmp_path / "old_run"
+    run.mkdir()
+    torch.save(_as_old_format(state), run / "checkpoint.pt")
+    with pytest.raises(runs.RunError, match=r"trained the label embedding at lr multiplier 0\.01 .* --init_from"):
+        runs.load_for_resume(str(run), {})
+    # An old unconditional checkpoint has no embedding: nothing to rescale, nothing refused for it.
+    plain = dict(state, version=2, **{key: {n: t for n, t in state[key].items() if n not in runs.EMBED_KEYS}
+                                      for key in runs.NETWORK_KEYS})
+    assert not runs.old_embedding(plain) and runs.old_embedding(_as_old_format(state))
+
+
+def test_conditional_parameter_counts_at_the_official_auto_depths():
+    """256 px, 1 channel, c_dim 1, the official "auto" config: G's mapping 2 layers, D's label mapping 8."""
+    from modules import count_params
+    cfg = config.TrainConfig(**dict(config.PRESETS["oasis256"], c_dim=1, cond="json", label_encoding="none"))
+    assert (cfg.mapping_layers, cfg.d_mapping_layers) == (2, 8)
+    G, D = runs.build_networks(cfg)
+    assert (count_params(G), count_params(D)) == (23_449_684, 26_365_376)
+
+
+def test_a_checkpoint_with_one_shared_mapping_depth_loads_as_trained(tmp_path):
+    """Configs saved before d_mapping_layers existed gave D's label mapping G's depth."""
+    cfg = config.TrainConfig(resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16, mapping_layers=2,
+                             d_mapping_layers=2, c_dim=1, cond="slice", label_encoding="fourier", batch=4,
+                             mbstd_group=2)
+    G, D = runs.build_networks(cfg)
+    saved = dataclasses.asdict(cfg)
+    del saved["d_mapping_layers"]
+    path = tmp_path / "old.pt"
+    torch.save({"format": runs.CHECKPOINT_FORMAT, "version": runs.CHECKPOINT_VERSION, "config": saved,
+                "G": G.state_dict(), "D": D.state_dict(), "G_ema": G.state_dict()}, path)
+    state = runs.load_checkpoint(path)
+    loaded = runs.checkpoint_config(state, path)
+    assert (loaded.mapping_layers, loaded.d_mapping_layers) == (2, 2)
+    G2, D2 = runs.build_networks(loaded)
+    runs.load_networks_into({"G": G2, "D": D2}, state, path)
+    z, c, img = torch.randn(4, 16), torch.tensor([[0.2], [0.4], [0.6], [0.8]]), torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(G2.eval()(z, c, noise_mode="const"), G.eval()(z, c, noise_mode="const"))
+        assert torch.equal(D2(img, c), D(img, c))

@@ -241,8 +241,8 @@ def test_converted_networks_equal_the_source(tmp_path, img_channels, c_dim):
     assert convert.main([str(pkl), "--out", str(out)]) == 0
 
     G2, cfg2, state, _ = runs.load_generator(out, torch.device("cpu"))     # the path predict.py takes
-    for name in ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max",
-                 "mbstd_group", "c_dim"):
+    for name in ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "d_mapping_layers",
+                 "channel_base", "channel_max", "mbstd_group", "c_dim"):
         assert getattr(cfg2, name) == getattr(cfg, name), name
     nets = dict(zip(("G", "D"), runs.build_networks(cfg2)))
     runs.load_networks_into(nets, state, out)
@@ -357,13 +357,21 @@ def test_unknown_and_missing_tensors_are_named(tmp_path, capsys):
                      tmp_path / "m.pt"], "D", "blocks.b8.conv0.bias")
 
 
-def test_d_label_mapping_deeper_than_g_mapping_is_refused(tmp_path, capsys):
-    cfg = tiny_cfg(c_dim=2, cond="json")
-    G, _, G_ema = random_networks(cfg)
-    D = modules.Discriminator(img_resolution=16, img_channels=1, channel_base=256, channel_max=32, mbstd_group_size=2,
-                              c_dim=2, mapping_layers=8)
+def test_d_label_mapping_of_its_own_depth_converts(tmp_path):
+    """The official code sets G's mapping depth only; D's label mapping keeps its own (8 by default)."""
+    cfg = tiny_cfg(c_dim=2, cond="json", d_mapping_layers=4)
+    G, D, G_ema = random_networks(cfg)
+    assert len(D.mapping.layers) == 4 and len(G.mapping.layers) == cfg.mapping_layers == 2
     pkl = write_official(tmp_path / "net.pkl", (G, D, G_ema), cfg, tmp_path / "pwned")
-    refused(capsys, [pkl, "--out", tmp_path / "m.pt"], "D label mapping of 8 layers beside G's 2")
+    assert convert.main([str(pkl), "--out", str(tmp_path / "m.pt")]) == 0
+    state = runs.load_checkpoint(tmp_path / "m.pt")
+    cfg2 = runs.checkpoint_config(state, tmp_path / "m.pt")
+    assert (cfg2.mapping_layers, cfg2.d_mapping_layers) == (2, 4)
+    nets = dict(zip(("G", "D"), runs.build_networks(cfg2)))
+    runs.load_networks_into(nets, state, tmp_path / "m.pt")
+    img, c = torch.randn(4, 1, 16, 16), torch.eye(2)[[0, 1, 1, 0]]
+    with torch.no_grad():
+        assert torch.equal(nets["D"](img, c), D(img, c))
 
 
 def test_other_files_are_refused(tmp_path, capsys):

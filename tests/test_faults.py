@@ -170,7 +170,7 @@ def test_unwritable_outdir_fails_before_the_data_is_read(images, tmp_path, monke
     (lambda s: s.pop("sampler"), "damaged checkpoint, the key 'sampler' is missing"),
     (lambda s: s["G"].update({k: torch.zeros(3) for k in list(s["G"])[:1]}), "G does not match its config"),
     (lambda s: s["D"].update({k: v * float("nan") for k, v in list(s["D"].items())[:1]}), "the weights hold NaN"),
-    (lambda s: s.update(version=7), "checkpoint version 7, this code reads versions 1 to 2"),
+    (lambda s: s.update(version=7), "checkpoint version 7, this code reads versions 1 to 3"),
 ])
 def test_damaged_checkpoints_are_refused_at_resume(images, tmp_path, capsys, damage, message, tiny_args, run_train,
                                                    weights):

@@ -239,7 +239,12 @@ def test_config_presets_and_override_forms():
     assert (cfg.resolution, cfg.batch, cfg.kimg, cfg.mirror, cfg.mapping_layers) == (256, 32, 100.0, True, 2)
     auto = config.parse_args(["--preset=oasis256"])
     assert auto.resolved_r1_gamma() == pytest.approx(0.8192) and auto.resolved_ema_kimg() == pytest.approx(5)
+    assert auto.auto_rule_line() == ("r1_gamma 0.8192 (auto rule from batch 16), ema_kimg 5 (auto rule from "
+                                     "batch 16), ema_rampup 0.05")
+    bigger = config.parse_args(["--preset=oasis256", "--batch=32"])            # the rule follows the given batch
+    assert (bigger.resolved_r1_gamma(), bigger.resolved_ema_kimg()) == (pytest.approx(0.4096), pytest.approx(10))
     paper = config.parse_args(["--preset=paper256"])
+    assert "r1_gamma 1 (given), ema_kimg 20 (given)" in paper.auto_rule_line()
     assert (paper.batch, paper.mbstd_group, paper.resolved_r1_gamma(), paper.resolved_ema_kimg(),
             paper.mapping_layers) == (64, 8, 1.0, 20.0, 8)
     assert config.parse_args([]).preset == "demo"
@@ -282,6 +287,7 @@ def test_dry_run_prints_config_and_parameter_counts(capsys):
     assert code == 0, err
     assert '"batch": 64' in out
     assert "G 24,762,452 parameters, D 24,000,961 parameters, num_ws 14" in out
+    assert "r1_gamma 1 (given), ema_kimg 20 (given), ema_rampup 0" in out
 
 
 @pytest.mark.slow

@@ -88,13 +88,29 @@ def test_init_from_takes_the_source_shapes_unless_typed():
     assert (cfg.resolution, cfg.channel_base, cfg.channel_max, cfg.mapping_layers) == (128, 4096, 32, 8)
 
 
+def test_init_from_applies_the_transfer_recipe_unless_typed():
+    """Official resume branch: ADA speed 100 kimg and no EMA ramp-up, unless the user gives them."""
+    source, preset = config.TrainConfig(), config.TrainConfig(ada_kimg=500.0, ema_rampup=0.05)
+    cfg = transfer.config_for(preset, {}, source)
+    assert (cfg.ada_kimg, cfg.ema_rampup) == (100.0, 0.0)
+    assert transfer.recipe_line(cfg, {}) == ("--init_from: fine-tuning with ada_kimg 100 (transfer recipe), "
+                                             "ema_rampup 0 (transfer recipe)")
+    typed = {"ada_kimg": 250.0, "ema_rampup": 0.1}
+    cfg = transfer.config_for(config.TrainConfig(ada_kimg=250.0, ema_rampup=0.1), typed, source)
+    assert (cfg.ada_kimg, cfg.ema_rampup) == (250.0, 0.1)
+    assert "ada_kimg 250 (given)" in transfer.recipe_line(cfg, typed)
+    cfg = transfer.config_for(preset, {"ada_kimg": 250.0}, source)                # one typed, one from the recipe
+    assert (cfg.ada_kimg, cfg.ema_rampup) == (500.0, 0.0)
+
+
 def test_init_from_refuses_a_shape_that_cannot_match(images, tmp_path, capsys, tiny_args, run_train):
     source = run_train(tiny_args(images, tmp_path / "runs", kimg=0.04))
     capsys.readouterr()
     code = train.main(tiny_args(images, tmp_path / "runs", kimg=0.04, init_from=source, channel_max=32))
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1
-    assert "--init_from" in err[0] and "has shape" in err[0] and "in this run's network" in err[0]
+    assert err[0].startswith("--init_from: fine-tuning with ada_kimg")           # the recipe line, then the error
+    assert code == 1 and len(err) == 2 and err[1].startswith("error: ")
+    assert "--init_from" in err[1] and "has shape" in err[1] and "in this run's network" in err[1]
     code = train.main(tiny_args(images, tmp_path / "runs", init_from=tmp_path / "missing"))
     assert code == 1 and "--init_from" in capsys.readouterr().err
 
