@@ -49,6 +49,10 @@ class TrainConfig:
     fit: str = "crop"                   # non-square images: crop (centre) or pad (zeros)
     skip_bad: bool = False              # skip unreadable images with a warning instead of stopping
     masks: bool = False                 # image + tissue-mask pairs: G also outputs the OASIS mask, D judges the pair
+    mask_encoding: str = "onehot"       # how G outputs the mask and D reads it: onehot (4 class channels, hard
+                                        # with the softmax gradient) | level (one channel holding the class level)
+    mask_blur: float = 0.0              # sigma (pixels) of a Gaussian blur on the mask channels D sees, real and
+                                        # fake alike (0 = off)
     cond: str = "none"                  # conditional training: none | slice (axial position from OASIS names) | json
     c_dim: int = 0                      # label width, set from the data when a run starts (stored in checkpoints)
     label_names: str = ""               # what the label values mean, comma-separated (set from the data)
@@ -98,6 +102,8 @@ class TrainConfig:
     metrics_num: int = 256              # generated slices scored at every snapshot (0 = no scoring)
     metrics_every: int = 0              # also score every this many ticks (0 = at snapshots only)
     metrics_real: int = 2000            # training slices they are compared with (a seeded random subset; 0 = all)
+    agreement_segmenter: str = ""       # masked runs: a segmenter.pt (segment.py train) to score the agreement
+                                        # Dice of the generated pairs at every scoring
     inception: str = ""                 # TorchScript Inception-v3 (inception-2015-12-05.pt) to add KID and FID
     tensorboard: bool = True            # also write TensorBoard logs when the tensorboard package is installed
     # Outputs
@@ -245,8 +251,17 @@ def parse_given(argv) -> dict:
 
 
 ARCHITECTURE_KEYS = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "d_mapping_layers",
-                     "channel_base", "channel_max", "masks", "cond", "c_dim", "label_encoding", "label_range")
+                     "channel_base", "channel_max", "masks", "mask_encoding", "cond", "c_dim", "label_encoding", "label_range")
 MASK_CLASSES = 4                        # OASIS tissue masks: background, CSF, grey matter, white matter
+MASK_ENCODINGS = ("onehot", "level")
+
+
+def mask_channels(cfg: TrainConfig) -> int:
+    """Channels the mask takes after the image in G's output and D's input: 0 without --masks, 4 one-hot
+    class channels, or 1 level channel."""
+    if not cfg.masks:
+        return 0
+    return MASK_CLASSES if cfg.mask_encoding == "onehot" else 1
 
 
 def resume_config(saved: dict, given: dict) -> TrainConfig:
@@ -346,6 +361,15 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
             raise ConfigError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
     if 0 < cfg.metrics_num < 2:
         raise ConfigError(f"--metrics_num must be 0 (off) or >= 2, got {cfg.metrics_num}")
+    if cfg.mask_encoding not in MASK_ENCODINGS:
+        raise ConfigError(f"--mask_encoding must be one of {', '.join(MASK_ENCODINGS)}, got {cfg.mask_encoding!r}")
+    if not (cfg.mask_blur >= 0 and math.isfinite(cfg.mask_blur)):
+        raise ConfigError(f"--mask_blur must be a sigma in pixels >= 0, got {cfg.mask_blur}")
+    if cfg.agreement_segmenter and not cfg.masks:
+        raise ConfigError("--agreement_segmenter scores generated masks; it needs --masks")
+    if cfg.agreement_segmenter and not Path(cfg.agreement_segmenter).is_file():
+        raise ConfigError(f"--agreement_segmenter {cfg.agreement_segmenter}: no such file; give the segmenter.pt "
+                          f"that `segment.py train` writes")
     if cfg.inception and not Path(cfg.inception).is_file():
         raise ConfigError(f"--inception {cfg.inception}: no such file; give inception-2015-12-05.pt or leave it empty")
     if cfg.seed < 0 or cfg.seed >= 2 ** 31:
@@ -371,7 +395,9 @@ def from_dict(values: dict) -> TrainConfig:
         raise ConfigError(f"saved config has unknown keys {sorted(unknown)}; was it written by another version?")
     # Configs saved before label_encoding existed fed the label to the embedding as it is; configs saved
     # before d_mapping_layers existed gave D's label mapping G's depth (they load as they were trained).
-    old = {"label_encoding": "none", "d_mapping_layers": values.get("mapping_layers", TrainConfig.mapping_layers)}
+    # Configs saved before mask_encoding existed generated one-hot masks.
+    old = {"label_encoding": "none", "d_mapping_layers": values.get("mapping_layers", TrainConfig.mapping_layers),
+           "mask_encoding": "onehot"}
     return TrainConfig(**{**old, **values})
 
 

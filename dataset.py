@@ -241,15 +241,16 @@ class ImageDataset:
                 masks[flip] = masks[flip].flip(-1)
         return images, masks
 
-    def batch(self, indices, device=None) -> torch.Tensor:
+    def batch(self, indices, device=None, mask_encoding: str = "onehot") -> torch.Tensor:
         """Float images in [-1, 1], [B, C, R, R], on device (the uint8 copy is what crosses to the GPU). With
-        masks, [B, C + K, R, R]: the image, then the mask as K one-hot channels in {-1, 1} (mask_channels)."""
+        masks, [B, C + K, R, R] or [B, C + 1, R, R]: the image, then the mask in mask_encoding's form
+        (mask_channels)."""
         images, masks = self.get(indices)
         x = to_float(images.to(device) if device is not None else images)
         if masks is None:
             return x
         masks = masks.to(device) if device is not None else masks
-        return torch.cat([x, mask_channels(masks, len(MASK_LEVELS))], dim=1)
+        return torch.cat([x, mask_channels(masks, len(MASK_LEVELS), mask_encoding)], dim=1)
 
 
 class RealSets(NamedTuple):
@@ -305,15 +306,23 @@ def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.to(torch.float32) / 127.5 - 1
 
 
-def mask_channels(labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """uint8 labels [N, R, R] -> one-hot float [N, K, R, R] scaled to {-1, 1}: the form G generates a mask in
-    (modules.mask_activation) and D reads it in."""
+def mask_channels(labels: torch.Tensor, classes: int, encoding: str = "onehot") -> torch.Tensor:
+    """uint8 labels [N, R, R] -> the mask in the form G generates it and D reads it: "onehot", float
+    [N, K, R, R] scaled to {-1, 1} (modules.mask_activation); "level", float [N, 1, R, R] holding class k at
+    2 k / (K - 1) - 1, the OASIS pixel values 0/85/170/255 scaled to [-1, 1]."""
+    if encoding == "level":
+        return labels[:, None].float() * (2 / (classes - 1)) - 1
     return torch.nn.functional.one_hot(labels.long(), classes).permute(0, 3, 1, 2).float() * 2 - 1
 
 
-def mask_labels(channels: torch.Tensor) -> torch.Tensor:
-    """Mask channels [N, K, R, R] (generated or one-hot) -> uint8 labels [N, R, R] by argmax: always 0..K-1."""
-    return channels.detach().argmax(dim=1).to(torch.uint8)
+def mask_labels(channels: torch.Tensor, classes: int = len(MASK_LEVELS)) -> torch.Tensor:
+    """Mask channels (generated or real) -> uint8 labels [N, R, R], always 0..K-1: [N, K, R, R] one-hot
+    channels by argmax; one level channel [N, 1, R, R] snapped to the nearest of the K levels."""
+    channels = channels.detach()
+    if channels.shape[1] == 1:
+        k = torch.round((channels[:, 0].float() + 1) * ((classes - 1) / 2))
+        return k.nan_to_num(0).clamp(0, classes - 1).to(torch.uint8)
+    return channels.argmax(dim=1).to(torch.uint8)
 
 
 def mask_to_levels(labels: torch.Tensor) -> torch.Tensor:

@@ -36,10 +36,19 @@ def check_activation(activation: str) -> str:
     return activation
 
 
-def check_mask_classes(mask_classes: int) -> int:
+MASK_ENCODINGS = ("onehot", "level")
+
+
+def mask_channel_count(mask_classes: int, mask_encoding: str) -> int:
+    """Channels a mask of mask_classes classes takes: one per class ("onehot") or one holding the class level
+    ("level"); 0 without a mask."""
     if not isinstance(mask_classes, int) or mask_classes < 0 or mask_classes == 1:
         raise ValueError(f"mask_classes must be 0 (image only) or >= 2 classes, got {mask_classes!r}")
-    return mask_classes
+    if mask_encoding not in MASK_ENCODINGS:
+        raise ValueError(f"mask_encoding must be one of {MASK_ENCODINGS}, got {mask_encoding!r}")
+    if not mask_classes:
+        return 0
+    return mask_classes if mask_encoding == "onehot" else 1
 
 
 def check_network_size(img_resolution: int, img_channels: int, channel_base: int, channel_max: int) -> int:
@@ -360,9 +369,11 @@ def mask_activation(logits: torch.Tensor) -> torch.Tensor:
 
 
 class SynthesisNetwork(nn.Module):
-    """ws [N, num_ws, w_dim] -> image [N, img_channels (+ mask_classes), R, R], one SynthesisBlock per
-    resolution 4..R. With mask_classes > 0 the ToRGB layers also output the mask's class logits, summed
-    over resolutions like the image, and the last mask_classes channels go through mask_activation."""
+    """ws [N, num_ws, w_dim] -> image [N, img_channels (+ mask channels), R, R], one SynthesisBlock per
+    resolution 4..R. With mask_classes > 0 the ToRGB layers also output the mask, summed over resolutions like
+    the image: with mask_encoding "onehot" the mask_classes class logits, which go through mask_activation;
+    with "level" one continuous channel holding the class level (class k of K at 2 k / (K - 1) - 1), left
+    as it is and snapped to the nearest level only when a mask is read off (dataset.mask_labels)."""
 
     def __init__(self,
                  w_dim: int,                    # width of w
@@ -371,12 +382,14 @@ class SynthesisNetwork(nn.Module):
                  channel_base: int = 16384,     # channels at resolution r = min(channel_base // r, channel_max)
                  channel_max: int = 512,        # upper bound on channels
                  conv_clamp: float = None,      # activation clamp (256 with reduced precision); None = off
-                 mask_classes: int = 0):        # tissue classes generated with the image (0 = image only)
+                 mask_classes: int = 0,         # tissue classes generated with the image (0 = image only)
+                 mask_encoding: str = "onehot"):  # mask channels: "onehot" (one per class) or "level" (one)
         super().__init__()
         log2 = check_network_size(img_resolution, img_channels, channel_base, channel_max)
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
-        self.mask_classes = check_mask_classes(mask_classes)
-        out_rgb = img_channels + mask_classes
+        self.mask_channels = mask_channel_count(mask_classes, mask_encoding)
+        self.mask_classes, self.mask_encoding = mask_classes, mask_encoding
+        out_rgb = img_channels + self.mask_channels
         self.blocks = nn.ModuleDict()                                     # "b4", "b8", ..., f"b{R}"
         in_channels = 0
         for res in [2 ** i for i in range(2, log2 + 1)]:
@@ -397,7 +410,7 @@ class SynthesisNetwork(nn.Module):
         for block in self.blocks.values():
             x, img = block(x, img, ws[:, w_idx:w_idx + block.num_conv + 1], noise_mode, fused_modconv)
             w_idx += block.num_conv
-        if self.mask_classes:
+        if self.mask_classes and self.mask_encoding == "onehot":
             c = self.img_channels
             img = torch.cat([img[:, :c].float(), mask_activation(img[:, c:])], dim=1)   # [N, C + K, R, R]
         return img
@@ -417,6 +430,7 @@ class Generator(nn.Module):
                  conv_clamp: float = None,      # activation clamp (256 with reduced precision); None = off
                  mapping_lr_mul: float = 0.01,  # learning-rate multiplier of the mapping network
                  mask_classes: int = 0,         # tissue classes generated as extra channels (0 = image only)
+                 mask_encoding: str = "onehot",  # mask channels: "onehot" or "level" (SynthesisNetwork)
                  c_dim: int = 0,                # label width (0 = unconditional; StyleGAN2-ADA conditioning)
                  label_encoding: str = "none",  # "none" (official) or "fourier" (continuous labels; label_features)
                  label_range=None):             # "fourier": (lo, hi) per label mapped to [0, 1]; None = as given
@@ -424,7 +438,8 @@ class Generator(nn.Module):
         self.z_dim, self.w_dim = z_dim, w_dim
         self.img_resolution, self.img_channels, self.mask_classes = img_resolution, img_channels, mask_classes
         self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max, conv_clamp,
-                                          mask_classes)
+                                          mask_classes, mask_encoding)
+        self.mask_encoding = mask_encoding
         self.num_ws = self.synthesis.num_ws
         self.c_dim = c_dim
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, lr_mul=mapping_lr_mul, c_dim=c_dim,
@@ -506,8 +521,8 @@ class DiscriminatorEpilogue(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """StyleGAN2 "resnet" discriminator: image [N, img_channels (+ mask_classes), R, R] -> logits [N, 1]. With
-    mask_classes > 0 it judges image and mask together (FromRGB reads both). With c_dim > 0 it is the
+    """StyleGAN2 "resnet" discriminator: image [N, img_channels (+ mask channels), R, R] -> logits [N, 1]. With
+    mask_classes > 0 it judges image and mask together (FromRGB reads both; the mask in mask_encoding's form). With c_dim > 0 it is the
     projection discriminator of StyleGAN2-ADA: a label mapping network turns c into cmap [N, cmap_dim]
     (cmap_dim = channels at 4x4) and the logit is (epilogue(x) * cmap).sum(1) / sqrt(cmap_dim)."""
 
@@ -519,15 +534,16 @@ class Discriminator(nn.Module):
                  mbstd_group_size: int = 4,     # minibatch-stddev group size (min'ed with the batch)
                  mbstd_num_channels: int = 1,   # minibatch-stddev feature maps
                  conv_clamp: float = None,      # activation clamp (256 with reduced precision); None = off
-                 mask_classes: int = 0,         # mask channels read after the image channels (0 = image only)
+                 mask_classes: int = 0,         # mask classes read after the image channels (0 = image only)
+                 mask_encoding: str = "onehot",  # the mask as one channel per class or one level channel
                  c_dim: int = 0,                # label width (0 = unconditional)
                  mapping_layers: int = 8,       # FC layers of the label mapping (as G's mapping)
                  label_encoding: str = "none",  # "none" (official) or "fourier" (as G's)
                  label_range=None):             # as G's
         super().__init__()
         log2 = check_network_size(img_resolution, img_channels, channel_base, channel_max)
-        self.img_resolution, self.mask_classes = img_resolution, check_mask_classes(mask_classes)
-        self.img_channels = img_channels + mask_classes                   # channels D reads
+        self.img_resolution, self.mask_classes, self.mask_encoding = img_resolution, mask_classes, mask_encoding
+        self.img_channels = img_channels + mask_channel_count(mask_classes, mask_encoding)   # channels D reads
         self.blocks = nn.ModuleDict()                                     # f"b{R}", ..., "b16", "b8"
         for res in [2 ** i for i in range(log2, 2, -1)]:
             self.blocks[f"b{res}"] = DiscriminatorBlock(

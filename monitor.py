@@ -21,6 +21,7 @@ import dataset
 import metrics
 import runs
 import scoring
+import segment
 
 DIVERSITY_PAIRS = 200                   # random generated pairs for the diversity SSIM at each scoring
 SAMPLE_SEED_OFFSET = 777                # the scored latents come from --seed + this (the training RNG is untouched)
@@ -103,6 +104,7 @@ class QualityTracker:
             raise config_lib.ConfigError(str(e)) from None
         self.scorer = scoring.Scorer(real, device, inception, batch=max(cfg.batch, 16), pairs=DIVERSITY_PAIRS,
                                      ms_ssim=False)
+        self.segmenter = load_segmenter(cfg.agreement_segmenter, device) if cfg.agreement_segmenter else None
 
     def due(self, tick: int, snapshot: bool) -> bool:
         every = self.cfg.metrics_every
@@ -119,12 +121,29 @@ class QualityTracker:
         # With one shared noise map ("const") the samples share its texture, which inflates pair SSIM.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.cfg.seed + SAMPLE_SEED_OFFSET)
-            x = torch.cat([G(zb.to(self.device), None if cb is None else cb.to(self.device), noise_mode="random")[:, :c]
+            x = torch.cat([G(zb.to(self.device), None if cb is None else cb.to(self.device), noise_mode="random")
                            for zb, cb in zip(self.z.split(batch), cs)])
-        s = self.scorer(dataset.to_uint8(x).cpu())                                     # [num, C, R, R] uint8
+        images = dataset.to_uint8(x[:, :c]).cpu()                                      # [num, C, R, R] uint8
+        s = self.scorer(images)
         out = {short: s[name] for short, name in TRACKED.items() if name in s}
+        if self.segmenter is not None:          # the real-trained segmenter's masks against the generated ones
+            dice = segment.dice_scores(segment.segment(self.segmenter, images, device=self.device),
+                                       dataset.mask_labels(x[:, c:]).cpu())
+            out.update({f"agreement_{k}": v for k, v in dice.items()})
         out["metrics_seconds"] = round(time.time() - start, 3)
         return out
+
+
+def load_segmenter(path, device) -> "segment.UNet":
+    """The U-Net of a segmenter.pt (segment.py train) for the agreement Dice, or one line naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = segment.UNet()
+        model.load_state_dict(state)
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise config_lib.ConfigError(f"--agreement_segmenter {path}: not a segmenter.pt of segment.py train "
+                                     f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    return model.to(device).eval()
 
 
 def criterion(record: dict):

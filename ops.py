@@ -2,7 +2,7 @@
 
 Owns: convolutions whose gradients of every order are again plain convolutions (conv2d, conv_transpose2d),
 separable FIR resampling as sums of shifted slices (fir2d, blur2d, upsample2d, downsample2d,
-conv2d_resample), bias + activation (bias_act), the modulated/demodulated convolution (modulated_conv2d),
+conv2d_resample, gaussian_blur), bias + activation (bias_act), the modulated/demodulated convolution (modulated_conv2d),
 minibatch standard deviation and 2nd-moment normalization, and the constants they use. Each operation has
 one form here; the slower forms that pin their equivalence live in tests/reference.py.
 Does not own the nn.Module networks that compose them (modules.py) or the augmentation pipe (augment.py).
@@ -299,6 +299,17 @@ def blur2d(x: torch.Tensor, f: torch.Tensor, pad: int, gain: float = 1.0, stride
     """Filter every channel of x with the separable 2D kernel f [K, K] (fir_kernel's) times gain after
     zero-padding `pad` on each side, keeping every stride-th pixel."""
     return fir2d(x, *_separable(f, gain), FirSpec(1, stride, pad, pad))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of every channel of x [N, C, H, W] with standard deviation sigma pixels (taps out to
+    3 sigma, normalized to unit sum), edges extended by replication so that a constant stays constant."""
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    taps = torch.exp(-0.5 * (t / sigma) ** 2)
+    taps = taps / taps.sum()
+    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    return fir2d(x, taps, taps, FirSpec(1, 1, 0, 0))
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:

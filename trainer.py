@@ -23,6 +23,7 @@ import dataset
 import distributed
 import errors
 import losses
+import ops
 import runs
 import transfer
 
@@ -211,7 +212,7 @@ class Trainer:
 
     def step(self) -> None:
         idx = self.sampler.next(self.batch_gpu)
-        reals = self.data.batch(idx, device=self.device)                # [B, C, R, R] in [-1, 1]
+        reals = self.data.batch(idx, device=self.device, mask_encoding=self.cfg.mask_encoding)   # [B, C, R, R]
         reals = reals.contiguous(memory_format=self.memory_format)
         c = self.data.label_batch(idx, device=self.device) if self.cfg.c_dim else None   # [B, c_dim]
         self.d_step(reals, c)
@@ -263,6 +264,9 @@ class Trainer:
             self.augment_pipe.p = self.ada_p
             with self.rng.scope():                                    # augmentations from the layers stream
                 img = self.augment_pipe(img)
+        if self.cfg.mask_blur > 0:                                    # the same smoothing for real and fake masks
+            n = self.cfg.img_channels
+            img = torch.cat([img[:, :n], ops.gaussian_blur(img[:, n:], self.cfg.mask_blur)], dim=1)
         with self.autocast():
             return (self.D_fast if fast else self.D)(img, c).float()  # [N, 1]
 
@@ -414,4 +418,4 @@ def make_augment_pipe(cfg: config_lib.TrainConfig, device: torch.device):
     if cfg.aug == "noaug":
         return None
     return augment.AugmentPipe(img_channels=cfg.img_channels, pipeline=cfg.aug_pipe, p=cfg.p,
-                               mask_channels=config_lib.MASK_CLASSES if cfg.masks else 0).to(device)
+                               mask_channels=config_lib.mask_channels(cfg)).to(device)

@@ -1,0 +1,133 @@
+"""How a mask is generated and shown to D (--mask_encoding onehot | level, --mask_blur), the agreement Dice
+tracked while training (--agreement_segmenter) and checkpoints of masked runs made before these options."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import config
+import dataset
+import modules
+import ops
+import runs
+import segment
+import trainer as trainer_lib
+
+K = config.MASK_CLASSES
+SMALL = dict(z_dim=16, w_dim=16, img_resolution=16, channel_base=128, channel_max=16)
+
+
+@pytest.fixture(scope="module")
+def oasis(tmp_path_factory, make_oasis):
+    return make_oasis(tmp_path_factory.mktemp("encoding") / "oasis", subjects=(3, 1, 1), slices=4, size=16)
+
+
+@pytest.mark.parametrize("encoding", config.MASK_ENCODINGS)
+def test_each_encoding_round_trips_real_masks_and_snaps_generated_ones_to_four_classes(encoding):
+    labels = torch.randint(0, K, (3, 8, 8), dtype=torch.uint8)
+    channels = dataset.mask_channels(labels, K, encoding)
+    assert channels.shape == (3, K if encoding == "onehot" else 1, 8, 8)
+    assert channels.min() == -1 and channels.max() <= 1
+    assert torch.equal(dataset.mask_labels(channels), labels)
+    G = modules.Generator(**SMALL, mask_classes=K, mask_encoding=encoding)
+    x = G(torch.randn(6, 16) * 5)                                        # large z: extreme outputs too
+    assert x.shape == (6, 1 + channels.shape[1], 16, 16) and torch.isfinite(x).all()
+    snapped = dataset.mask_labels(x[:, 1:])
+    assert snapped.dtype == torch.uint8 and set(snapped.unique().tolist()) <= {0, 1, 2, 3}
+    assert set(dataset.mask_to_levels(snapped).unique().tolist()) <= set(dataset.MASK_LEVELS)
+
+
+def test_a_level_channel_holds_the_oasis_levels_and_snaps_to_the_nearest():
+    levels = dataset.mask_channels(torch.arange(K, dtype=torch.uint8).view(1, 1, K), K, "level")
+    torch.testing.assert_close(levels.flatten(), torch.tensor([0, 85, 170, 255]) / 127.5 - 1)
+    generated = torch.tensor([-5.0, -0.9, -0.5, -0.1, 0.2, 0.4, 0.7, 3.0, float("nan")]).view(1, 1, 1, -1)
+    assert dataset.mask_labels(generated).flatten().tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 0]
+
+
+def test_the_level_encoding_adds_one_channel_and_the_image_only_networks_are_unchanged():
+    assert (modules.count_params(modules.Generator()), modules.count_params(modules.Discriminator())) == \
+        (24_762_452, 24_000_961)
+    G1 = modules.Generator(**SMALL)
+    G_level = modules.Generator(**SMALL, mask_classes=K, mask_encoding="level")
+    extra = sum(b.torgb.weight.shape[1] + 1 for b in G1.synthesis.blocks.values())   # one more ToRGB output
+    assert modules.count_params(G_level) - modules.count_params(G1) == extra
+    D1 = modules.Discriminator(img_resolution=16, channel_base=128, channel_max=16)
+    D_level = modules.Discriminator(img_resolution=16, channel_base=128, channel_max=16, mask_classes=K,
+                                    mask_encoding="level")
+    assert modules.count_params(D_level) - modules.count_params(D1) == D1.blocks["b16"].fromrgb.weight.shape[0]
+    assert D_level(torch.randn(4, 2, 16, 16)).shape == (4, 1)
+    with pytest.raises(ValueError, match="mask_encoding must be one of"):
+        modules.Generator(**SMALL, mask_classes=K, mask_encoding="levels")
+
+
+def test_gaussian_blur_keeps_constants_and_is_twice_differentiable():
+    const = torch.full((2, 1, 12, 12), -1.0)
+    torch.testing.assert_close(ops.gaussian_blur(const, 1.0), const)   # background stays background at the edges
+    impulse = torch.zeros(1, 1, 15, 15)
+    impulse[0, 0, 7, 7] = 1
+    out = ops.gaussian_blur(impulse, 1.0)
+    torch.testing.assert_close(out.sum(), torch.tensor(1.0))
+    assert out[0, 0, 7, 7] == out.max() and torch.equal(out, out.flip(-1)) and torch.equal(out, out.transpose(-1, -2))
+    x = torch.randn(1, 2, 9, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: ops.gaussian_blur(t, 0.8), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: ops.gaussian_blur(t, 0.8), (x,))
+
+
+@pytest.mark.parametrize("encoding", config.MASK_ENCODINGS)
+def test_d_sees_real_and_fake_masks_through_the_same_blur_and_the_image_unchanged(oasis, encoding):
+    cfg = config.TrainConfig(data=str(oasis), resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16,
+                             batch=4, masks=True, mask_encoding=encoding, mask_blur=1.0, aug="noaug")
+    data = dataset.ImageDataset(oasis, resolution=16, with_masks=True, log=lambda m: None)
+    t = trainer_lib.Trainer(cfg, torch.device("cpu"), data=data, log=lambda m: None)
+    seen = []
+    t.D_fast = lambda img, c: seen.append(img) or img.mean(dim=(1, 2, 3))[:, None]
+    reals = data.batch([0, 1, 2, 3], mask_encoding=encoding)
+    fakes, _ = t.run_G(torch.randn(4, 16))
+    for x in (reals, fakes):
+        t.run_D(x, fast=True)
+        shown = seen.pop()
+        assert torch.equal(shown[:, :1], x[:, :1])
+        torch.testing.assert_close(shown[:, 1:], ops.gaussian_blur(x[:, 1:], 1.0))
+        assert not torch.equal(shown[:, 1:], x[:, 1:])
+
+
+def test_old_masked_configs_load_with_one_hot_masks():
+    saved = dataclasses.asdict(config.TrainConfig(masks=True))
+    for key in ("mask_encoding", "mask_blur", "agreement_segmenter"):       # a config written before them
+        saved.pop(key)
+    cfg = config.from_dict(saved)
+    assert cfg.mask_encoding == "onehot" and cfg.mask_blur == 0 and config.mask_channels(cfg) == K
+    with pytest.raises(config.ConfigError, match="--mask_encoding cannot change when resuming"):
+        config.resume_config(saved, {"mask_encoding": "level"})
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"mask_encoding": "soft"}, "--mask_encoding must be one of onehot, level"),
+    ({"mask_blur": -1.0}, "--mask_blur must be a sigma in pixels >= 0"),
+    ({"agreement_segmenter": "x.pt", "masks": False}, "--agreement_segmenter scores generated masks"),
+    ({"agreement_segmenter": "/nonexistent/segmenter.pt"}, "no such file"),
+])
+def test_bad_mask_options_are_one_line(options, message):
+    cfg = config.TrainConfig(**{"masks": True, **options})
+    with pytest.raises(config.ConfigError, match=message):
+        config.validate(cfg)
+
+
+@pytest.mark.slow
+def test_a_level_run_with_blur_logs_the_agreement_dice_and_resumes_bit_exactly(
+        oasis, tmp_path, tiny_args, run_train, weights, assert_same_weights):
+    seg = segment.UNet()
+    seg_path = tmp_path / "segmenter.pt"
+    torch.save(seg.state_dict(), seg_path)
+    args = tiny_args(oasis, tmp_path / "runs", masks="true", mask_encoding="level", mask_blur=0.7,
+                     agreement_segmenter=str(seg_path), metrics_num=8)
+    full = run_train(args + ["--kimg=0.12"])
+    part = run_train(args + ["--kimg=0.06"])
+    run_train([f"--resume={part}", "--kimg=0.12"])
+    assert_same_weights(weights(full / "checkpoint.pt"), weights(part / "checkpoint.pt"))
+    G, cfg, _, _ = runs.load_generator(full, torch.device("cpu"))
+    assert cfg.mask_encoding == "level" and G(torch.randn(2, 16)).shape == (2, 2, 16, 16)
+    scored = [r for r in map(json.loads, (full / "log.jsonl").read_text().splitlines()) if "agreement_mean" in r]
+    assert scored and all(0 <= r["agreement_mean"] <= 1 and "agreement_CSF" in r for r in scored)
