@@ -148,8 +148,8 @@ def label_features(c: torch.Tensor, encoding: str, lo: torch.Tensor = None, hi: 
     Fourier features sin(pi 2^j u), cos(pi 2^j u), j < FOURIER_FREQUENCIES, of u = (v - lo) / (hi - lo)
     ("fourier"; lo, hi [c_dim] default 0 and 1) [N, 2 * 4 * c_dim].
     Why: the embedding is normalized to unit second moment, which divides a single value's embedding v * e + b
-    (b starts at 0 and learns at lr_mul 0.01) by its own size, so positions 0.3 and 0.9 reach the network
-    as almost the same vector; the features have a constant norm and a direction that moves with v."""
+    by its own size: only the bias b (which starts at 0) keeps positions such as 0.3 and 0.9 apart. The
+    features have a constant norm and a direction that moves with v (docs/conditioning.md)."""
     if encoding == "none":
         return c
     if lo is not None:
