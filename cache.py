@@ -19,7 +19,8 @@ import decode
 import runs
 from oasis import DataError, first_names
 
-CACHE_VERSION = 2                               # bump when the decoded format or the index changes
+CACHE_VERSION = 3                               # bump when the decoded format or the index changes
+                                                # (3: masks of class indices 0..3 read as classes, not rounded)
 DIGEST_SIZE = 16                                # bytes of the BLAKE2b digests of files and cached arrays
 
 
@@ -79,13 +80,16 @@ def load_images(source, resolution: int, channels: int = 1, fit: str = "crop", w
     rsync -t, chmod, a copied folder) is hashed again and the cache kept only when its bytes are unchanged;
     any other difference rebuilds the cache. The cached arrays are checked against their digests on every
     load, so a damaged cache is reported and rebuilt, never used. A cache that cannot be written (read-only
-    folder, full disk) is not fatal: the run trains from the decoded images in memory.
+    folder, full disk) is not fatal: the run trains from the decoded images in memory. Temporary files that a
+    killed run left in a cache folder are removed (runs.remove_stale_temporaries: those whose process is gone).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     settings = [CACHE_VERSION, resolution, channels, fit, with_masks]
     listing = {"images": _listing(source.files, source.image_dir),
                "masks": _listing(source.mask_files, source.mask_dir) if with_masks else []}
     folders = cache_folders(source, cache_dir)
+    for folder in folders:                               # what a killed run was writing there
+        runs.remove_stale_temporaries(folder)
     shape = (channels, resolution, resolution)
     cached = None
     for folder in folders:

@@ -72,6 +72,24 @@ def _load_storage(data):
     return storage
 
 
+def _counts(values) -> bool:
+    return isinstance(values, tuple) and all(type(v) is int and v >= 0 for v in values)
+
+
+def _rebuild_tensor(storage, offset, size, stride, *rest):
+    """Stand-in for torch._utils._rebuild_tensor_v2 that refuses a view reaching outside its storage: torch
+    would grow the storage to fit, with uninitialised memory, and the weights would be whatever it held."""
+    if not (isinstance(storage, torch.TypedStorage) and _counts((offset,)) and _counts(size) and _counts(stride)
+            and len(size) == len(stride)):
+        raise ConvertError("a tensor of the pickle has no typed storage or a malformed size, stride or offset; "
+                           "damaged file")
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))        # the last element the view reads
+    if all(size) and last >= storage.size():
+        raise ConvertError(f"a tensor of the pickle (size {list(size)}, stride {list(stride)}, offset {offset}) "
+                           f"reaches past its storage of {storage.size()} values; damaged or crafted file")
+    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, *rest)
+
+
 class _Dtype:
     """Stand-in for numpy.dtype: records the type code and byte order only."""
 
@@ -101,7 +119,7 @@ class _PlainDict(dict):
 SAFE_GLOBALS = {                                              # every global an official snapshot names
     ("collections", "OrderedDict"): collections.OrderedDict,  # module state: _parameters, _buffers, _modules
     ("builtins", "set"): set,                                 # _non_persistent_buffers_set (pickle protocol < 4)
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_storage,
     ("numpy", "dtype"): _Dtype,                               # numpy scalars among the layers' attributes
@@ -121,10 +139,12 @@ class SafeUnpickler(pickle.Unpickler):
 
 
 def read_pickle(path: Path):
-    """The unpickled object, or a ConvertError: not a pickle, a zip archive, an unknown global, damaged."""
+    """The unpickled object, or a ConvertError: not a pickle, a zip archive, an unknown global, damaged. A
+    file is a zip archive only when it starts like one: a pickle that carries a zip end marker among its
+    bytes is read (and refused) as a pickle."""
     with open(path, "rb") as f:
         head = f.read(2)
-        if zipfile.is_zipfile(f):
+        if head == b"PK" and zipfile.is_zipfile(f):
             raise ConvertError("is a zip archive (a torch.save file, e.g. a checkpoint of this project, which needs "
                                "no conversion), not a network pickle")
         if not head.startswith(b"\x80"):

@@ -31,7 +31,7 @@ import errors
 import oasis
 import runs
 import volumes
-from decode import DecodeStats, decode_mask, open_image, read_image
+from decode import MASK_ENCODINGS, DecodeStats, decode_mask, open_image, read_image, read_mask
 from oasis import DataError, LABELS_FILE, MASK_LEVELS, SPLITS, first_names, is_oasis_layout, mask_name
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -401,7 +401,8 @@ class InfiniteSampler:
 # python dataset.py check | demo | slices | figure
 
 def check(data, resolution: int = None, img_channels: int = 1, skip_bad: bool = False):
-    """Decode every file once and describe what a training run would see.
+    """Decode every file once and describe what a training run would see, masks included (how they store their
+    classes: OASIS levels or class indices; any other values are a problem naming the file).
     Returns (report lines, problems): each problem is one line; none means the data can be used.
     Raises DataError when there is nothing to report on (missing path, no images)."""
     if resolution is not None:
@@ -428,9 +429,13 @@ def check(data, resolution: int = None, img_channels: int = 1, skip_bad: bool = 
                 read_image(f, img_channels, stats)
             except DataError as e:
                 stats.bad.append([f.relative_to(source.image_dir).as_posix(), str(e)])
+        encodings, bad_masks = _check_masks(source)
         bad_note = f", {len(stats.bad)} UNREADABLE" if stats.bad else ""
+        bad_note += f", {len(bad_masks)} UNUSABLE MASK(S)" if bad_masks else ""
         lines.append(f"{source.name:>10}: {len(source.files)} images, {mask_note}{bad_note}")
         lines.append(f"{'':>10}  sizes {_table(stats.sizes)}; modes {_table(stats.modes)}")
+        if encodings:
+            lines.append(f"{'':>10}  masks stored as {_table(encodings)}")
         if stats.color_to_gray:
             lines.append(f"{'':>10}  {stats.color_to_gray} colour images would become grayscale (luminance)")
         if resolution is not None:
@@ -441,7 +446,24 @@ def check(data, resolution: int = None, img_channels: int = 1, skip_bad: bool = 
             lines += [f"{'':>10}  bad: {name}: {why}" for name, why in stats.bad[:10]]
             if not skip_bad:
                 problems.append(str(cache.bad_files_error(stats.bad, source.image_dir)))
+        if bad_masks:
+            lines += [f"{'':>10}  bad mask: {name}: {why}" for name, why in bad_masks[:10]]
+            if not skip_bad:
+                problems.append(str(cache.bad_files_error(bad_masks, source.mask_dir)))
     return lines, problems
+
+
+def _check_masks(source: Source) -> tuple:
+    """({encoding in words: count}, [[mask name, reason], ...] of masks that cannot be read) of a source's masks
+    (none when it has no paired masks), read as training reads them (decode.read_mask)."""
+    encodings, bad = {}, []
+    for f in source.mask_files or []:
+        try:
+            words = MASK_ENCODINGS[read_mask(f)[1]]
+            encodings[words] = encodings.get(words, 0) + 1
+        except DataError as e:
+            bad.append([f.relative_to(source.mask_dir).as_posix(), str(e)])
+    return encodings, bad
 
 
 def _table(counts: dict) -> str:

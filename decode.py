@@ -2,8 +2,9 @@
 to a uint8 array at the training resolution, with every failure turned into one DataError line.
 
 Owns opening a file safely (missing, broken links, empty, truncated, decompression bombs, NaN pixels), the
-conversion of any mode to 8-bit grayscale or RGB, crop or pad to a square, the resize filter, and what
-decoding saw (DecodeStats). Does not own finding the files or the cache (dataset.py, cache.py).
+conversion of any mode to 8-bit grayscale or RGB, crop or pad to a square, the resize filter, what decoding
+saw (DecodeStats) and reading a tissue mask's classes (OASIS levels or class indices, nothing else). Does not
+own finding the files or the cache (dataset.py, cache.py).
 """
 
 import errno
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from oasis import DataError
+from oasis import MASK_LEVELS, DataError, first_names
 
 
 @dataclass
@@ -154,11 +155,42 @@ def decode_image(path: Path, resolution: int, channels: int = 1, fit: str = "cro
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)    # [C, R, R]
 
 
+MASK_ENCODINGS = {"levels": "OASIS levels 0/85/170/255", "classes": "class indices 0..3",
+                  "background": "background only"}      # how a mask file stores its classes -> words for the user
+
+
+def _mask_values(im: Image.Image) -> np.ndarray:
+    """The values a mask file stores [H, W]: grey values (16-bit OASIS levels, l * 257, read as l), the indices of
+    a colour palette (index k = class k), else the luminance; float images keep their values."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(im)
+        wide = [257 * level for level in MASK_LEVELS]      # 8-bit levels stretched to 0..65535
+        return values // 257 if np.isin(values, wide).all() else values
+    if im.mode == "P" and not _palette_is_gray(im):
+        return np.asarray(im)
+    return np.asarray(im.convert("L"))
+
+
+def read_mask(path: Path, data: bytes = None) -> tuple:
+    """A tissue mask file -> (uint8 labels [H, W] in 0..3, its encoding: a key of MASK_ENCODINGS). Values that are
+    all OASIS levels 0/85/170/255 or all class indices 0..3 are read exactly; any other set of values is a DataError
+    naming the file and the values (never rounded to the nearest level)."""
+    values = _mask_values(open_image(path, data))
+    found = set(np.unique(values).tolist())
+    if found == {0}:
+        return np.zeros(values.shape, np.uint8), "background"
+    if found <= set(range(len(MASK_LEVELS))):
+        return values.astype(np.uint8), "classes"
+    if found <= set(MASK_LEVELS):
+        return np.searchsorted(MASK_LEVELS, values).astype(np.uint8), "levels"
+    shown = first_names([f"{v:g}" for v in sorted(found)], 8)
+    raise DataError(f"{path}: mask values {shown} are neither the OASIS levels 0/85/170/255 nor class indices 0..3")
+
+
 def decode_mask(path: Path, resolution: int, fit: str = "crop", data: bytes = None) -> np.ndarray:
-    """OASIS tissue mask file -> uint8 labels [resolution, resolution] in 0..3 (nearest level of 0/85/170/255)."""
-    im = open_image(path, data)
-    im = fit_square(_to_uint8(im, 1, DecodeStats()), fit)
+    """OASIS tissue mask file -> uint8 labels [resolution, resolution] in 0..3 (read_mask: levels or class
+    indices)."""
+    im = fit_square(Image.fromarray(read_mask(path, data)[0]), fit)   # padding is background (0)
     if im.width != resolution:
         im = im.resize((resolution, resolution), Image.NEAREST)   # labels must not be blended
-    a = np.asarray(im, dtype=np.int32)
-    return np.clip(np.rint(a / 85.0), 0, 3).astype(np.uint8)
+    return np.asarray(im, dtype=np.uint8)

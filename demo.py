@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -86,15 +85,18 @@ def build_demo(out, seed: int = 0, subjects=(24, 4, 4), slices: int = 32, resolu
     """Write the demo data set: sum(subjects) virtual subjects as NIfTI volumes with tissue label maps, cut by
     the volume slicer (volumes.make_slices, the code behind `dataset.py slices`) into the OASIS layout with
     dataset.json, split by subject (train / validate / test in the shares of `subjects`), deterministic for a
-    seed. The volumes are scratch (deleted). Refuses to touch an existing folder."""
+    seed. The volumes are scratch (deleted). Refuses to touch an existing folder. Built in a folder beside out
+    (volumes.partial_folder); one that a killed build left there is removed first."""
     import nibabel
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out)
+    volumes.remove_stale_partials(out, log)
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} already exists and is not empty; choose another --outdir or delete it")
     config_lib.check_resolution(resolution, "--resolution", DataError)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".partial-"))
+    tmp = volumes.partial_folder(out)
+    tmp.mkdir()
     try:
         template = _load_mni152()
         spacing = max(1.0, DEMO_BOX[1] / resolution)              # 1 mm, coarser for small test resolutions

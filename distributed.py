@@ -1,7 +1,8 @@
 """Multi-process plumbing for torchrun: who this process is, averaging over ranks, gathering every rank's
 random-stream states, and the bitwise check that the ranks still agree.
 
-Owns the collectives trainer.py and train.py need; with one process every function returns at once without touching
+Owns the collectives trainer.py and train.py need, and the order in which processes (of one node or of several)
+read what one of them builds first; with one process every function returns at once without touching
 torch.distributed. Does not own what is averaged or when (trainer.py, train.py).
 """
 
@@ -10,9 +11,13 @@ import os
 import torch
 import torch.distributed as dist
 
+import errors
+
 
 def dist_env():
-    """(rank, world size, local rank) as torchrun sets them in RANK / WORLD_SIZE / LOCAL_RANK."""
+    """(rank, world size, local rank) as torchrun sets them in RANK / WORLD_SIZE / LOCAL_RANK: the rank counts
+    the processes of every node (rank 0 alone writes the run folder), the local rank those of this node (it
+    picks the GPU)."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
@@ -36,6 +41,27 @@ def any_rank(flag: bool, device, world_size: int) -> bool:
     t = torch.tensor(float(flag), device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def in_turns(work, rank: int, local_rank: int, world_size: int, device):
+    """work() on every process, in three turns (collective): global rank 0 first (it fills what is shared,
+    e.g. a cache on a shared file system), then the first process of every other node (what is local to a
+    node: a node-local cache), then the rest, which find both ready. Returns work()'s value. When work()
+    raises a ProjectError on one process, the later turns are skipped and every process stops with a line."""
+    if world_size == 1:
+        return work()
+    mine = 0 if rank == 0 else 1 if local_rank == 0 else 2
+    result = failed = None
+    for turn in range(3):
+        if turn == mine:
+            try:
+                result = work()
+            except errors.ProjectError as e:
+                failed = e
+        if any_rank(failed is not None, device, world_size):
+            raise failed or errors.ProjectError(f"process {rank}: stopped, another process failed first (its "
+                                                f"message names the cause)")
+    return result
 
 
 def from_rank0(value, world_size: int):

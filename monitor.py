@@ -182,35 +182,65 @@ def plot_metrics(log_path, out) -> None:
 
 class TensorBoard:
     """Every scalar of log.jsonl and the image grids at snapshots, when the tensorboard package is installed
-    (an optional extra, imported here and nowhere else); without it every call does nothing."""
+    (an optional extra, imported here and nowhere else); without it every call does nothing. Being optional,
+    it never stops a run: a folder that cannot be opened (a file in its place, no permission) or a write
+    that fails later (a full disk) turns it off with one warning, and the run goes on without it."""
 
     def __init__(self, run_dir, enabled: bool = True, log=print):
-        self.writer = None
+        self.writer, self.log = None, log
+        self.folder = Path(run_dir) / "tensorboard"
         if not enabled:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:                                    # the optional extra is absent: nothing changes
             return
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
-        log(f"TensorBoard logs in {Path(run_dir) / 'tensorboard'} (tensorboard --logdir {run_dir})")
+        try:
+            self.writer = SummaryWriter(log_dir=str(self.folder))
+        except Exception as e:                                 # whatever it raises, the run goes on
+            self._turn_off(e)
+            return
+        log(f"TensorBoard logs in {self.folder} (tensorboard --logdir {run_dir})")
 
-    def scalars(self, record: dict) -> None:
+    def _turn_off(self, e: Exception) -> None:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        self.log(f"warning: TensorBoard turned off, {self.folder} cannot be written ({reason}); training goes on "
+                 f"without it")
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:                                  # it failed already; said once above
+                pass
+
+    def _write(self, write) -> None:
+        """write(writer), unless turned off; a failure turns it off (the writer's thread re-raises its errors
+        in the next call)."""
         if self.writer is None:
             return
+        try:
+            write(self.writer)
+        except Exception as e:                                 # whatever it raises, the run goes on
+            self._turn_off(e)
+
+    def scalars(self, record: dict) -> None:
         step = int(round(record["kimg"] * 1000))
-        for key, value in record.items():
-            if key not in ("tick", "kimg", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.writer.add_scalar(key, value, step)
-        self.writer.flush()
+        values = {k: v for k, v in record.items()
+                  if k not in ("tick", "kimg", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+        def write(writer):
+            for key, value in values.items():
+                writer.add_scalar(key, value, step)
+            writer.flush()
+        self._write(write)
 
     def image(self, tag: str, grid, kimg: float) -> None:
         """grid: uint8 [H, W] or [H, W, 3] as runs.tile makes it."""
-        if self.writer is None:
-            return
-        self.writer.add_image(tag, grid, int(round(kimg * 1000)), dataformats="HW" if grid.ndim == 2 else "HWC")
-        self.writer.flush()
+        def write(writer):
+            writer.add_image(tag, grid, int(round(kimg * 1000)), dataformats="HW" if grid.ndim == 2 else "HWC")
+            writer.flush()
+        self._write(write)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self._write(lambda writer: writer.close())
+        self.writer = None

@@ -10,10 +10,11 @@ sweeps, scores against real slices, projections of real slices and synthetic dat
     python predict.py project slice.png more_slices/ --checkpoint runs/00000-demo [--steps 1000 --w_plus]
     python predict.py from_w runs/00000-demo/predict/projected_w.npz --checkpoint runs/00000-demo
     python predict.py export synthetic/ --checkpoint runs/00000-masks --num 1000
+    python predict.py volume --checkpoint runs/00000-slice --seeds 0-3 [--slices 32]      # stacks.py: NIfTI stacks
 
 `python predict.py MODE --help` lists a mode's options. Options are spelled with underscores like train.py's;
 the hyphenated spellings (--row-seeds) work too. The single-command spellings of earlier versions still work:
-with no mode the command is `images`, and --interpolate, --style_mix, --sweep, --score, --project A B,
+with no mode the command is `images`, and --interpolate, --style_mix, --sweep, --score, --volume, --project A B,
 --projected_w FILE and --export DIR select the mode wherever they stand.
 
 Owns: the command line, seed -> z, generation, labels of a conditional model, interpolation, style mixing,
@@ -25,8 +26,9 @@ files (project.py), the networks (modules.py), checkpoints and file writing (run
 Output goes to <folder of the checkpoint>/predict unless --outdir is given; only this program's own names
 there are rewritten (seed<NNNN>.png, grid.png, frame<NNNN>.png, interpolation.gif, stylemix-<band>.png,
 sweep.png, scores.json, closest_pairs.png, projection<NNNN>.png / .gif, projections.png, projection.json,
-projected_w.npz, projected<NNNN>.png). Seed s gives z = np.random.RandomState(s).randn(1, z_dim), as in the
-official StyleGAN2-ADA tools; with --noise_mode random each image is made alone, torch seeded by its seed.
+projected_w.npz, projected<NNNN>.png, seed<NNNN>.nii.gz / _seg.nii.gz / _views.png, views.png, volume.json).
+Seed s gives z = np.random.RandomState(s).randn(1, z_dim), as in the official StyleGAN2-ADA tools; with
+--noise_mode random each image is made alone, torch seeded by its seed.
 score: the reference is the train split; the held-out baseline is validate (else test), or a random 10 %
 (seed 0) of a plain image folder. FID / KID need --inception inception-2015-12-05.pt, the TorchScript
 Inception-v3 of the StyleGAN2-ADA metrics; nothing is downloaded.
@@ -58,6 +60,7 @@ import oasis
 import project
 import runs
 import scoring
+import stacks
 
 GRID_MAX = 64                           # grid.png shows at most the first 64 images (8 x 8)
 OVERLAY_MAX = 16                        # overlay.png shows at most the first 16 image / mask pairs
@@ -187,6 +190,13 @@ def generate(G, seeds, psi: float = 1.0, noise_mode: str = "const", device="cpu"
     """One uint8 image [C, R, R] per seed: [N, C, R, R] (with_labels: and the labels, see synthesize)."""
     return synthesize(G, seeds_to_ws(G, seeds, psi, device, batch), noise_mode, batch, noise_seeds=seeds,
                       with_labels=with_labels)
+
+
+def render_stack(G, seed, levels, psi, noise_mode, device, batch):
+    """One seed's slices at every slice position in levels [N], from one latent and one noise draw:
+    (uint8 images [N, C, R, R], labels [N, R, R] or None)."""
+    G.seed_labels = lambda s: torch.tensor(np.asarray(levels, dtype=np.float32)[:, None])
+    return generate(G, [seed] * len(levels), psi, noise_mode, device, batch, with_labels=True)
 
 
 MASK_COLOURS = ((0, 0, 0), (40, 120, 255), (40, 200, 80), (255, 170, 40))   # background, CSF, GM, WM
@@ -344,6 +354,8 @@ def write_export(G, seeds, outdir: Path, about: dict, psi, noise_mode, device, b
         if outdir.exists():
             outdir.rmdir()                                    # empty (checked above)
         os.replace(tmp, outdir)
+    except OSError as e:                                      # the folders themselves (a full disk, no permission)
+        raise runs.write_error(outdir, e) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     what = "images and masks" if G.mask_classes else "images (an image-only generator: no masks)"
@@ -426,6 +438,10 @@ def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode
     print(scoring.format_table(scores))
     if model is None:
         print("FID/KID skipped: pass --inception inception-2015-12-05.pt (TorchScript Inception-v3) to add them")
+    if stacks.is_position_model(cfg):                        # the consistency of stacks along the levels
+        positions = None if column is None else real.labels[:, column]
+        scores.update(stacks.stack_scores(lambda s, lv: render_stack(G, s, lv, psi, noise_mode, device, batch), seeds,
+                                          real.reference, real.names, positions))
     return "scores.json and closest_pairs.png"
 
 
@@ -442,8 +458,11 @@ MODES = {"images": "seed<NNNN>.png per seed and grid.png (with masks _seg.png an
                     "and projected_w.npz",
          "from_w": "images projected<NNNN>.png from a projected_w.npz that `project` wrote",
          "export": "a synthetic data set in the OASIS layout (images and, for a --masks model, their masks) in a new "
-                   "folder DIR"}
-OLD_FLAGS = {"--interpolate": "interpolate", "--style_mix": "style_mix", "--sweep": "sweep", "--score": "score"}
+                   "folder DIR",
+         "volume": "a slice-position model: per seed one latent's slices over the trained levels as a NIfTI stack "
+                   "seed<NNNN>.nii.gz (with masks _seg.nii.gz), seed<NNNN>_views.png, views.png, volume.json"}
+OLD_FLAGS = {"--interpolate": "interpolate", "--style_mix": "style_mix", "--sweep": "sweep", "--score": "score",
+             "--volume": "volume"}
 OLD_VALUE_FLAGS = {"--project": "project", "--projected_w": "from_w", "--export": "export"}   # they take values
 
 
@@ -535,12 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--trunc", type=finite, default=1.0, help="truncation psi (1 = off; 0.5-0.7 trades "
                                                                      "variety for typicality)")
             p.add_argument("--batch", type=at_least(1), default=16, help="images per forward pass (default 16)")
-        if name not in ("sweep", "from_w"):
+        if name not in ("sweep", "from_w", "volume"):
             label = p.add_mutually_exclusive_group()
             label.add_argument("--class", dest="class_", metavar="CLASS", type=int, help="a class model: this class (0, 1, ...)")
             label.add_argument("--label", help="a conditional model: the label as numbers v1,v2,... (c_dim values)")
             label.add_argument("--slice", type=float, help="a slice-position model: the axial position in [0, 1]")
-    for name, default in (("images", "0-15"), ("interpolate", "0-3"), ("sweep", "0-3")):
+    for name, default in (("images", "0-15"), ("interpolate", "0-3"), ("sweep", "0-3"), ("volume", "0-3")):
         modes[name].add_argument("--seeds", default=default, help=f"seeds like 0-9,20,30-32 (default {default})")
     for name in ("score", "export"):
         count = modes[name].add_mutually_exclusive_group()
@@ -573,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "0..255 -> features) instead of (1 - SSIM) + L1")
     modes["from_w"].add_argument("file", metavar="FILE", help="a projected_w.npz that `project` wrote")
     modes["export"].add_argument("dir", metavar="DIR", help="a new folder (or an empty one)")
+    stacks.add_arguments(modes["volume"])
     return top
 
 
@@ -634,6 +654,9 @@ def run(args) -> None:
                                     frame_every=max(1, args.steps // project.GIF_FRAMES))
         wrote = project.write_projections(G, cfg, args.images, settings, rule([0]).to(device) if rule else None,
                                           outdir, about, args.distance)
+    elif mode == "volume":
+        wrote = stacks.write_volumes(lambda s, lv: render_stack(G, s, lv, **gen), seeds,
+                                     stacks.plan(cfg, args.slices, args.range, args.data), outdir, about)
     elif mode == "from_w":
         wrote = project.write_from_projected_w(G, args.file, outdir, args.noise_mode)
     else:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -36,6 +37,14 @@ TMP_MARK = ".tmp-"                      # temporary files are .<name>.tmp-<pid>,
 LOCK_NAME = ".lock"
 BEST_NAME = "best.json"                 # the best snapshot so far by the run's quality scores (monitor.py)
 SNAPSHOT_RE = re.compile(r"snapshot-(\d+(?:\.\d+)?)\.pt")
+# torch.save reports a failed write as a RuntimeError without an errno: "unexpected pos 576 vs 534", "file write
+# failed" or "basic_ios::clear: iostream error" when the disk fills, "Parent directory X does not exist." for a
+# missing folder
+TORCH_WRITE_FAILED = re.compile(r"unexpected pos|write failed|failed writing|iostream error|No space left|Disk quota|"
+                                r"Parent directory .* does not exist")
+TORCH_NO_FOLDER = re.compile(r"Parent directory .* does not exist")
+DISK_FULL_TEXT = re.compile(r"No space left|Disk quota")
+FULL_BELOW = 1 << 20                    # bytes free under which such a write is taken as a full disk
 
 
 class RunError(errors.ProjectError):
@@ -58,12 +67,39 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_error(path: Path, e: OSError) -> RunError:
-    """One line for a failed write, saying what to do when the disk is full."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return RunError(f"{path}: the disk is full ({e.strerror}); free space there and run again (the previous "
-                        f"file, if any, is intact)")
-    return RunError(f"{path}: cannot be written ({e.strerror or e}); check the folder's permissions and space")
+def write_failed(e: BaseException) -> bool:
+    """Whether e is a failed file write: an OSError, or the RuntimeError torch.save raises for one (a full
+    disk, a missing folder), which carries no errno."""
+    return isinstance(e, OSError) or isinstance(e, RuntimeError) and TORCH_WRITE_FAILED.search(str(e)) is not None
+
+
+def _disk_full(folder: Path, e: BaseException) -> bool:
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or DISK_FULL_TEXT.search(str(e)):
+        return True
+    if not isinstance(e, RuntimeError) or TORCH_NO_FOLDER.search(str(e)):
+        return False
+    try:                                                          # torch: "unexpected pos", "file write failed"
+        return shutil.disk_usage(folder).free < FULL_BELOW
+    except OSError:
+        return False
+
+
+def write_error(path, e: BaseException) -> RunError:
+    """One line for a failed write (an OSError, or a RuntimeError of torch.save): a full disk and a missing
+    folder are named as such."""
+    path = Path(path)
+    code = getattr(e, "errno", None)
+    reason = getattr(e, "strerror", None) or _first_line(e)
+    if _disk_full(path.parent, e):
+        return RunError(f"{path}: the disk is full ({reason if code else 'No space left on device'}); free space "
+                        f"there and run again (the previous file, if any, is intact)")
+    if (code == errno.ENOENT or TORCH_NO_FOLDER.search(str(e))) and not path.parent.is_dir():
+        return RunError(f"{path}: the folder {path.parent} does not exist; create it or choose another")
+    if code == errno.ENOTDIR:
+        return RunError(f"{path}: a part of {path.parent} is a file, not a folder; choose another folder")
+    if code == errno.EISDIR:
+        return RunError(f"{path}: is a folder, not a file; move it away or choose another name")
+    return RunError(f"{path}: cannot be written ({reason}); check the folder's permissions and space")
 
 
 def atomic_write(path, write, mode: int = 0o644) -> Path:
@@ -79,7 +115,9 @@ def atomic_write(path, write, mode: int = 0o644) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
+        if not write_failed(e):
+            raise                                                 # a RuntimeError of something else: a bug
         raise write_error(path, e) from None
     finally:
         try:
@@ -161,18 +199,38 @@ def checkpoint_size(state: dict) -> int:
 
 def resolve_checkpoint(path, option: str = "--checkpoint") -> Path:
     """The one rule from what a user gives to a checkpoint file: a file as given; a run folder's
-    checkpoint.pt, else its highest-kimg snapshot-<kimg>.pt."""
+    checkpoint.pt, else its highest-kimg snapshot-<kimg>.pt. A checkpoint.pt that is there but is no file (a
+    dangling symbolic link, a folder) is refused, naming the cause, rather than passed over."""
     path = Path(path)
-    if path.is_dir():
-        if (path / "checkpoint.pt").is_file():
-            return path / "checkpoint.pt"
+    if path.is_dir() and path.suffix != ".pt":
+        checkpoint = path / "checkpoint.pt"
+        if os.path.lexists(checkpoint):
+            broken = not_a_file(checkpoint)
+            if broken:
+                raise RunError(f"{option} {path}: its checkpoint.pt is {broken}")
+            return checkpoint
         snaps = [(float(m.group(1)), p) for p in path.glob("snapshot-*.pt") if (m := SNAPSHOT_RE.fullmatch(p.name))]
         if not snaps:
             raise RunError(f"{option} {path}: no checkpoint.pt or snapshot-<kimg>.pt in this folder")
         return max(snaps)[1]
     if not path.is_file():
+        broken = not_a_file(path) if os.path.lexists(path) else None
+        if broken:
+            raise RunError(f"{option} {path}: is {broken}")
         raise RunError(f"{option} {path}: no such file or folder; give a checkpoint file or its run folder")
     return path
+
+
+def not_a_file(path: Path):
+    """Why a name that is there cannot be read as a checkpoint file, with what to do, or None when it can."""
+    if path.is_symlink() and not path.exists():
+        return (f"a symbolic link to {os.readlink(path)}, which does not exist; restore that file or point the "
+                f"link at one that exists")
+    if path.is_dir():
+        return "a folder, not a checkpoint file; move it away or give the checkpoint file itself"
+    if not path.is_file():
+        return "not a regular file; give a checkpoint file"
+    return None
 
 
 def read_best(run_dir):
@@ -335,9 +393,15 @@ def load_generator(path, device, option: str = "--checkpoint"):
 def last_checkpoint(run_dir: Path) -> str:
     """Where a stopped run can go on from, in words (checkpoints only ever hold finite weights)."""
     path = run_dir / "checkpoint.pt"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return f"no checkpoint was written yet in {run_dir}"
-    state = load_checkpoint(path, need=())
+    broken = not_a_file(path)
+    if broken:
+        return f"{path} is {broken}"
+    try:
+        state = load_checkpoint(path, need=())
+    except RunError as e:
+        return f"the last checkpoint cannot be read ({e})"
     return f"the last good checkpoint is {path} (kimg {state['cur_nimg'] / 1000:g}, step {state['batch_idx']})"
 
 
@@ -420,8 +484,12 @@ class RunLock:
             self.fd = None
             raise RunError(f"{self.path.parent}: in use by process {other}, which is training in it; wait for it "
                            f"to end or stop it first") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, str(os.getpid()).encode())
+        except OSError as e:
+            self.release()
+            raise write_error(self.path, e) from None
         return self
 
     def release(self) -> None:
@@ -442,11 +510,27 @@ def kimg_tag(nimg: int) -> str:
 
 
 def append_log(path, record: dict) -> None:
-    """One JSON line appended to log.jsonl and flushed to disk."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """One JSON line appended to log.jsonl and flushed to disk. A write that fails (a full disk) is cut back
+    off, so the file stays as it was; a line cut off by a kill is skipped by read_log."""
+    line = memoryview((json.dumps(record) + "\n").encode())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            while line:
+                line = line[os.write(fd, line):]                  # a full disk first writes only a part
+            os.fsync(fd)
+        except OSError as e:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise write_error(path, e) from None
+    finally:
+        os.close(fd)
 
 
 def read_log(path) -> list:

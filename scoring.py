@@ -22,6 +22,8 @@ TABLE_ROWS = [("nearest-real SSIM, mean", "nearest_ssim_mean", "heldout_nearest_
               ("axial levels covered (nearest real)", "level_coverage", "real_level_coverage"),
               ("axial-level spread (0 = even)", "level_spread", "real_level_spread"),
               ("slice position error (asked vs real)", "position_error", "real_position_error"),
+              ("stacks: SSIM of neighbouring slices", "stack_ssim", "real_stack_ssim"),
+              ("stacks: Dice of neighbouring outlines", "stack_outline_dice", "real_stack_outline_dice"),
               ("FID", "fid", None), ("KID", "kid", None)]
 
 
@@ -84,5 +86,9 @@ def format_table(scores: dict) -> str:
     cell = lambda key: f"{scores[key]:.4f}" if key in scores else ""                 # noqa: E731
     lines = [f"{'':<36} {'generated':>10} {'real':>10}"]
     lines += [f"{label:<36} {cell(g):>10} {cell(r):>10}" for label, g, r in TABLE_ROWS if g in scores]
-    lines.append("real: held-out slices against the training slices (nearest), training pairs (diversity)")
+    lines.append("real: held-out slices against the training slices (nearest), training pairs (diversity)"
+                 + (", the training subjects' slices in position order (stacks)" if "stack_ssim" in scores else ""))
+    if "mixed_stack_ssim" in scores:
+        lines.append(f"stacks of different seeds' slices (a floor): SSIM {scores['mixed_stack_ssim']:.4f}, outline "
+                     f"Dice {scores['mixed_stack_outline_dice']:.4f}")
     return "\n".join(lines)

@@ -6,12 +6,15 @@ Dice score per tissue class, and the TSTR protocol. Does not own reading the pai
 synthetic ones (train.py --masks, then predict.py --export).
 
     python segment.py train --train data/demo --test data/demo              # train split -> test split
-    python segment.py tstr --real data/demo --synthetic synth/ --outdir tstr/
+    python segment.py tstr --real data/demo --synthetic synth/ --outdir tstr/ --seeds 0-2
 
-TSTR trains the same network, for the same iterations and seed, three times and scores each on the real
-test split: (a) on the real train split (the baseline), (b) on the synthetic pairs only, (c) on both.
-It also reports agreement: the real-trained segmenter (a) run on the synthetic images and scored against
-the generated masks (high when the generated masks fit the generated anatomy).
+TSTR trains the same network, for the same iterations and seed, on each of these sets and scores each on the
+real test split: (a) the real train split (the baseline), (b) the synthetic pairs only, (c) both, and, for
+when labelled scans are few, (d) a few real training subjects alone (--scarce_subjects, the first case ids
+in sorted order) and (e) the same subjects + the synthetic pairs. It also reports agreement: the
+real-trained segmenter (a) run on the synthetic images and scored against the generated masks (high when
+the generated masks fit the generated anatomy). With several --seeds every row is trained once per seed and
+reported as the mean and min-max over seeds.
 Dice is computed over all pixels of a set at once, per class (CSF, grey matter, white matter), and their
 mean; the background class is not scored.
 """
@@ -28,6 +31,8 @@ import torch.nn.functional as F
 import config as config_lib
 import dataset
 import errors
+import oasis
+import predict
 import runs
 
 CLASSES = ("background", "CSF", "GM", "WM")        # OASIS mask labels 0..3
@@ -144,13 +149,14 @@ def evaluate(model: UNet, images: torch.Tensor, labels: torch.Tensor, device="cp
 
 
 def load_pairs(path, split: str, resolution: int, option: str, log=None):
-    """(uint8 images [N, 1, R, R], uint8 labels [N, R, R]) of one split of an OASIS-layout folder."""
+    """(uint8 images [N, 1, R, R], uint8 labels [N, R, R], the N file names) of one split of an OASIS-layout
+    folder."""
     try:
         data = dataset.ImageDataset(path, split=split, resolution=resolution, with_masks=True, mirror=False,
                                     log=log or (lambda m: print(m, file=sys.stderr)))
     except dataset.DataError as e:
         raise dataset.DataError(str(e).replace("--data", option)) from None
-    return torch.from_numpy(data.images), torch.from_numpy(data.masks)
+    return torch.from_numpy(data.images), torch.from_numpy(data.masks), data.files
 
 
 def native_resolution(path, option: str) -> int:
@@ -169,12 +175,50 @@ def native_resolution(path, option: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# The TSTR protocol
+
+SCARCE_RULE = "the first {n} of the real train split's case ids in sorted order"
+
+
+def scarce_subjects(files, n: int, path, option: str = "--real") -> tuple:
+    """(case ids, indices): the first n subjects of a split in sorted case id order (the case id of an OASIS
+    name case_XXX_slice_K is its subject) and the indices in `files` of all their slices."""
+    cases = [oasis.case_and_slice(f) for f in files]
+    ids = sorted({c[0] for c in cases if c}, key=int)
+    if len(ids) <= n:
+        found = f"{len(ids)} subjects" if ids else "no case_XXX_slice_K file names"
+        raise dataset.DataError(f"{option} {path}: its train split has {found}; --scarce_subjects {n} must be fewer "
+                                f"(or 0 to leave rows (d) and (e) out)")
+    chosen = ids[:n]
+    return chosen, [i for i, c in enumerate(cases) if c and c[0] in chosen]
+
+
+def spread(per_seed: list) -> tuple:
+    """Dicts of numbers with the same keys, one per seed -> their (mean, min, max) over seeds, key by key."""
+    return tuple({k: float(f([d[k] for d in per_seed])) for k in per_seed[0]} for f in (np.mean, np.min, np.max))
+
+
+def tstr_seed(sets: dict, test: tuple, synthetic: tuple, seed: int, args) -> dict:
+    """One seed of the protocol: a segmenter trained on each set of (images, labels) and scored on the real
+    test pairs; the one trained on "real" also scored on the synthetic pairs (the agreement)."""
+    dice = {}
+    for name, (images, labels) in sets.items():
+        model = train_segmenter(images, labels, args.iters, args.batch, args.lr, seed, args.device,
+                                desc=f"{name} ({len(images)} pairs), seed {seed}")
+        dice[name] = evaluate(model, *test, args.device)
+        if name == "real":
+            agreement = evaluate(model, *synthetic, args.device)
+    return {"seed": seed, "dice": dice, "agreement": agreement,
+            "synthetic_over_real": dice["synthetic"]["mean"] / max(dice["real"]["mean"], 1e-12)}
+
+
+# ----------------------------------------------------------------------------------------------
 # Commands
 
 def run_train(args) -> dict:
     resolution = args.resolution or native_resolution(args.train, "--train")
-    images, labels = load_pairs(args.train, args.train_split, resolution, "--train")
-    test_images, test_labels = load_pairs(args.test, args.test_split, resolution, "--test")
+    images, labels, _ = load_pairs(args.train, args.train_split, resolution, "--train")
+    test_images, test_labels, _ = load_pairs(args.test, args.test_split, resolution, "--test")
     model = train_segmenter(images, labels, args.iters, args.batch, args.lr, args.seed, args.device,
                             desc=f"training on {len(images)} pairs")
     scores = evaluate(model, test_images, test_labels, args.device)
@@ -191,27 +235,39 @@ def run_train(args) -> dict:
 
 
 def run_tstr(args) -> dict:
-    """The three trainings, the agreement score, tstr.json and tstr.md."""
+    """Rows (a)-(e) trained once per seed and scored on the real test split, the agreement, their mean and
+    min-max over seeds; tstr.json (per seed and aggregate) and tstr.md (the table)."""
     outdir = runs.check_writable(args.outdir)
     resolution = args.resolution or native_resolution(args.synthetic, "--synthetic")
-    real, real_labels = load_pairs(args.real, "train", resolution, "--real")
-    test, test_labels = load_pairs(args.real, args.test_split, resolution, "--real")
-    synth, synth_labels = load_pairs(args.synthetic, "train", resolution, "--synthetic")
+    real, real_labels, real_files = load_pairs(args.real, "train", resolution, "--real")
+    test, test_labels, _ = load_pairs(args.real, args.test_split, resolution, "--real")
+    synth, synth_labels, _ = load_pairs(args.synthetic, "train", resolution, "--synthetic")
     sets = {"real": (real, real_labels), "synthetic": (synth, synth_labels),
             "real + synthetic": (torch.cat([real, synth]), torch.cat([real_labels, synth_labels]))}
-    scores, models = {}, {}
-    for name, (images, labels) in sets.items():
-        models[name] = train_segmenter(images, labels, args.iters, args.batch, args.lr, args.seed, args.device,
-                                       desc=f"{name} ({len(images)} pairs)")
-        scores[name] = evaluate(models[name], test, test_labels, args.device)
-    agreement = evaluate(models["real"], synth, synth_labels, args.device)
-    ratio = scores["synthetic"]["mean"] / max(scores["real"]["mean"], 1e-12)
+    scarce = None
+    if args.scarce_subjects:
+        subjects, idx = scarce_subjects(real_files, args.scarce_subjects, args.real)
+        few, few_labels = real[idx], real_labels[idx]
+        sets["scarce real"] = (few, few_labels)
+        sets["scarce real + synthetic"] = (torch.cat([few, synth]), torch.cat([few_labels, synth_labels]))
+        scarce = {"subjects": subjects, "pairs": len(idx), "rule": SCARCE_RULE.format(n=args.scarce_subjects)}
+    per_seed = [tstr_seed(sets, (test, test_labels), (synth, synth_labels), seed, args) for seed in args.seeds]
+    dice = {name: spread([r["dice"][name] for r in per_seed]) for name in sets}
+    agreement = spread([r["agreement"] for r in per_seed])
+    ratios = [r["synthetic_over_real"] for r in per_seed]
+    mean = {name: d[0]["mean"] for name, d in dice.items()}
     result = {"real": str(args.real), "synthetic": str(args.synthetic), "test_split": args.test_split,
               "pairs": {"real": len(real), "synthetic": len(synth), "test": len(test)}, "resolution": resolution,
-              "iters": args.iters, "batch": args.batch, "lr": args.lr, "seed": args.seed, "dice": scores,
-              "synthetic_over_real": ratio,
-              "real_plus_synthetic_beats_real": scores["real + synthetic"]["mean"] > scores["real"]["mean"],
-              "agreement": agreement}
+              "iters": args.iters, "batch": args.batch, "lr": args.lr, "seeds": args.seeds, "scarce": scarce,
+              "dice": {name: d[0] for name, d in dice.items()}, "dice_min": {name: d[1] for name, d in dice.items()},
+              "dice_max": {name: d[2] for name, d in dice.items()},
+              "agreement": agreement[0], "agreement_min": agreement[1], "agreement_max": agreement[2],
+              "synthetic_over_real": float(np.mean(ratios)), "synthetic_over_real_min": min(ratios),
+              "synthetic_over_real_max": max(ratios),
+              "real_plus_synthetic_beats_real": mean["real + synthetic"] > mean["real"],
+              "scarce_plus_synthetic_beats_scarce": mean["scarce real + synthetic"] > mean["scarce real"] if scarce
+              else None,
+              "per_seed": per_seed}
     table = format_tstr(result)
     runs.write_text(outdir / "tstr.json", json.dumps(result, indent=1) + "\n")
     runs.write_text(outdir / "tstr.md", table + "\n")
@@ -221,22 +277,50 @@ def run_tstr(args) -> dict:
 
 
 def format_rows(rows) -> str:
-    lines = [f"| {'':<34} | {'CSF':>6} | {'GM':>6} | {'WM':>6} | {'mean':>6} |", f"|{'-' * 36}|" + "-------:|" * 4]
-    for label, s in rows:
-        lines.append(f"| {label:<34} | {s['CSF']:6.3f} | {s['GM']:6.3f} | {s['WM']:6.3f} | {s['mean']:6.3f} |")
+    """A markdown table of rows (label, scores) or (label, mean, min, max): Dice per class and their mean, the
+    min-max over seeds in brackets when given."""
+    def cell(row, key):
+        return f"{row[1][key]:.3f}" + (f" ({row[2][key]:.3f}-{row[3][key]:.3f})" if len(row) > 2 else "")
+    keys = [CLASSES[k] for k in SCORED] + ["mean"]
+    table = [[""] + keys] + [[row[0]] + [cell(row, k) for k in keys] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(keys) + 1)]
+    lines = ["| " + " | ".join([line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]) + " |"
+             for line in table]
+    lines.insert(1, "|" + "-" * (widths[0] + 2) + "|" + "".join("-" * (w + 1) + ":|" for w in widths[1:]))
     return "\n".join(lines)
 
 
 def format_tstr(r: dict) -> str:
-    d, n = r["dice"], r["pairs"]
-    rows = [(f"(a) real -> real test ({n['real']})", d["real"]),
-            (f"(b) synthetic -> real test ({n['synthetic']})", d["synthetic"]),
-            ("(c) real + synthetic -> real test", d["real + synthetic"]),
-            ("agreement: (a) on synthetic pairs", r["agreement"])]
-    return (f"Dice on the real {r['test_split']} split ({n['test']} slices, {r['resolution']} px), "
-            f"{r['iters']} iterations, seed {r['seed']}\n" + format_rows(rows) +
-            f"\n\n(b) / (a) mean Dice: {r['synthetic_over_real']:.3f}; real + synthetic "
-            f"{'beats' if r['real_plus_synthetic_beats_real'] else 'does not beat'} real alone")
+    """tstr.md: the heading, one row per training set and the agreement, the (b)/(a) ratio and the verdicts."""
+    n, scarce, seeds = r["pairs"], r["scarce"], r["seeds"]
+    spread_shown = len(seeds) > 1
+    labels = {"real": f"(a) real -> real test ({n['real']})",
+              "synthetic": f"(b) synthetic -> real test ({n['synthetic']})",
+              "real + synthetic": f"(c) real + synthetic -> real test ({n['real'] + n['synthetic']})"}
+    head = (f"Dice on the real {r['test_split']} split ({n['test']} slices, {r['resolution']} px), {r['iters']} "
+            f"iterations, " + (f"seeds {', '.join(map(str, seeds))}: mean (min-max over seeds)" if spread_shown
+                               else f"seed {seeds[0]}"))
+    verdicts = [f"real + synthetic {beats(r['real_plus_synthetic_beats_real'])} real alone"]
+    if scarce:
+        k = len(scarce["subjects"])
+        few = f"{k} real subject{'s' if k > 1 else ''}"
+        labels["scarce real"] = f"(d) {few} -> real test ({scarce['pairs']})"
+        labels["scarce real + synthetic"] = f"(e) {few} + synthetic -> real test ({scarce['pairs'] + n['synthetic']})"
+        head += f"\n(d), (e): real subjects {', '.join(scarce['subjects'])}, {scarce['rule']}"
+        verdicts.append(f"(e) {few} + synthetic {beats(r['scarce_plus_synthetic_beats_scarce'])} (d) {few} alone")
+    stats = {labels[name]: (r["dice"][name], r["dice_min"][name], r["dice_max"][name]) for name in labels}
+    stats["agreement: (a) on synthetic pairs"] = (r["agreement"], r["agreement_min"], r["agreement_max"])
+    rows = [(label,) + s[:3 if spread_shown else 1] for label, s in stats.items()]
+    ratio = f"{r['synthetic_over_real']:.3f}"
+    if spread_shown:
+        ratio += (f" (min-max {r['synthetic_over_real_min']:.3f}-{r['synthetic_over_real_max']:.3f}, the mean of "
+                  f"the per-seed ratios)")
+    return (head + "\n\n" + format_rows(rows) + f"\n\n(b) / (a) mean Dice: {ratio}; " + "; ".join(verdicts) +
+            (" (mean Dice over seeds)" if spread_shown else ""))
+
+
+def beats(yes: bool) -> str:
+    return "beats" if yes else "does not beat"
 
 
 def build_parser() -> config_lib.Parser:
@@ -253,6 +337,10 @@ def build_parser() -> config_lib.Parser:
     ts.add_argument("--synthetic", required=True, help="OASIS-layout folder of synthetic pairs (predict.py --export)")
     ts.add_argument("--test_split", default="test", help="real split to score on (default test)")
     ts.add_argument("--outdir", required=True, help="where tstr.json and tstr.md go")
+    ts.add_argument("--seeds", help="segmenter seeds, every row trained once per seed: 0,1,2 or 0-2 (default: --seed)")
+    ts.add_argument("--scarce_subjects", type=int, default=3,
+                    help="rows (d) and (e): this many real training subjects, the first case ids in sorted order, "
+                         "alone and with the synthetic pairs; 0 leaves them out (default 3)")
     for p in (tr, ts):
         p.add_argument("--resolution", type=int, default=0, help="pixels (default: the training images' size)")
         p.add_argument("--iters", type=int, default=2000, help="training iterations (default 2000)")
@@ -277,6 +365,13 @@ def _main(argv: list) -> None:
         config_lib.check_resolution(args.resolution)
     if not (args.lr > 0 and math.isfinite(args.lr)):
         raise config_lib.ConfigError(f"--lr must be a positive number, got {args.lr}")
+    if args.what == "tstr":
+        args.seeds = [args.seed] if args.seeds is None else predict.parse_seeds(args.seeds)
+        if len(set(args.seeds)) < len(args.seeds):
+            raise config_lib.ConfigError(f"--seeds {','.join(map(str, args.seeds))}: a seed is repeated")
+        if args.scarce_subjects < 0:
+            raise config_lib.ConfigError(f"--scarce_subjects must be >= 0 (0 leaves rows (d) and (e) out), "
+                                         f"got {args.scarce_subjects}")
     args.device = config_lib.resolve_device(args.device)
     (run_tstr if args.what == "tstr" else run_train)(args)
 

@@ -49,18 +49,27 @@ class Run:
         self.z_grid = monitor.grid_latents(trainer.cfg, trainer.data, trainer.device)
         self.last_checkpoint = time.time()
         self.quality = self.board = self.lock = None
+        self.deferred = None            # a checkpoint write put off by a non-finite streak: {"step", "snapshot"}
 
-    def save_checkpoints(self, snapshot: bool) -> None:
+    def save_checkpoints(self, snapshot: bool, final: bool = False):
         """snapshot-<kimg>.pt (networks only) first, then checkpoint.pt (everything): a kill between the two
-        replays the tick on resume and writes the snapshot again, so no snapshot is lost. Deferred while a
-        non-finite streak is going on, so checkpoint.pt never holds a step inside one."""
+        replays the tick on resume and writes the snapshot again, so no snapshot is lost. While a non-finite
+        streak is going on the write is deferred (logged in log.jsonl) until write_deferred finds the steps
+        finite again, so checkpoint.pt never holds a step inside one; the final write (the end of the run, a
+        signal) is not deferred: it keeps the streak's count, which a resume continues. Returns the first file
+        written (None when deferred, and on ranks other than 0)."""
         t = self.trainer
-        streak = t.guard.streak()
-        state = t.state_dict()                                       # collective: every rank takes part
-        if not self.is_main:
+        streak = t.guard.streak()                                    # the same on every rank
+        if streak and not final:
+            self._defer(snapshot, streak)
             return None
-        if streak:
-            self.log(f"checkpoint deferred at kimg {t.cur_nimg / 1000:.3f}: {streak} non-finite step(s) in a row")
+        deferred, self.deferred = self.deferred, None
+        snapshot = snapshot or bool(deferred and deferred["snapshot"])
+        state = t.state_dict()                                       # collective: every rank takes part
+        bad = runs.nonfinite_tensor(state)                           # e.g. a buffer; the same on every rank
+        if bad is not None:
+            raise TrainingStopped(f"{'the final' if final else 'a'} checkpoint was not written: {bad} holds NaN or inf")
+        if not self.is_main:
             return None
         written = []
         if snapshot:
@@ -68,10 +77,35 @@ class Run:
             runs.save_checkpoint(self.dir / name, {k: v for k, v in state.items() if not k.startswith("opt_")})
             written.append(name)
         runs.save_checkpoint(self.dir / "checkpoint.pt", state)
-        runs.append_log(self.dir / "log.jsonl", {"event": "checkpoint", "kimg": t.cur_nimg / 1000, "step": t.batch_idx,
-                                                 "files": written + ["checkpoint.pt"], "time": time.time()})
+        event = {"event": "checkpoint", "kimg": t.cur_nimg / 1000, "step": t.batch_idx,
+                 "files": written + ["checkpoint.pt"], "time": time.time()}
+        if deferred:
+            event["deferred_at_step"] = deferred["step"]
+        if streak:
+            event["nonfinite_run"] = streak
+            self.log(f"note: the run ends inside {streak} non-finite step(s) in a row; the final checkpoint keeps "
+                     f"their count (its weights are those of the last step taken)")
+        runs.append_log(self.dir / "log.jsonl", event)
         self.last_checkpoint = time.time()
         return written[0] if snapshot else "checkpoint.pt"
+
+    def _defer(self, snapshot: bool, streak: int) -> None:
+        t = self.trainer
+        first = self.deferred or {"step": t.batch_idx, "snapshot": False}
+        self.deferred = {"step": first["step"], "snapshot": first["snapshot"] or snapshot}
+        if self.is_main:
+            self.log(f"checkpoint deferred at kimg {t.cur_nimg / 1000:.3f}: {streak} non-finite step(s) in a row")
+            runs.append_log(self.dir / "log.jsonl", {"event": "checkpoint_deferred", "kimg": t.cur_nimg / 1000,
+                                                     "step": t.batch_idx, "streak": streak, "snapshot": snapshot,
+                                                     "time": time.time()})
+
+    def write_deferred(self) -> None:
+        """Make a deferred checkpoint write as soon as the non-finite streak is over (called after every step
+        while one is pending; reads the device)."""
+        if self.deferred is None or self.trainer.guard.streak():
+            return
+        self.trainer.check_nonfinite()                # a phase that reached max_nonfinite, or NaN weights, stop here
+        self.save_checkpoints(snapshot=False)
 
     def save_pictures(self, snapshot: bool) -> None:
         """losses.png, metrics.png and, at snapshots, fakes<kimg>.png (also to TensorBoard). A failure here is a
@@ -159,7 +193,7 @@ def end_tick(run: Run, tick_start_nimg: int, tick_start_time: float, done: bool)
         from tqdm import tqdm
         tqdm.write(f"tick {t.tick:<5} {status}  p {t.ada_p:.3f}", file=sys.stderr)
     if snapshot or time.time() - run.last_checkpoint >= cfg.checkpoint_minutes * 60:
-        written = run.save_checkpoints(snapshot=snapshot and images > 0)
+        written = run.save_checkpoints(snapshot=snapshot and images > 0, final=done)
         if written and written.startswith("snapshot") and monitor.update_best(run.dir, record, written):
             run.log(f"best snapshot so far: {written} ({'%s %.4g' % monitor.criterion(record)})")
     if run.is_main and images > 0:
@@ -220,29 +254,30 @@ def run_loop(run: Run, stop: StopSignals) -> None:
                 run.log(f"done: {t.cur_nimg / 1000:.1f} kimg; results in {run.dir}")
                 return
             if interrupted:
-                run.save_checkpoints(snapshot=False)
+                run.save_checkpoints(snapshot=False, final=True)
                 name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
                 run.log(f"{name}: checkpoint saved at kimg {t.cur_nimg / 1000:.1f}; continue with "
                         f"python train.py --resume {run.dir}")
                 raise SystemExit(130 if stop.signal == signal.SIGINT else 143)
+            run.write_deferred()
 
 
 # ----------------------------------------------------------------------------------------------
 # main
 
-def load_data(cfg, is_main: bool, world_size: int, log):
-    """The training images: rank 0 decodes (or builds the demo) first, the other ranks then read its cache."""
-    data_path = cfg.data
-    if not data_path:
-        data_path = str(demo.ensure_demo(log=log)) if is_main else str(demo.DEFAULT_DATA)
-    if world_size > 1 and not is_main:
-        dist.barrier()
-    data = dataset.ImageDataset(data_path, split=cfg.split, resolution=cfg.resolution, img_channels=cfg.img_channels,
-                                fit=cfg.fit, mirror=cfg.mirror, skip_bad=cfg.skip_bad, with_masks=cfg.masks,
-                                cache_dir=cfg.cache_dir or None, log=log, cond=cfg.cond)
-    if world_size > 1 and is_main:
-        dist.barrier()
-    return data
+def load_data(cfg, rank: int, local_rank: int, world_size: int, device, log):
+    """The training images, read in turns (distributed.in_turns): rank 0 builds the demo data and the decode
+    cache first; then the first process of every other node, which finds them on a shared file system or
+    builds its node's own; then the rest read what is there."""
+    def read():
+        data_path = cfg.data
+        if not data_path:
+            data_path = str(demo.ensure_demo(log=log)) if local_rank == 0 else str(demo.DEFAULT_DATA)
+        return dataset.ImageDataset(data_path, split=cfg.split, resolution=cfg.resolution,
+                                    img_channels=cfg.img_channels, fit=cfg.fit, mirror=cfg.mirror,
+                                    skip_bad=cfg.skip_bad, with_masks=cfg.masks, cache_dir=cfg.cache_dir or None,
+                                    log=log, cond=cfg.cond)
+    return distributed.in_turns(read, rank, local_rank, world_size, device)
 
 
 def with_labels(cfg, data, resumed: bool):
@@ -299,7 +334,7 @@ def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
 
-    data = load_data(cfg, is_main, world_size, log)
+    data = load_data(cfg, rank, local_rank, world_size, device, log)
     cfg = with_labels(cfg, data, resumed=state is not None)
     trainer = Trainer(cfg, device, rank, world_size, data, log)
     if state is not None:
@@ -314,8 +349,9 @@ def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
     try:
         with StopSignals() as stop:
             run_loop(run, stop)
-    except TrainingStopped as e:
-        raise TrainingStopped(f"{e}; {runs.last_checkpoint(run.dir)}") from None
+    except TrainingStopped as e:                                     # only rank 0 reads the run folder
+        where = runs.last_checkpoint(run.dir) if is_main else "process 0 names the last good checkpoint"
+        raise TrainingStopped(f"{e}; {where}") from None
     finally:
         if run.board is not None:
             run.board.close()

@@ -88,7 +88,9 @@ class NonFiniteGuard:
         return {"nonfinite_total": int(self.total), "nonfinite_run": {k: int(v) for k, v in self.run.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        """The counters of a checkpoint (never written inside a streak, so no phase is about to stop)."""
+        """The counters of a checkpoint. Only a run's final checkpoint can hold a streak (train.py defers the
+        others); no phase of it has reached max_nonfinite (the run would have stopped instead), and the next
+        non-finite step continues its count."""
         self.total.fill_(state["nonfinite_total"])
         self.run = {k: torch.tensor(v, device=self.device) for k, v in state["nonfinite_run"].items()}
         self.stop = {}

@@ -1,5 +1,6 @@
-"""From scanner volumes to training slices: NIfTI (.nii, .nii.gz) and Analyze (.hdr + .img) volumes, with
-optional tissue label maps, cut into axial slices in the OASIS layout (`python dataset.py slices`).
+"""From scanner volumes to training slices: NIfTI (.nii, .nii.gz) and Analyze (.hdr + .img) volumes and DICOM
+series (dicom.py), with optional tissue label maps, cut into axial slices in the OASIS layout (`python dataset.py
+slices`).
 
 Owns reading a volume with nibabel, reorienting it to RAS+ (nibabel.as_closest_canonical: the third axis runs
 inferior -> superior, so axial slices are data[:, :, k]), choosing N slices over a range of the brain's
@@ -14,7 +15,9 @@ volume, not of each slice, keep the contrast between slices of one subject.
 """
 
 import csv
+import glob
 import json
+import math
 import os
 import shutil
 import sys
@@ -25,6 +28,8 @@ import numpy as np
 from PIL import Image
 
 import config as config_lib
+import dicom
+import geometry
 import oasis
 import runs
 from oasis import MASK_LEVELS, DataError
@@ -33,6 +38,9 @@ VOLUME_EXTS = (".nii.gz", ".nii", ".hdr")
 SEG_SUFFIXES = ("", "_seg", "_fseg", "_labels", "_label", "_mask")   # label map = volume stem + one of these
 DEFAULT_LABEL_MAP = "0:0,1:1,2:2,3:3"     # FSL FAST order: background, CSF, grey matter, white matter (= OASIS)
 PERCENTILES = (0.5, 99.5)
+MAX_VOXELS = 512 ** 3                     # largest volume read (512 MiB as float32); the header is checked first
+LABEL_LIMIT = 2 ** 24                     # |label value| at most this: label maps are read as float32, exact to 2^24
+PARTIAL_MARK = ".partial-"                # a folder being built is .<name>.partial-<pid>, beside its target
 
 
 class VolumeError(DataError):
@@ -42,11 +50,14 @@ class VolumeError(DataError):
 @dataclass
 class Subject:
     name: str                           # the volume's file name without its extension(s)
-    volume: Path
+    volume: Path                        # a volume file, or a dicom.Series
     seg: Path = None
+    geometry: dict = None               # geometry.cut_geometry of its slices, once cut
 
 
 def volume_stem(path: Path) -> str:
+    if isinstance(path, dicom.Series):
+        return path.name
     name = path.name
     for ext in VOLUME_EXTS:
         if name.lower().endswith(ext):
@@ -55,16 +66,19 @@ def volume_stem(path: Path) -> str:
 
 
 def find_volumes(folder, option: str = "--volumes") -> list:
-    """Every volume below folder (recursively, hidden folders skipped), sorted by name."""
+    """Every volume below folder (recursively, hidden folders skipped): the volume files sorted by name, then
+    the DICOM series (dicom.find_series: a folder of one series is one volume, several are split by UID)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise VolumeError(f"{option} {folder}: no such folder; give the folder that holds the .nii / .nii.gz / "
-                          f".hdr volumes")
+                          f".hdr volumes or DICOM series")
     found = sorted((p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(VOLUME_EXTS)
                     and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
                    key=lambda p: p.relative_to(folder).as_posix())
+    found += dicom.find_series(folder)
     if not found:
-        raise VolumeError(f"{option} {folder}: holds no .nii, .nii.gz or .hdr volumes")
+        raise VolumeError(f"{option} {folder}: holds no .nii, .nii.gz or .hdr volumes and no DICOM series (files "
+                          f"with the DICM marker or named .dcm / .ima)")
     return found
 
 
@@ -81,7 +95,8 @@ def pair_segs(volumes: list, seg_folder) -> list:
 
 
 def parse_label_map(text: str) -> dict:
-    """'0:0,1:1,2:2,3:3' -> {label value: OASIS class 0..3}."""
+    """'0:0,1:1,2:2,3:3' -> {label value: OASIS class 0..3}. Label values are integers within +-LABEL_LIMIT,
+    negative ones included (-1:0 maps -1 to background), each given once."""
     mapping = {}
     for part in str(text).split(","):
         try:
@@ -92,19 +107,51 @@ def parse_label_map(text: str) -> dict:
         if not 0 <= cls < len(MASK_LEVELS):
             raise config_lib.ConfigError(f"--label_map {text!r}: class {cls} is not 0..3 (background, CSF, "
                                                  f"grey matter, white matter)")
+        if abs(value) > LABEL_LIMIT:
+            raise config_lib.ConfigError(f"--label_map {text!r}: label value {value} is beyond +-{LABEL_LIMIT} "
+                                         f"(label maps are read as 32-bit floats, exact for integers up to 2^24)")
+        if value in mapping:
+            raise config_lib.ConfigError(f"--label_map {text!r}: label value {value} is given twice")
         mapping[value] = cls
     return mapping
 
 
+def label_levels(seg: np.ndarray, label_map: dict) -> np.ndarray:
+    """Label values [X, Y, Z] -> uint8 OASIS mask levels [X, Y, Z] through label_map, every value of which seg
+    holds only (checked by the caller). A search in the sorted label values, not a lookup table indexed by
+    value: negative labels never wrap around and a large one allocates nothing."""
+    values = sorted(label_map)
+    levels = np.array([MASK_LEVELS[label_map[v]] for v in values], dtype=np.uint8)
+    return levels[np.searchsorted(np.array(values, dtype=np.float64), seg)]
+
+
+def load_image(path):
+    """nibabel's image of a volume file (lazy: its header), or of a dicom.Series (its voxels and RAS affine)."""
+    import nibabel
+    if isinstance(path, dicom.Series):
+        return nibabel.Nifti1Image(*dicom.read_series(path))
+    return nibabel.load(str(path))
+
+
 def read_volume(path: Path, what: str = "volume") -> np.ndarray:
-    """The volume as float32 [X, Y, Z] in RAS+ orientation (axial slices are [:, :, k])."""
+    """The volume as float32 [X, Y, Z] in RAS+ orientation (axial slices are [:, :, k]). A header that declares
+    more than MAX_VOXELS voxels is refused before any voxel is read."""
     import nibabel
     try:
-        image = nibabel.as_closest_canonical(nibabel.load(str(path)))
-        data = np.asarray(image.dataobj, dtype=np.float32)
+        image = load_image(path)                             # the header only (a DICOM series: read whole)
+        shape = tuple(int(n) for n in image.shape)
+    except dicom.DicomError as e:                            # already one line naming the series
+        raise VolumeError(str(e)) from None
     except Exception as e:                                   # nibabel raises many types for bad files
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise VolumeError(f"{path}: unreadable {what} ({reason})") from None
+        raise VolumeError(f"{path}: unreadable {what} ({_reason(e)})") from None
+    if math.prod(shape) > MAX_VOXELS:
+        raise VolumeError(f"{path}: the {what} declares {' x '.join(map(str, shape))} voxels, more than the "
+                          f"slicer's limit of {MAX_VOXELS:,} (512 x 512 x 512); resample it to a coarser grid")
+    try:
+        image = nibabel.as_closest_canonical(image)
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as e:
+        raise VolumeError(f"{path}: unreadable {what} ({_reason(e)})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]                                  # [X, Y, Z, 1] -> [X, Y, Z]
     if data.ndim != 3:
@@ -112,6 +159,11 @@ def read_volume(path: Path, what: str = "volume") -> np.ndarray:
     if not np.isfinite(data).all():
         raise VolumeError(f"{path}: the {what} holds NaN or inf values")
     return data
+
+
+def _reason(e: Exception) -> str:
+    """The first line of an exception, for a one-line message."""
+    return str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
 
 
 def slice_indices(brain: np.ndarray, count: int, lo: float, hi: float) -> np.ndarray:
@@ -151,6 +203,16 @@ def axial_png(plane: np.ndarray, resolution: int, fit: str, labels: bool = False
     return image
 
 
+def warn_if_head(volume, brain: np.ndarray, voxel) -> None:
+    """One warning line when a volume looks like a whole head rather than an extracted brain (geometry.head_signs)."""
+    from tqdm import tqdm
+    signs = geometry.head_signs(brain, voxel)
+    if signs:
+        tqdm.write(f"warning: {volume}: looks like a whole head, not an extracted brain ({'; '.join(signs)}); its head "
+                   f"would set the intensity percentiles and the axial range: brain-extract it first "
+                   f"(docs/volumes.md)", file=sys.stderr)
+
+
 def subject_slices(subject: Subject, count: int, lo: float, hi: float, resolution: int, fit: str,
                    label_map: dict):
     """(uint8 images [count, R, R], uint8 OASIS mask images [count, R, R] or None, positions [count])."""
@@ -169,48 +231,81 @@ def subject_slices(subject: Subject, count: int, lo: float, hi: float, resolutio
         if unknown:
             raise VolumeError(f"{subject.seg}: label value(s) {', '.join(f'{v:g}' for v in unknown[:5])} are not in "
                               f"--label_map {','.join(f'{k}:{v}' for k, v in label_map.items())}; map them there")
+    voxel = geometry.voxel_mm(subject.volume)
+    warn_if_head(subject.volume, brain, voxel)
+    subject.geometry = geometry.cut_geometry(brain, voxel, fit)
     index = slice_indices(brain, count, lo, hi)
     scaled = normalize(volume, brain)
     images = np.stack([axial_png(scaled[:, :, k], resolution, fit) for k in index])
     masks = None
     if seg is not None:
-        lut = np.zeros(int(max(label_map)) + 1, dtype=np.uint8)
-        for value, cls in label_map.items():
-            lut[value] = MASK_LEVELS[cls]
-        levels = lut[seg.astype(np.int64)]
+        levels = label_levels(seg, label_map)
         masks = np.stack([axial_png(levels[:, :, k], resolution, fit, labels=True) for k in index])
     positions = np.linspace(lo, hi, count)
     return images, masks, positions
 
 
-def read_covariates(path, subjects: list) -> tuple:
-    """(column names, {subject name: [floats]}) from a CSV whose first column names the subject (a volume's
-    stem, or a prefix of it, like OAS1_0001_MR1). A row that matches no volume is an error."""
+def read_covariates(path, subjects: list, root) -> tuple:
+    """(column names, {volume path: [floats]}) from a UTF-8 CSV whose first column names each subject exactly:
+    a volume's name without its extension (sub-01_T1w) or a folder it lies in below root, the --volumes folder
+    (OAS1_0001_MR1 in the OASIS-1 release's OAS1_0001_MR1/PROCESSED/.../OAS1_0001_MR1_..._masked_gfc.hdr).
+    Never a prefix: sub-1 is not sub-10. A row that matches no volume, a subject named twice, a volume that
+    two rows match, a value that is not a finite number and a file that is not UTF-8 are each one line."""
     path = Path(path)
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:     # -sig: the byte-order mark spreadsheets write
             rows = list(csv.reader(f))
     except OSError as e:
         raise VolumeError(f"--csv {path}: cannot be read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise VolumeError(f"--csv {path}: is not UTF-8 text (byte 0x{e.object[e.start]:02x}); save it as a UTF-8 "
+                          f"CSV") from None
+    except csv.Error as e:
+        raise VolumeError(f"--csv {path}: is not a readable CSV file ({e})") from None
     if len(rows) < 2:
         raise VolumeError(f"--csv {path}: needs a header and one row per subject")
-    header, values = rows[0][1:], {}
+    names = {s.volume: {s.name, *_folders(s.volume, Path(root))} for s in subjects}
+    header, values, line_of, matched_at = rows[0][1:], {}, {}, {}
     for line, row in enumerate(rows[1:], start=2):
         if not row or not row[0].strip():
             continue
         key = row[0].strip()
-        match = [s.name for s in subjects if s.name == key or s.name.startswith(key)]
+        if key in line_of:
+            raise VolumeError(f"--csv {path}: lines {line_of[key]} and {line} both name {key!r}; give each subject "
+                              f"one row")
+        line_of[key] = line
+        match = [volume for volume, known in names.items() if key in known]
         if not match:
-            raise VolumeError(f"--csv {path}: line {line} names {key!r}, which matches no volume")
-        try:
-            numbers = [float(v) for v in row[1:]]
-        except ValueError:
-            raise VolumeError(f"--csv {path}: line {line} holds a value that is not a number") from None
-        if len(numbers) != len(header):
-            raise VolumeError(f"--csv {path}: line {line} has {len(numbers)} values, the header {len(header)}")
-        for name in match:
-            values[name] = numbers
+            raise VolumeError(f"--csv {path}: line {line} names {key!r}, which matches no volume (a subject is a "
+                              f"volume's name without extension or a folder it lies in, matched exactly)")
+        if len(row) - 1 != len(header):
+            raise VolumeError(f"--csv {path}: line {line} has {len(row) - 1} values, the header {len(header)}")
+        numbers = []
+        for column, text in zip(header, row[1:]):
+            try:
+                numbers.append(float(text))
+            except ValueError:
+                numbers.append(math.nan)
+            if not math.isfinite(numbers[-1]):
+                raise VolumeError(f"--csv {path}: line {line} ({key!r}) holds {text.strip()!r} for {column!r}; "
+                                  f"covariates must be finite numbers")
+        for volume in match:
+            if volume in values:
+                raise VolumeError(f"--csv {path}: lines {matched_at[volume]} and {line} both match {volume.name}; give "
+                                  f"each volume one row")
+            values[volume], matched_at[volume] = numbers, line
     return header, values
+
+
+def _folders(volume, root: Path) -> tuple:
+    """The folders between root and a volume file, or down to a DICOM series' own folder (paths as found below
+    root, so relative_to needs no resolving)."""
+    try:
+        if isinstance(volume, dicom.Series):
+            return volume.folder.relative_to(root).parts
+        return volume.relative_to(root).parts[:-1]
+    except ValueError:
+        return ()
 
 
 def split_subjects(count: int, shares, seed: int) -> list:
@@ -225,13 +320,37 @@ def split_subjects(count: int, shares, seed: int) -> list:
     return splits
 
 
+def partial_folder(out: Path) -> Path:
+    """Where out is built before it is renamed into place: .<name>.partial-<pid>, beside it."""
+    return out.with_name(f".{out.name}{PARTIAL_MARK}{os.getpid()}")
+
+
+def remove_stale_partials(out: Path, log=None) -> list:
+    """Delete the build folders of out (partial_folder) that a killed process left: those whose pid is gone or is
+    this process's own (runs._alive, as runs.remove_stale_temporaries does for files); returns the names removed."""
+    removed = []
+    for p in out.parent.glob(f".{glob.escape(out.name)}{PARTIAL_MARK}*"):
+        pid = p.name.rpartition(PARTIAL_MARK)[2]
+        if not pid.isdigit() or p.is_symlink() or not p.is_dir():
+            continue
+        if int(pid) != os.getpid() and runs._alive(int(pid)):
+            continue                                         # still being built by a running process
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p.name)
+        if log:
+            log(f"note: removed {p}, left by a run that was killed (process {pid})")
+    return removed
+
+
 def make_slices(volumes, out, segs=None, count: int = 32, lo: float = 0.1, hi: float = 0.9,
                 resolution: int = 256, fit: str = "pad", label_map=None, shares=(0.8, 0.1, 0.1), seed: int = 0,
                 csv_path=None, skip_bad: bool = False, log=print) -> Path:
-    """Write the OASIS layout of every volume's slices into the new folder out (built aside, then renamed).
+    """Write the OASIS layout of every volume's slices into the new folder out (built aside in partial_folder, then
+    renamed; what a killed run left there is removed first).
     The subjects are split into train / validate / test in the given shares (a seeded shuffle)."""
     from tqdm import tqdm
     out = Path(out)
+    remove_stale_partials(out, log)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise VolumeError(f"--outdir {out}: exists and is not empty; give a new folder (nothing is overwritten)")
     subjects = pair_segs(find_volumes(volumes), segs)
@@ -242,13 +361,13 @@ def make_slices(volumes, out, segs=None, count: int = 32, lo: float = 0.1, hi: f
             raise VolumeError(f"--segs {segs}: no label map for {len(missing)} volume(s) (first: {missing[0]}); a "
                               f"label map is named like its volume plus _seg, _fseg, _labels or nothing; or add "
                               f"--skip_bad")
-    names, covariates = (read_covariates(csv_path, subjects) if csv_path else ([], {}))
+    names, covariates = (read_covariates(csv_path, subjects, volumes) if csv_path else ([], {}))
     cases = []                                               # (subject, images, masks, positions)
     for subject in tqdm(subjects, desc="volumes", unit="vol", file=sys.stderr, dynamic_ncols=True, leave=False):
         try:
             if segs is not None and subject.seg is None:
                 raise VolumeError(f"{subject.volume}: no label map in {segs}")
-            if csv_path and subject.name not in covariates:
+            if csv_path and subject.volume not in covariates:
                 raise VolumeError(f"{subject.volume}: no row in --csv {csv_path}")
             cases.append((subject, *subject_slices(subject, count, lo, hi, resolution, fit, label_map)))
         except VolumeError as e:
@@ -258,7 +377,7 @@ def make_slices(volumes, out, segs=None, count: int = 32, lo: float = 0.1, hi: f
     if not cases:
         raise VolumeError(f"--volumes {volumes}: no usable volume")
     splits = split_subjects(len(cases), shares, seed)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    tmp = partial_folder(out)
     labels, subject_names = [], {}
     try:
         for case, ((subject, images, masks, positions), part) in enumerate(zip(cases, splits), start=1):
@@ -272,13 +391,14 @@ def make_slices(volumes, out, segs=None, count: int = 32, lo: float = 0.1, hi: f
                 if masks is not None:
                     seg_dir.mkdir(exist_ok=True)
                     runs.save_png(masks[k], seg_dir / oasis.mask_name(name))
-                labels.append([f"{img_dir.name}/{name}", [float(positions[k])] + covariates.get(subject.name, [])])
+                labels.append([f"{img_dir.name}/{name}", [float(positions[k])] + covariates.get(subject.volume, [])])
         runs.write_text(tmp / oasis.LABELS_FILE, json.dumps({
             "labels": labels, "label_names": ["slice_position"] + names, "subjects": subject_names,
             "slices": {"count": count, "range": [lo, hi], "resolution": resolution, "fit": fit,
                        "normalization": f"percentiles {PERCENTILES[0]}-{PERCENTILES[1]} of brain voxels -> 0-255",
                        "label_map": {str(k): v for k, v in label_map.items()} if segs is not None else None,
-                       "split": list(shares), "seed": seed}}, indent=1) + "\n")
+                       "split": list(shares), "seed": seed,
+                       "geometry": geometry.median_geometry([c[0].geometry for c in cases])}}, indent=1) + "\n")
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -292,7 +412,8 @@ def make_slices(volumes, out, segs=None, count: int = 32, lo: float = 0.1, hi: f
 
 def add_arguments(p) -> None:
     """The options of `python dataset.py slices`."""
-    p.add_argument("--volumes", required=True, help="folder of .nii / .nii.gz / .hdr volumes (searched recursively)")
+    p.add_argument("--volumes", required=True, help="folder of .nii / .nii.gz / .hdr volumes or DICOM series "
+                                                    "(searched recursively)")
     p.add_argument("--outdir", "--out", dest="outdir", required=True,
                    help="new folder for the OASIS-layout slices (--out is an older spelling)")
     p.add_argument("--segs", help="folder of label maps, named like their volume (+ _seg, _fseg, _labels)")

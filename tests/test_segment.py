@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+import oasis
 import segment
 
 
@@ -17,6 +18,19 @@ def separable(n: int, size: int = 16, seed: int = 0):
     labels = coarse.repeat_interleave(4, 1).repeat_interleave(4, 2).to(torch.uint8)       # [N, R, R]
     images = (torch.tensor([10, 90, 170, 250])[labels.long()] + torch.randint(-8, 9, labels.shape, generator=g))
     return images.clamp(0, 255).to(torch.uint8)[:, None], labels
+
+
+def write_pairs(root, split: str, images: torch.Tensor, labels: torch.Tensor, cases, slices: int):
+    """Pairs [N, 1, R, R] / [N, R, R] written in the OASIS layout as `slices` consecutive slices of each case in
+    `cases` (N = len(cases) * slices)."""
+    img_dir, seg_dir = root / oasis.image_folder(split), root / oasis.mask_folder(split)
+    img_dir.mkdir(parents=True)
+    seg_dir.mkdir(parents=True)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        name = oasis.slice_name(cases[i // slices], i % slices)
+        Image.fromarray(image[0].numpy()).save(img_dir / name)
+        Image.fromarray(np.asarray(oasis.MASK_LEVELS, np.uint8)[label.numpy()]).save(seg_dir / oasis.mask_name(name))
+    return root
 
 
 def test_dice_scores_by_hand():
@@ -56,12 +70,13 @@ def test_tstr_writes_three_rows_ratio_and_agreement(tmp_path, capsys, make_oasis
     real = make_oasis(tmp_path / "real", subjects=(2, 1, 1), slices=4, size=16)
     synthetic = make_oasis(tmp_path / "synthetic", subjects=(2, 0, 0), slices=4, size=16)
     code = segment.main(["tstr", "--real", str(real), "--synthetic", str(synthetic), "--outdir", str(tmp_path / "o"),
-                         "--iters", "4", "--batch", "4"])
+                         "--iters", "4", "--batch", "4", "--scarce_subjects", "0"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "(b) / (a) mean Dice:" in out and "agreement: (a) on synthetic pairs" in out
+    assert "(b) / (a) mean Dice:" in out and "agreement: (a) on synthetic pairs" in out and "(d)" not in out
     result = json.loads((tmp_path / "o" / "tstr.json").read_text())
-    assert set(result["dice"]) == {"real", "synthetic", "real + synthetic"}
+    assert set(result["dice"]) == {"real", "synthetic", "real + synthetic"} and result["scarce"] is None
+    assert result["seeds"] == [0] and len(result["per_seed"]) == 1 and result["per_seed"][0]["dice"] == result["dice"]
     assert result["pairs"] == {"real": 8, "synthetic": 8, "test": 4} and result["resolution"] == 16
     assert result["synthetic_over_real"] == pytest.approx(result["dice"]["synthetic"]["mean"] /
                                                           result["dice"]["real"]["mean"])
@@ -70,6 +85,116 @@ def test_tstr_writes_three_rows_ratio_and_agreement(tmp_path, capsys, make_oasis
     assert result["dice"]["synthetic"] == result["dice"]["real"] and result["synthetic_over_real"] == 1
     assert set(result["agreement"]) == set(result["dice"]["real"])
     assert (tmp_path / "o" / "tstr.md").read_text().count("|") > 20
+
+
+def test_spread_is_mean_min_max_key_by_key():
+    mean, lo, hi = segment.spread([{"a": 1.0, "b": 0.5}, {"a": 4.0, "b": 0.25}, {"a": 1.0, "b": 0.75}])
+    assert mean == {"a": 2.0, "b": 0.5} and lo == {"a": 1.0, "b": 0.25} and hi == {"a": 4.0, "b": 0.75}
+    assert segment.spread([{"a": 0.3}]) == ({"a": 0.3},) * 3
+
+
+def test_scarce_subjects_are_the_first_case_ids_with_all_their_slices(tmp_path):
+    files = ["keras/case_010_slice_0.nii.png", "case_002_slice_1.nii.png", "case_7_slice_0.nii.png",
+             "notes.png", "case_002_slice_0.nii.png", "case_010_slice_1.nii.png", "case_031_slice_4.nii.png"]
+    assert segment.scarce_subjects(files, 2, "R") == (["002", "7"], [1, 2, 4])             # numeric order, not names
+    assert segment.scarce_subjects(files, 3, "R") == (["002", "7", "010"], [0, 1, 2, 4, 5])
+    for n, found in ((4, "has 4 subjects"), (5, "has 4 subjects")):
+        with pytest.raises(segment.dataset.DataError, match=f"--real R: its train split {found}; --scarce_subjects {n}"):
+            segment.scarce_subjects(files, n, "R")
+    with pytest.raises(segment.dataset.DataError, match="no case_XXX_slice_K file names"):
+        segment.scarce_subjects(["a.png", "b.png"], 1, "R")
+
+
+def tstr_folders(root):
+    """A real set (train: subjects 9, 4, 7 of 4 slices; test: subject 20) and a synthetic one (subjects 1, 2),
+    each from its own draw of the separable fixture; returns the folders and the pairs in file order."""
+    real_train, real_test, synthetic = separable(12, seed=0), separable(4, seed=1), separable(8, seed=2)
+    write_pairs(root / "real", "train", *real_train, cases=(9, 4, 7), slices=4)
+    write_pairs(root / "real", "test", *real_test, cases=(20,), slices=4)
+    write_pairs(root / "synthetic", "train", *synthetic, cases=(1, 2), slices=4)
+    order = torch.tensor([4, 5, 6, 7, 8, 9, 10, 11, 0, 1, 2, 3])         # files sorted: case 004, 007, 009
+    return root / "real", root / "synthetic", (real_train[0][order], real_train[1][order]), real_test, synthetic
+
+
+@pytest.mark.slow
+def test_tstr_seeds_aggregate_per_seed_trainings(tmp_path, capsys):
+    real, synthetic, train, test, synth = tstr_folders(tmp_path)
+    code = segment.main(["tstr", "--real", str(real), "--synthetic", str(synthetic), "--outdir", str(tmp_path / "o"),
+                         "--iters", "3", "--batch", "4", "--lr", "1e-2", "--seeds", "0-1,2", "--scarce_subjects", "0"])
+    assert code == 0
+    result = json.loads((tmp_path / "o" / "tstr.json").read_text())
+    assert result["seeds"] == [0, 1, 2] and [r["seed"] for r in result["per_seed"]] == [0, 1, 2]
+    # Each seed's rows again, trained here from the pairs in memory.
+    both = (torch.cat([train[0], synth[0]]), torch.cat([train[1], synth[1]]))
+    expected = []
+    for seed in (0, 1, 2):
+        models = {name: segment.train_segmenter(*pairs, iters=3, batch=4, lr=1e-2, seed=seed)
+                  for name, pairs in (("real", train), ("synthetic", synth), ("real + synthetic", both))}
+        expected.append({"dice": {name: segment.evaluate(m, *test) for name, m in models.items()},
+                         "agreement": segment.evaluate(models["real"], *synth)})
+    for got, want in zip(result["per_seed"], expected):
+        assert got["dice"] == want["dice"] and got["agreement"] == want["agreement"]          # same seed, same bits
+        assert got["synthetic_over_real"] == pytest.approx(want["dice"]["synthetic"]["mean"] /
+                                                           want["dice"]["real"]["mean"])
+    for name in ("real", "synthetic", "real + synthetic"):
+        for key in ("CSF", "GM", "WM", "mean"):
+            values = [e["dice"][name][key] for e in expected]
+            assert result["dice"][name][key] == pytest.approx(sum(values) / 3)
+            assert (result["dice_min"][name][key], result["dice_max"][name][key]) == pytest.approx((min(values),
+                                                                                                    max(values)))
+    values = [e["agreement"]["mean"] for e in expected]
+    assert (result["agreement"]["mean"], result["agreement_min"]["mean"], result["agreement_max"]["mean"]) == \
+        pytest.approx((sum(values) / 3, min(values), max(values)))
+    # The seeds differ, so the spread is real; the ratio is the mean of the per-seed ratios, not a ratio of means.
+    assert result["dice_min"]["real"]["mean"] < result["dice_max"]["real"]["mean"]
+    ratios = [e["dice"]["synthetic"]["mean"] / e["dice"]["real"]["mean"] for e in expected]
+    assert (result["synthetic_over_real"], result["synthetic_over_real_min"], result["synthetic_over_real_max"]) == \
+        pytest.approx((sum(ratios) / 3, min(ratios), max(ratios)))
+    assert result["real_plus_synthetic_beats_real"] == (result["dice"]["real + synthetic"]["mean"] >
+                                                        result["dice"]["real"]["mean"])
+    table = (tmp_path / "o" / "tstr.md").read_text()
+    d = result["dice"]["real"]
+    assert "seeds 0, 1, 2: mean (min-max over seeds)" in table
+    assert f"{d['mean']:.3f} ({result['dice_min']['real']['mean']:.3f}-{result['dice_max']['real']['mean']:.3f})" \
+        in table
+    assert f"(b) / (a) mean Dice: {result['synthetic_over_real']:.3f} (min-max" in table
+    assert table.strip() in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_tstr_scarce_rows_train_on_the_chosen_subjects_only(tmp_path, capsys, monkeypatch):
+    real, synthetic, train, test, synth = tstr_folders(tmp_path)
+    trained = []
+    train_segmenter = segment.train_segmenter
+
+    def recording(images, labels, *args, **kwargs):
+        trained.append((kwargs["desc"], images.clone(), labels.clone()))
+        return train_segmenter(images, labels, *args, **kwargs)
+
+    monkeypatch.setattr(segment, "train_segmenter", recording)
+    code = segment.main(["tstr", "--real", str(real), "--synthetic", str(synthetic), "--outdir", str(tmp_path / "o"),
+                         "--iters", "3", "--batch", "4", "--lr", "1e-2", "--seeds", "3,5", "--scarce_subjects", "2"])
+    assert code == 0
+    result = json.loads((tmp_path / "o" / "tstr.json").read_text())
+    assert result["scarce"]["subjects"] == ["004", "007"] and result["scarce"]["pairs"] == 8
+    assert "first 2" in result["scarce"]["rule"]
+    few = (train[0][:8], train[1][:8])                                            # subjects 004 and 007
+    sets = {"real": train, "synthetic": synth, "real + synthetic": (torch.cat([train[0], synth[0]]),
+                                                                    torch.cat([train[1], synth[1]])),
+            "scarce real": few, "scarce real + synthetic": (torch.cat([few[0], synth[0]]), torch.cat([few[1], synth[1]]))}
+    # Every row once per seed, each on exactly its pairs.
+    assert [desc for desc, _, _ in trained] == [f"{name} ({len(pairs[0])} pairs), seed {seed}"
+                                                for seed in (3, 5) for name, pairs in sets.items()]
+    for desc, images, labels in trained:
+        images_want, labels_want = sets[desc.split(" (")[0]]
+        assert torch.equal(images, images_want) and torch.equal(labels, labels_want), desc
+    mean = {name: result["dice"][name]["mean"] for name in sets}
+    assert mean["scarce real"] == pytest.approx(sum(r["dice"]["scarce real"]["mean"] for r in result["per_seed"]) / 2)
+    assert result["scarce_plus_synthetic_beats_scarce"] == (mean["scarce real + synthetic"] > mean["scarce real"])
+    out = capsys.readouterr().out
+    assert "(d), (e): real subjects 004, 007, the first 2" in out
+    assert "(d) 2 real subjects -> real test (8)" in out and "(e) 2 real subjects + synthetic -> real test (16)" in out
+    assert "(e) 2 real subjects + synthetic " in out.split("(b) / (a) mean Dice:")[1]
 
 
 def test_errors_are_one_line(tmp_path, capsys, make_oasis):
@@ -82,7 +207,15 @@ def test_errors_are_one_line(tmp_path, capsys, make_oasis):
              (["train", "--train", str(tmp_path / "nowhere"), "--test", str(real)], 1, "--train"),
              (["train", "--train", str(real), "--test", str(real), "--iters", "0"], 2, "--iters must be >= 1"),
              (["train", "--train", str(real), "--test", str(real), "--resolution", "20"], 2, "power of two"),
-             (["tstr", "--real", str(real)], 2, "required")]
+             (["tstr", "--real", str(real)], 2, "required"),
+             (["tstr", "--real", str(real), "--synthetic", str(real), "--outdir", str(tmp_path / "o")], 1,
+              "has 1 subjects; --scarce_subjects 3 must be fewer (or 0"),
+             (["tstr", "--real", str(real), "--synthetic", str(real), "--outdir", str(tmp_path / "o"),
+               "--scarce_subjects", "-1"], 2, "--scarce_subjects must be >= 0"),
+             (["tstr", "--real", str(real), "--synthetic", str(real), "--outdir", str(tmp_path / "o"),
+               "--seeds", "0,x"], 2, "'x' is not a seed"),
+             (["tstr", "--real", str(real), "--synthetic", str(real), "--outdir", str(tmp_path / "o"),
+               "--seeds", "0-2,1"], 2, "a seed is repeated")]
     for args, code, message in cases:
         assert segment.main(args) == code, args
         err = capsys.readouterr().err

@@ -112,8 +112,8 @@ def test_covariates_split_by_subject_and_usage_errors(tmp_path, capsys):
     data, _ = phantom()
     for i in range(5):
         save(tmp_path / "vols", f"OAS1_000{i}_MR1.nii.gz", data)
-    (tmp_path / "cov.csv").write_text("subject,age,cdr\nOAS1_0000,70,0\nOAS1_0001,81,0.5\nOAS1_0002,65,0\n"
-                                      "OAS1_0003,90,1\nOAS1_0004,77,0.5\n")
+    (tmp_path / "cov.csv").write_text("subject,age,cdr\nOAS1_0000_MR1,70,0\nOAS1_0001_MR1,81,0.5\nOAS1_0002_MR1,65,0\n"
+                                      "OAS1_0003_MR1,90,1\nOAS1_0004_MR1,77,0.5\n")           # exact names
     out = volumes.make_slices(tmp_path / "vols", tmp_path / "out", count=2, resolution=16, shares=(0.6, 0.2, 0.2),
                               csv_path=tmp_path / "cov.csv", log=lambda m: None)
     info = json.loads((out / "dataset.json").read_text())
