@@ -157,7 +157,7 @@ def bench_augment(args) -> None:
         def __len__(self):
             return args.batch
 
-        def batch(self, idx, device=None):
+        def batch(self, idx, device=None, mask_encoding="onehot"):
             return images
     trainer = train.Trainer(cfg, device, data=Batch(), log=lambda m: None)
     phase = {"D": lambda: trainer.d_step(images), "R1": lambda: trainer.r1_step(images),
@@ -186,7 +186,7 @@ class StandIn:
     def __len__(self):
         return self.images.shape[0]
 
-    def batch(self, idx, device=None):
+    def batch(self, idx, device=None, mask_encoding="onehot"):
         return self.images
 
 

@@ -4,8 +4,10 @@ Owns `python convert.py network-snapshot.pkl --out model.pt`: reading the pickle
 code from it (a restricted unpickler that resolves only a fixed list of globals; the Python source stored
 in the pickle is kept as a string and never imported or executed), the networks' hyperparameters from
 their init_kwargs, the renaming of the official tensor names to modules.py's, and the checks that refuse
-what this project cannot represent. Does not own the networks (modules.py), the checkpoint format and
-how checkpoints are rebuilt (runs.py) or RGB -> grayscale transfer (transfer.py, train.py --init_from).
+damaged or crafted records (cycles, deep nesting, wrong types, sizes that disagree with the tensors,
+tensors outside their storage) and what this project cannot represent. Does not own the networks
+(modules.py), the checkpoint format and how checkpoints are rebuilt (runs.py) or RGB -> grayscale transfer
+(transfer.py, train.py --init_from).
 
     python convert.py network-snapshot-025000.pkl --out ffhq256.pt
     python predict.py --checkpoint ffhq256.pt --seeds 0-15
@@ -37,6 +39,10 @@ import runs
 NETWORK_KEYS = ("G", "D", "G_ema")
 STYLEGAN3_MARKERS = ("SynthesisInput", "filtered_lrelu")    # classes and ops found only in StyleGAN3 networks
 NUMPY_CODE = re.compile(r"[biuf]\d{1,2}|b1")                  # numeric numpy dtypes a scalar may carry
+CONTAINERS = (dict, list, tuple, set, frozenset)             # what a pickle can nest, and make refer to itself
+MAX_DEPTH = 64                                                # nesting of containers (an official snapshot: 16)
+MAX_VALUES = 1_000_000                                        # values counted along every path (official: thousands)
+MBSTD_GROUP_MAX = 64                                          # official configs group 4 images (cifar: 32)
 RENAMES = (                                                   # official name prefix -> modules.py's, first match
     (re.compile(r"mapping\.fc(\d+)\."), r"mapping.layers.\1."),
     (re.compile(r"synthesis\.b(\d+)\."), r"synthesis.blocks.b\1."),
@@ -84,9 +90,10 @@ def _rebuild_tensor(storage, offset, size, stride, *rest):
         raise ConvertError("a tensor of the pickle has no typed storage or a malformed size, stride or offset; "
                            "damaged file")
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))        # the last element the view reads
-    if all(size) and last >= storage.size():
+    values = storage._size()                                  # len() would warn that TypedStorage is deprecated
+    if all(size) and last >= values:
         raise ConvertError(f"a tensor of the pickle (size {list(size)}, stride {list(stride)}, offset {offset}) "
-                           f"reaches past its storage of {storage.size()} values; damaged or crafted file")
+                           f"reaches past its storage of {values} values; damaged or crafted file")
     return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, *rest)
 
 
@@ -160,10 +167,81 @@ def read_pickle(path: Path):
 
 
 # ----------------------------------------------------------------------------------------------
-# The networks' records: tensors, class names, hyperparameters
+# The networks' records: their structure and types, tensors, class names, hyperparameters
+
+def _children(x):
+    """(name, child) of a container: a dict's values under their keys (and keys that are containers)."""
+    if isinstance(x, dict):
+        yield from ((k if isinstance(k, str) else f"<{type(k).__name__} key>", v) for k, v in x.items())
+        yield from (("<key>", k) for k in x if isinstance(k, CONTAINERS))
+    else:
+        yield from ((f"[{i}]", v) for i, v in enumerate(x))
+
+
+def _add(tally: list, below: list) -> None:
+    """Count a child container's [values, height] into its parent's."""
+    tally[0] += below[0]
+    tally[1] = max(tally[1], below[1] + 1)
+
+
+def check_structure(data) -> None:
+    """Refuse, before anything walks it, a pickle whose containers contain themselves, nest deeper than
+    MAX_DEPTH or hold more than MAX_VALUES values counted along every path (a pickle may share a part many
+    times, and the walks that follow, submodules and plain, recurse over every path). One pass without
+    recursion, each container walked once: a shared one's count and height are remembered."""
+    done = {}                                                 # id of a walked container -> [values, height]
+    stack = [(data, "the pickle", _children(data), [1, 0])]   # (container, name, children left, [values, height])
+    on_path = {id(data)}
+
+    def where(name: str) -> str:                              # the path to a child, its first 8 names
+        names = [s[1] for s in stack[1:]] + [name]
+        return ".".join(names[:8]) + ("..." if len(names) > 8 else "")
+
+    while stack:
+        node, _, children, tally = stack[-1]
+        if tally[0] > MAX_VALUES:
+            raise ConvertError(f"holds more than {MAX_VALUES:,} values counted along every path (a shared part "
+                               f"once per path); damaged or crafted file")
+        name, child = next(children, (None, None))
+        if name is None:                                      # node done
+            stack.pop()
+            on_path.discard(id(node))
+            done[id(node)] = tally
+            if stack:
+                _add(stack[-1][3], tally)
+        elif not isinstance(child, CONTAINERS):
+            tally[0] += 1
+        elif id(child) in on_path:
+            raise ConvertError(f"{where(name)} contains itself (a record that refers back to itself); damaged "
+                               f"or crafted file")
+        elif len(stack) + done.get(id(child), [0, 0])[1] >= MAX_DEPTH:
+            raise ConvertError(f"{where(name)} nests deeper than {MAX_DEPTH} levels (an official snapshot "
+                               f"nests 16); damaged or crafted file")
+        elif id(child) in done:
+            _add(tally, done[id(child)])
+        else:
+            stack.append((child, name, _children(child), [1, 0]))
+            on_path.add(id(child))
+
 
 def is_record(x) -> bool:
     return isinstance(x, dict) and isinstance(x.get("class_name"), str) and isinstance(x.get("state"), dict)
+
+
+def check_record(key: str, record: dict) -> None:
+    """Refuse a network record with parts of the wrong type: state groups or init_kwargs that are not dicts,
+    sub-modules that are not records, parameters and buffers that are not tensors (None, which torch stores
+    for an absent one, is allowed)."""
+    for prefix, rec in submodules(record):                    # a record is checked before its _modules are read
+        where, state = f"{key}.{prefix}".rstrip("."), rec["state"]
+        for group in ("_parameters", "_buffers", "_modules", "_init_kwargs", "init_kwargs"):
+            if state.get(group) is not None and not isinstance(state[group], dict):
+                raise ConvertError(f"{where}: its {group} is {type(state[group]).__name__}, not a dict; damaged file")
+        for group, fits, what in (("_parameters", torch.is_tensor, "a tensor"),
+                                  ("_buffers", torch.is_tensor, "a tensor"), ("_modules", is_record, "a module record")):
+            for name, value in (state.get(group) or {}).items():
+                if value is not None and not fits(value):
+                    raise ConvertError(f"{where}.{name} is {type(value).__name__}, not {what}; damaged file")
 
 
 def submodules(record: dict, prefix: str = ""):
@@ -225,7 +303,9 @@ def lacks(what: str) -> ConvertError:
 
 def sub_kwargs(kwargs: dict, name: str) -> dict:
     value = kwargs.get(name)
-    return value if isinstance(value, dict) else {}
+    if value is not None and not isinstance(value, dict):
+        raise ConvertError(f"the init_kwargs' {name} is {type(value).__name__}, not a dict; damaged file")
+    return value or {}
 
 
 def check_features(g_kw: dict, d_kw: dict, shape: list) -> None:
@@ -257,6 +337,39 @@ def check_features(g_kw: dict, d_kw: dict, shape: list) -> None:
         raise lacks(f"mbstd_num_channels={epilogue['mbstd_num_channels']} (1 here)")
 
 
+def check_declared(g_kw: dict, shape: list, g: dict, d: dict) -> None:
+    """The sizes G's init_kwargs declare (resolution, channels, z_dim, w_dim, c_dim, channel_base/max) against
+    the tensors G and D hold, before any network is built: a damaged size would otherwise be allocated first
+    (z_dim=2**40) or be blamed on some other tensor afterwards."""
+    res = g_kw["img_resolution"]
+    config_lib.check_resolution(res, "G's img_resolution", ConvertError)
+    for key, tensors, name in (("G", g, f"synthesis.b{res}.torgb.weight"), ("D", d, f"b{res}.fromrgb.weight")):
+        if name not in tensors:
+            raise ConvertError(f"the init_kwargs give img_resolution={res}, but {key} holds no {name}; damaged or "
+                               f"edited file")
+    z_dim, w_dim, c_dim, channels = (g_kw[k] for k in ("z_dim", "w_dim", "c_dim", "img_channels"))
+    if not c_dim and "mapping.embed.weight" in g:
+        raise ConvertError("the init_kwargs give c_dim=0, but G holds a label embedding (mapping.embed.weight); "
+                           "damaged or edited file")
+    ch = lambda r: modules.channels_at(r, *shape)                                     # noqa: E731
+    expected = [                                              # (net, tensor, dim, size, what declares it)
+        ("G", g, "mapping.embed.weight", 1, c_dim, f"c_dim={c_dim}"),
+        ("G", g, "mapping.fc0.weight", 1, z_dim + w_dim, f"z_dim={z_dim} (+ w_dim={w_dim} for the label)"),
+        ("G", g, "mapping.w_avg", 0, w_dim, f"w_dim={w_dim}"),
+        ("G", g, f"synthesis.b{res}.torgb.weight", 0, channels, f"img_channels={channels}"),
+        ("D", d, f"b{res}.fromrgb.weight", 1, channels, f"img_channels={channels}"),
+        *[("G", g, f"synthesis.b{r}.conv1.weight", 0, ch(r), f"channel_base={shape[0]}, channel_max={shape[1]} "
+           f"({ch(r)} channels at {r}x{r})") for r in (2 ** k for k in range(2, res.bit_length()))],
+        ("D", d, "b4.conv.weight", 1, ch(4) + 1, f"{ch(4)} channels at 4x4 (+ 1 minibatch-stddev channel)")]
+    if not c_dim:
+        expected[:2] = [("G", g, "mapping.fc0.weight", 1, z_dim, f"z_dim={z_dim}")]
+    for key, tensors, name, dim, size, what in expected:
+        t = tensors.get(name)
+        if t is None or t.dim() <= dim or t.shape[dim] != size:
+            found = f"has shape {list(t.shape)}" if t is not None else "is missing"
+            raise ConvertError(f"the init_kwargs give {what}, but {key}.{name} {found}; damaged or edited file")
+
+
 def source_config(records: dict, label_names: str) -> config_lib.TrainConfig:
     """The TrainConfig whose networks (runs.build_networks) have the source's shapes, or a ConvertError."""
     g_kw, d_kw = init_kwargs(records["G"]), init_kwargs(records["D"])
@@ -264,7 +377,7 @@ def source_config(records: dict, label_names: str) -> config_lib.TrainConfig:
         raise ConvertError("G and G_ema have different init_kwargs; damaged or edited file")
     synthesis = sub_kwargs(g_kw, "synthesis_kwargs")
     shape = [synthesis.get("channel_base", 32768), synthesis.get("channel_max", 512)]  # class defaults if absent;
-    # a wrong guess cannot pass: load_into checks every tensor's shape against the networks built from them
+    # a wrong guess cannot pass: check_declared compares them with the tensors before anything is built
     for name in ("z_dim", "w_dim", "c_dim", "img_resolution", "img_channels"):
         if not isinstance(g_kw.get(name), int):
             raise ConvertError(f"G's init_kwargs lack the integer {name}; not an official StyleGAN2-ADA generator")
@@ -275,12 +388,17 @@ def source_config(records: dict, label_names: str) -> config_lib.TrainConfig:
     if [d_kw.get("channel_base", 32768), d_kw.get("channel_max", 512)] != shape:
         raise lacks("different channel_base/channel_max in G and D (one pair here)")
     check_features(g_kw, d_kw, shape)
-    layers = mapping_layers(tensors_of(records["G"]), "G", sub_kwargs(g_kw, "mapping_kwargs"))
-    d_layers = (mapping_layers(tensors_of(records["D"]), "D", sub_kwargs(d_kw, "mapping_kwargs")) if g_kw["c_dim"]
+    g_tensors, d_tensors = tensors_of(records["G"]), tensors_of(records["D"])
+    check_declared(g_kw, shape, g_tensors, d_tensors)
+    layers = mapping_layers(g_tensors, "G", sub_kwargs(g_kw, "mapping_kwargs"))
+    d_layers = (mapping_layers(d_tensors, "D", sub_kwargs(d_kw, "mapping_kwargs")) if g_kw["c_dim"]
                 else config_lib.TrainConfig.d_mapping_layers)       # D's label mapping has its own depth
     group = sub_kwargs(d_kw, "epilogue_kwargs").get("mbstd_group_size", 4)
-    if not isinstance(group, int) or group < 1:
+    if type(group) is not int or group < 1:
         raise lacks(f"mbstd_group_size={group!r} (a positive group size here)")
+    if group > MBSTD_GROUP_MAX:                              # the batch below is a multiple of the group
+        raise ConvertError(f"D's mbstd_group_size={group} would need a batch of at least {group} (official "
+                           f"configs group 4 images, at most 32); damaged or edited file")
     if label_names and len(label_names.split(",")) != g_kw["c_dim"]:
         raise config_lib.ConfigError(f"--label_names {label_names!r}: give {g_kw['c_dim']} names (its c_dim)")
     clamp = synthesis.get("conv_clamp")                       # 256 when the source trained in float16, else None
@@ -302,7 +420,8 @@ def source_config(records: dict, label_names: str) -> config_lib.TrainConfig:
 # Tensors: official names -> modules.py names, every tensor used, every shape checked
 
 def load_into(net: torch.nn.Module, key: str, tensors: dict) -> None:
-    """Copy the official tensors into net; refuse unused, missing or misshapen tensors by name."""
+    """Copy the official tensors into net; refuse unused, missing or misshapen tensors by name, and integer
+    (or boolean, complex) tensors where floating-point weights belong: a cast would hide the damage."""
     target, mapped = net.state_dict(), {}
     for official, t in tensors.items():
         if official.endswith("resample_filter"):               # a constant here (ops.fir_kernel)
@@ -315,6 +434,9 @@ def load_into(net: torch.nn.Module, key: str, tensors: dict) -> None:
         if t.shape != target[name].shape:
             raise ConvertError(f"{key}.{official} has shape {list(t.shape)}, but its init_kwargs give "
                                f"{list(target[name].shape)}; damaged or edited file")
+        if target[name].is_floating_point() and not t.is_floating_point():
+            raise ConvertError(f"{key}.{official} holds {str(t.dtype).removeprefix('torch.')} values, not "
+                               f"floating-point weights; damaged or crafted file")
         mapped[name] = t.to(target[name].dtype).clone()
     missing = [n for n in target if n not in mapped]
     if missing:
@@ -326,12 +448,14 @@ def load_into(net: torch.nn.Module, key: str, tensors: dict) -> None:
 def convert(src: Path, label_names: str = "") -> dict:
     """A checkpoint state of this project (runs.save_checkpoint) from an official pickle."""
     data = read_pickle(src)
+    check_structure(data)
     if not isinstance(data, dict) or not all(k in data for k in NETWORK_KEYS):
         found = f"keys {', '.join(map(str, list(data)[:6]))}" if isinstance(data, dict) else type(data).__name__
         raise ConvertError(f"holds no G, D and G_ema ({found}); not a StyleGAN2-ADA network snapshot")
     for key in NETWORK_KEYS:
         if not is_record(data[key]):
             raise ConvertError(f"{key} is {type(data[key]).__name__}, not a network stored as a persistent class")
+        check_record(key, data[key])
         check_stylegan2(key, data[key])
     cfg = source_config(data, label_names)
     nets = dict(zip(("G", "D"), runs.build_networks(cfg)))
@@ -339,6 +463,8 @@ def convert(src: Path, label_names: str = "") -> dict:
     for key, net in nets.items():
         load_into(net, key, tensors_of(data[key]))
     augment = data.get("augment_pipe")
+    if is_record(augment):
+        check_record("augment_pipe", augment)
     ada_p = tensors_of(augment).get("p") if is_record(augment) else None
     digest = hashlib.sha256()
     with open(src, "rb") as f:

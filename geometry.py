@@ -59,7 +59,8 @@ def cut_geometry(brain: np.ndarray, voxel, fit: str) -> dict:
     range [0, 1] of positions) and the side of the square slice image, all in mm."""
     first, last = axial_extent(brain)
     x, y = brain.shape[0] * float(voxel[0]), brain.shape[1] * float(voxel[1])
-    return {"voxel_mm": [round(float(v), 4) for v in voxel], "axial_extent_mm": round((last - first) * float(voxel[2]), 3),
+    return {"voxel_mm": [round(float(v), 4) for v in voxel],
+            "axial_extent_mm": round((last - first) * float(voxel[2]), 3),
             "side_mm": round(max(x, y) if fit == "pad" else min(x, y), 3)}
 
 

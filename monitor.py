@@ -10,6 +10,7 @@ metrics.png, and the optional TensorBoard writer. Does not own the scores (scori
 
 import json
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -195,12 +196,20 @@ class TensorBoard:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:                                    # the optional extra is absent: nothing changes
             return
+        self._thread_hook, threading.excepthook = threading.excepthook, self._quiet_writer_thread
         try:
             self.writer = SummaryWriter(log_dir=str(self.folder))
         except Exception as e:                                 # whatever it raises, the run goes on
             self._turn_off(e)
             return
         log(f"TensorBoard logs in {self.folder} (tensorboard --logdir {run_dir})")
+
+    def _quiet_writer_thread(self, args) -> None:
+        """threading.excepthook while the writer is open: an error of its writing thread is not printed there
+        (the writer raises it again in the next call, which turns TensorBoard off with one warning); every other
+        thread's error goes to the hook as before."""
+        if type(args.thread).__name__ != "_AsyncWriterThread":
+            self._thread_hook(args)
 
     def _turn_off(self, e: Exception) -> None:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -212,6 +221,7 @@ class TensorBoard:
                 writer.close()
             except Exception:                                  # it failed already; said once above
                 pass
+        self._restore_thread_hook()
 
     def _write(self, write) -> None:
         """write(writer), unless turned off; a failure turns it off (the writer's thread re-raises its errors
@@ -244,3 +254,8 @@ class TensorBoard:
     def close(self) -> None:
         self._write(lambda writer: writer.close())
         self.writer = None
+        self._restore_thread_hook()
+
+    def _restore_thread_hook(self) -> None:
+        if threading.excepthook == self._quiet_writer_thread:
+            threading.excepthook = self._thread_hook

@@ -17,10 +17,11 @@ the hyphenated spellings (--row-seeds) work too. The single-command spellings of
 with no mode the command is `images`, and --interpolate, --style_mix, --sweep, --score, --volume, --project A B,
 --projected_w FILE and --export DIR select the mode wherever they stand.
 
-Owns: the command line, seed -> z, generation, labels of a conditional model, interpolation, style mixing,
-sweeps, the real sets and labels that `score` samples with, synthetic data sets, and the output files except the
-projections'. Does not own the scores (scoring.py) or their mathematics (metrics.py), the projection and its
-files (project.py), the networks (modules.py), checkpoints and file writing (runs.py) or decoding (dataset.py).
+Owns: the command line, seed -> z, generation, interpolation, style mixing, sweeps, the real sets and labels
+that `score` samples with, synthetic data sets, and the output files except the projections'. Does not own the
+labels asked of a conditional model (conditioning.py), the scores (scoring.py) or their mathematics (metrics.py),
+the projection and its files (project.py), the networks (modules.py), checkpoints and file writing (runs.py) or
+decoding (dataset.py).
 
 --checkpoint is a checkpoint file or a run folder (its checkpoint.pt, else its highest-kimg snapshot).
 Output goes to <folder of the checkpoint>/predict unless --outdir is given; only this program's own names
@@ -52,6 +53,7 @@ import torch
 from tqdm import tqdm
 
 import errors
+import conditioning
 import config as config_lib
 import dataset
 import metrics
@@ -65,6 +67,7 @@ import stacks
 GRID_MAX = 64                           # grid.png shows at most the first 64 images (8 x 8)
 OVERLAY_MAX = 16                        # overlay.png shows at most the first 16 image / mask pairs
 EXPORT_SLICES = 32                      # export: slices per synthetic case, as in OASIS
+EXPORT_PARTIAL = ".partial-"            # export DIR is built in .DIR.partial-<pid> beside it, then renamed
 CLOSEST_PAIRS = 8                       # generated / real pairs in closest_pairs.png
 DIVERSITY_PAIRS = 500                   # random pairs for the SSIM / MS-SSIM diversity
 MAX_SEEDS = 1_000_000                   # a typo like 0-99999999 should not fill the memory
@@ -105,56 +108,11 @@ def z_from_seed(seed: int, z_dim: int) -> torch.Tensor:
 
 @torch.no_grad()
 def seeds_to_ws(G, seeds, psi: float = 1.0, device="cpu", batch: int = 16) -> torch.Tensor:
-    """ws of seeds; a conditional G takes each seed's label from G.seed_labels (set by label_rule)."""
+    """ws of seeds; a conditional G takes each seed's label from G.seed_labels (conditioning.label_rule)."""
     z = torch.cat([z_from_seed(s, G.z_dim) for s in seeds]).to(device)               # [N, z_dim]
     c = G.seed_labels(seeds).to(device) if getattr(G, "c_dim", 0) else None          # [N, c_dim]
     cs = c.split(batch) if c is not None else [None] * len(z.split(batch))
     return torch.cat([G.mapping(zb, cb, truncation_psi=psi) for zb, cb in zip(z.split(batch), cs)])
-
-
-def label_rule(cfg, args):
-    """seeds -> labels [N, c_dim] for a conditional model, from --class, --label or --slice; without them a
-    slice-position model draws each seed's position uniformly in [0, 1] and a class model each seed's class
-    (both seeded by the seed). None for an unconditional model. Wrong options are one ConfigError line; argparse
-    lets at most one of the three through."""
-    usage = config_lib.ConfigError
-    given = {k: v for k, v in (("--class", args.class_), ("--label", args.label), ("--slice", args.slice))
-             if v is not None}
-    names = cfg.label_names.split(",") if cfg.label_names else [f"label_{i}" for i in range(cfg.c_dim)]
-    if not cfg.c_dim:
-        if given:
-            raise usage(f"{', '.join(given)}: this model is unconditional (trained with --cond=none)")
-        return None
-    classes = all(n.startswith("class_") for n in names)
-    fixed = None
-    if "--label" in given:
-        try:
-            fixed = [float(v) for v in args.label.split(",")]
-        except ValueError:
-            raise usage(f"--label {args.label!r}: give {cfg.c_dim} numbers separated by commas") from None
-        if len(fixed) != cfg.c_dim:
-            raise usage(f"--label {args.label!r}: this model takes {cfg.c_dim} value(s) ({', '.join(names)}), "
-                        f"got {len(fixed)}")
-    elif "--class" in given:
-        if not classes or not 0 <= args.class_ < cfg.c_dim:
-            raise usage(f"--class {args.class_}: this model's labels are {', '.join(names)}; "
-                        + (f"give a class 0..{cfg.c_dim - 1}" if classes else "use --label or --slice"))
-        fixed = [float(i == args.class_) for i in range(cfg.c_dim)]
-    elif "--slice" in given:
-        if names != ["slice_position"] or not 0 <= args.slice <= 1:
-            raise usage(f"--slice {args.slice}: " + ("give a position in [0, 1] (0 = lowest slice)"
-                                                     if names == ["slice_position"] else
-                                                     f"this model's labels are {', '.join(names)}; use --label"))
-        fixed = [args.slice]
-    if fixed is not None:
-        return lambda seeds: torch.tensor([fixed] * len(seeds), dtype=torch.float32)
-    if names == ["slice_position"]:
-        return lambda seeds: torch.tensor([[np.random.default_rng([s, 1]).random()] for s in seeds],
-                                          dtype=torch.float32)
-    if classes:
-        return lambda seeds: torch.eye(cfg.c_dim)[[int(np.random.default_rng([s, 1]).integers(cfg.c_dim))
-                                                   for s in seeds]]
-    raise usage(f"this model is conditional on {', '.join(names)}; give --label v1,...,v{cfg.c_dim}")
 
 
 def _decode(G, x: torch.Tensor):
@@ -327,13 +285,30 @@ def write_images(G, seeds, outdir: Path, psi, noise_mode, device, batch) -> str:
     return wrote
 
 
+def export_target(outdir: Path) -> Path:
+    """export DIR, checked before the generator is loaded: a new or empty folder in a writable place. The
+    temporary folders .DIR.partial-<pid> that killed exports to DIR left beside it (their process is gone) are
+    removed first."""
+    runs.check_writable(outdir.resolve().parent, "export")
+    prefix = f".{outdir.name}{EXPORT_PARTIAL}"
+    for p in outdir.resolve().parent.iterdir():
+        pid = p.name[len(prefix):] if p.name.startswith(prefix) else ""
+        if pid.isdigit() and p.is_dir() and (int(pid) == os.getpid() or not runs._alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
+            print(f"removed {p}, left by an export that was killed", file=sys.stderr)
+    if outdir.exists() and not outdir.is_dir():
+        raise PredictError(f"export {outdir}: is a file, not a folder; give a new folder (nothing is overwritten)")
+    if outdir.is_dir() and any(outdir.iterdir()):
+        raise PredictError(f"export {outdir}: exists and is not empty; give a new folder (nothing is overwritten)")
+    return outdir
+
+
 def write_export(G, seeds, outdir: Path, about: dict, psi, noise_mode, device, batch) -> str:
     """A synthetic data set in the OASIS layout: keras_png_slices_train/case_XXX_slice_K.nii.png and, with
     masks, keras_png_slices_seg_train/seg_XXX_slice_K.nii.png (seed s is slice s % 32 of case s // 32 + 1),
-    plus export.json saying where it came from. Built in a temporary folder and renamed into place."""
-    if outdir.exists() and any(outdir.iterdir()):
-        raise PredictError(f"export {outdir}: exists and is not empty; give a new folder (nothing is overwritten)")
-    tmp = outdir.with_name(f".{outdir.name}.partial-{os.getpid()}")
+    plus export.json saying where it came from. Built in a temporary folder and renamed into place (outdir:
+    checked by export_target)."""
+    tmp = outdir.with_name(f".{outdir.name}{EXPORT_PARTIAL}{os.getpid()}")
     img_dir = tmp / f"{oasis.OASIS_PREFIX}train"
     seg_dir = tmp / f"{oasis.OASIS_PREFIX}seg_train"
     try:
@@ -352,7 +327,7 @@ def write_export(G, seeds, outdir: Path, about: dict, psi, noise_mode, device, b
                                                                trunc=psi, noise_mode=noise_mode,
                                                                masks=bool(G.mask_classes)), indent=1) + "\n")
         if outdir.exists():
-            outdir.rmdir()                                    # empty (checked above)
+            outdir.rmdir()                                    # empty (export_target checked it)
         os.replace(tmp, outdir)
     except OSError as e:                                      # the folders themselves (a full disk, no permission)
         raise runs.write_error(outdir, e) from None
@@ -431,6 +406,10 @@ def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode
     closest = scores.pop("closest")
     del scores["nearest_index"], scores["heldout_nearest_index"]
     save_closest_pairs(generated, real.reference, closest, seeds, real.names, outdir / "closest_pairs.png")
+    if stacks.is_position_model(cfg):                        # the consistency of stacks along the levels
+        positions = None if column is None else real.labels[:, column]
+        scores.update(stacks.stack_scores(lambda s, lv: render_stack(G, s, lv, psi, noise_mode, device, batch), seeds,
+                                          real.reference, real.names, positions))
     result = {**about, "real": str(args.real), **info, "num_generated": len(seeds),
               "seeds": args.seeds or f"0-{len(seeds) - 1}", "trunc": psi, "noise_mode": noise_mode, **scores,
               "closest_pairs": [{"seed": seeds[g], "real": real.names[r], "ssim": s} for g, r, s in closest]}
@@ -438,10 +417,6 @@ def write_scores(G, cfg, seeds, args, outdir: Path, about: dict, psi, noise_mode
     print(scoring.format_table(scores))
     if model is None:
         print("FID/KID skipped: pass --inception inception-2015-12-05.pt (TorchScript Inception-v3) to add them")
-    if stacks.is_position_model(cfg):                        # the consistency of stacks along the levels
-        positions = None if column is None else real.labels[:, column]
-        scores.update(stacks.stack_scores(lambda s, lv: render_stack(G, s, lv, psi, noise_mode, device, batch), seeds,
-                                          real.reference, real.names, positions))
     return "scores.json and closest_pairs.png"
 
 
@@ -618,23 +593,24 @@ def run(args) -> None:
     device = config_lib.resolve_device(args.device)
     seeds = None
     if getattr(args, "seeds", None) is not None or getattr(args, "num", None) is not None:
+        if args.seeds is None and args.num > MAX_SEEDS:
+            raise config_lib.ConfigError(f"--num {args.num}: more than {MAX_SEEDS:,} seeds")
         seeds = parse_seeds(args.seeds) if args.seeds is not None else list(range(args.num))
         if len(seeds) < 2 and mode in ("interpolate", "score"):
             raise config_lib.ConfigError(f"{mode} needs at least two seeds, got --seeds {args.seeds}")
     if mode == "style_mix":
         rows, cols = parse_seeds(args.row_seeds, "--row_seeds"), parse_seeds(args.col_seeds, "--col_seeds")
+    if mode == "export":
+        outdir = export_target(Path(args.dir))
     G, cfg, state, ckpt = runs.load_generator(runs.best_checkpoint(args.checkpoint) if args.best else args.checkpoint,
                                               device)
-    rule = label_rule(cfg, args) if hasattr(args, "label") else None   # also refuses labels an unconditional model
+    rule = conditioning.label_rule(cfg, args) if hasattr(args, "label") else None   # also refuses labels an unconditional model
     if mode == "project" and cfg.c_dim and args.class_ is None and args.label is None and args.slice is None:
         raise config_lib.ConfigError("project with a conditional model needs the slices' label: --label, --slice "
                                      "or --class")
     if rule is not None:
         G.seed_labels = rule
-    if mode == "export":
-        runs.check_writable(Path(args.dir).resolve().parent, "export")
-        outdir = Path(args.dir)
-    else:
+    if mode != "export":
         outdir = runs.check_writable(Path(args.outdir) if args.outdir else ckpt.parent / "predict")
     about = {"checkpoint": str(ckpt), "kimg": state.get("cur_nimg", 0) / 1000}
     gen = dict(psi=getattr(args, "trunc", 1.0), noise_mode=getattr(args, "noise_mode", "const"), device=device,

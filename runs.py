@@ -42,6 +42,7 @@ SNAPSHOT_RE = re.compile(r"snapshot-(\d+(?:\.\d+)?)\.pt")
 # missing folder
 TORCH_WRITE_FAILED = re.compile(r"unexpected pos|write failed|failed writing|iostream error|No space left|Disk quota|"
                                 r"Parent directory .* does not exist")
+TORCH_PREFIX = re.compile(r"^\[enforce fail at [^\]]*\][ .]*")     # where in torch's C++ it failed
 TORCH_NO_FOLDER = re.compile(r"Parent directory .* does not exist")
 DISK_FULL_TEXT = re.compile(r"No space left|Disk quota")
 FULL_BELOW = 1 << 20                    # bytes free under which such a write is taken as a full disk
@@ -74,6 +75,8 @@ def write_failed(e: BaseException) -> bool:
 
 
 def _disk_full(folder: Path, e: BaseException) -> bool:
+    """Whether a failed write means a full disk: its errno or text says so, or torch's failure left the disk
+    with (almost) no free space."""
     if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or DISK_FULL_TEXT.search(str(e)):
         return True
     if not isinstance(e, RuntimeError) or TORCH_NO_FOLDER.search(str(e)):
@@ -89,7 +92,8 @@ def write_error(path, e: BaseException) -> RunError:
     folder are named as such."""
     path = Path(path)
     code = getattr(e, "errno", None)
-    reason = getattr(e, "strerror", None) or _first_line(e)
+    text = str(e).strip()
+    reason = getattr(e, "strerror", None) or (TORCH_PREFIX.sub("", text.splitlines()[0]) if text else type(e).__name__)
     if _disk_full(path.parent, e):
         return RunError(f"{path}: the disk is full ({reason if code else 'No space left on device'}); free space "
                         f"there and run again (the previous file, if any, is intact)")

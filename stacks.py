@@ -31,7 +31,7 @@ import runs
 # The demo data's geometry (demo.py: 1 mm voxels, a 176 x 208 mm box padded to a 208 mm square, brains with
 # brainstem of median inferior-superior extent AXIAL_EXTENT mm, cut over 0.1-0.9 of it), for a model whose
 # training data records none (dataset.json written before the slicer recorded it, or OASIS PNGs).
-DEFAULT_GEOMETRY = {"side_mm": 208.0, "axial_extent_mm": 152.0, "range": [0.1, 0.9]}
+DEFAULT_GEOMETRY = {"side_mm": 208.0, "axial_extent_mm": 156.0, "range": [0.1, 0.9]}
 DEFAULT_SLICES = 32                     # levels per stack without --slices or a recorded count (as OASIS)
 VIEW_SEEDS = 4                          # views.png shows the first 4 stacks
 OUTLINE_LEVEL = 0.1                     # the brain's outline: smoothed pixels above 10 % of full scale, holes filled
@@ -78,7 +78,7 @@ def plan(cfg, slices: int = None, span: str = None, data=None) -> Plan:
     if cfg.img_channels != 1:
         raise usage(f"volume stacks grayscale slices; this model draws {cfg.img_channels} channels")
     info = _read_slicer_info(data or cfg.data)
-    count = slices or info.get("count") or DEFAULT_SLICES
+    count = slices if slices is not None else info.get("count") or DEFAULT_SLICES
     if count < 2:
         raise usage(f"--slices must be >= 2, got {count}")
     if span is None:

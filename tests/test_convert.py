@@ -15,6 +15,8 @@ import re
 import subprocess
 import sys
 import types
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -162,9 +164,11 @@ TRAINING_SET = {"class_name": "training.dataset.ImageFolderDataset", "path": "/d
                 "max_size": 70000, "xflip": True, "resolution": 16}
 
 
-def write_official(path: Path, nets, cfg, marker: Path, edit=None, extra_src: str = "", **synthesis) -> Path:
+def write_official(path: Path, nets, cfg, marker: Path, edit=None, extra_src: str = "", mutate=None,
+                   **synthesis) -> Path:
     """A network-snapshot pickle of (G, D, G_ema) in the official layout. module_src writes `marker`.
-    edit(key, official tensors) may change the tensors of a network before pickling."""
+    edit(key, official tensors) may change the tensors of a network before pickling; mutate(data) may change
+    the whole snapshot (records are Persistent, their meta in .meta)."""
     module_src = f"open({str(marker)!r}, 'w').write('module_src was executed')\nclass Generator: pass\n{extra_src}"
     g_kwargs, d_kwargs = init_kwargs(cfg, **synthesis)
     data = {"training_set_kwargs": dict(TRAINING_SET), "augment_pipe": record(
@@ -176,6 +180,8 @@ def write_official(path: Path, nets, cfg, marker: Path, edit=None, extra_src: st
         if edit is not None:
             edit(key, tensors)
         data[key] = record(class_name, nest(tensors), module_src, init_kwargs=kwargs)
+    if mutate is not None:
+        mutate(data)
     with pickling_stand_ins():
         path.write_bytes(pickle.dumps(data, protocol=3))
     return path
@@ -400,3 +406,185 @@ def test_existing_out_is_never_overwritten(tmp_path, capsys):
 def test_usage_errors_exit_2(tmp_path, capsys):
     assert convert.main([str(tmp_path / "net.pkl")]) == 2                 # no --out
     assert "--out" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Damaged and crafted pickles: one line each, found before any network is built
+
+@pytest.fixture
+def no_networks(monkeypatch):
+    """convert.py's runs.build_networks fails the test if it is called (the fixtures still build theirs)."""
+    def refuse(cfg, conv_clamp=None):
+        raise AssertionError("a network was built")
+    monkeypatch.setattr(convert, "runs", types.SimpleNamespace(**{**vars(runs), "build_networks": refuse}))
+
+
+def state_of(data, *path) -> dict:
+    """The state of a module record inside a snapshot being written: state_of(data, "G", "mapping")."""
+    rec = data[path[0]]
+    for name in path[1:]:
+        rec = rec.meta["state"]["_modules"][name]
+    return rec.meta["state"]
+
+
+def splice(pkl: Path, placeholder: str, raw: bytes) -> Path:
+    """Replace the pickled string `placeholder` (protocol 3: BINUNICODE) by the opcodes `raw`, which push one
+    object: a way to write what Python's own pickler cannot (it recurses, and stops at ~1000 levels)."""
+    text = placeholder.encode()
+    opcode = b"X" + len(text).to_bytes(4, "little") + text
+    data = pkl.read_bytes()
+    assert data.count(opcode) == 1
+    pkl.write_bytes(data.replace(opcode, raw))
+    return pkl
+
+
+def _self_record(data):
+    loop = {"class_name": "Block", "state": {"_modules": {}}}
+    loop["state"]["_modules"]["again"] = loop
+    state_of(data, "G")["_modules"]["loop"] = loop
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda data: state_of(data, "G").__setitem__("_modules", [1, 2]), ["G: its _modules is list, not a dict"]),
+    (lambda data: state_of(data, "G", "mapping")["_modules"].__setitem__("fc0", 7), ["G.mapping.fc0 is int, not a module"]),
+    (lambda data: state_of(data, "D", "b4", "out")["_parameters"].__setitem__("weight", "w"),
+     ["D.b4.out.weight is str, not a tensor"]),
+    (lambda data: state_of(data, "G")["_init_kwargs"].__setitem__("synthesis_kwargs", [256, 32]),
+     ["synthesis_kwargs is list, not a dict"]),
+    (lambda data: state_of(data, "D").__setitem__("_init_kwargs", "c_dim=0"), ["D: its _init_kwargs is str"]),
+    (_self_record, ["G.state._modules.loop.state._modules.again contains itself"]),
+], ids=["modules-list", "module-int", "parameter-str", "kwargs-list", "init-kwargs-str", "self-reference"])
+def test_records_of_the_wrong_type_or_referring_to_themselves(tmp_path, capsys, no_networks, mutate, words):
+    cfg = tiny_cfg()
+    pkl = write_official(tmp_path / "net.pkl", random_networks(cfg), cfg, tmp_path / "pwned", mutate=mutate)
+    refused(capsys, [pkl, "--out", tmp_path / "m.pt"], *words)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def deep_records(levels: int) -> bytes:
+    """Opcodes that push {"class_name": "Block", "state": {"_modules": {"m": {... levels deep ...}}}}."""
+    s = lambda text: b"X" + len(text).to_bytes(4, "little") + text.encode()          # noqa: E731
+    opening = b"}" + s("class_name") + s("Block") + b"s" + s("state") + b"}" + s("_modules") + b"}" + s("m")
+    return opening * levels + b"}" + b"sss" * levels
+
+
+def test_deeply_nested_records_and_values(tmp_path, capsys, no_networks):
+    """Deeper than Python's own recursion could walk: refused by depth, not a RecursionError traceback."""
+    cfg = tiny_cfg()
+    nets = random_networks(cfg)
+
+    def place(data):
+        state_of(data, "G")["_modules"]["deep"] = "PLACEHOLDER"
+
+    pkl = splice(write_official(tmp_path / "records.pkl", nets, cfg, tmp_path / "pwned", mutate=place),
+                 "PLACEHOLDER", deep_records(20_000))
+    refused(capsys, [pkl, "--out", tmp_path / "m.pt"], "G.state._modules.deep.state._modules.m.state",
+            f"nests deeper than {convert.MAX_DEPTH} levels")
+    pkl = write_official(tmp_path / "lists.pkl", nets, cfg, tmp_path / "pwned",
+                         mutate=lambda data: data.__setitem__("training_set_kwargs", "PLACEHOLDER"))
+    splice(pkl, "PLACEHOLDER", b"]" * 100_000 + b"a" * 99_999)                     # a list in a list ... 100,000 deep
+    refused(capsys, [pkl, "--out", tmp_path / "m.pt"], "training_set_kwargs.[0].[0]", "nests deeper")
+
+    def shared(data):                                         # 2^22 values along every path, a few bytes stored
+        part = [0]
+        for _ in range(22):
+            part = [part, part]
+        data["training_set_kwargs"] = part
+
+    pkl = write_official(tmp_path / "shared.pkl", nets, cfg, tmp_path / "pwned", mutate=shared)
+    refused(capsys, [pkl, "--out", tmp_path / "m.pt"], f"more than {convert.MAX_VALUES:,} values")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def _kwargs(g=None, d=None, epilogue=None, synthesis=None):
+    """mutate(data) that sets entries of G's (and G_ema's: the same dict) and D's init_kwargs."""
+    def mutate(data):
+        g_kw, d_kw = state_of(data, "G")["_init_kwargs"], state_of(data, "D")["_init_kwargs"]
+        g_kw.update(g or {})
+        g_kw["synthesis_kwargs"].update(synthesis or {})
+        d_kw.update(d or {})
+        d_kw["epilogue_kwargs"].update(epilogue or {})
+    return mutate
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (_kwargs(g=dict(z_dim=2 ** 40)), ["z_dim=1099511627776", "G.mapping.fc0.weight has shape [32, 32]"]),
+    (_kwargs(g=dict(w_dim=64)), ["w_dim=64", "G.mapping.w_avg has shape [32]"]),
+    (_kwargs(g=dict(c_dim=5), d=dict(c_dim=5)), ["c_dim=5", "G.mapping.embed.weight is missing"]),
+    (_kwargs(g=dict(img_channels=3), d=dict(img_channels=3)), ["img_channels=3", "torgb.weight has shape [1, 16, 1, 1]"]),
+    (_kwargs(g=dict(img_resolution=32), d=dict(img_resolution=32)), ["img_resolution=32", "no synthesis.b32.torgb"]),
+    (_kwargs(synthesis=dict(channel_max=2 ** 30), d=dict(channel_max=2 ** 30)),
+     ["channel_max=1073741824 (64 channels at 4x4)", "synthesis.b4.conv1.weight has shape [32, 32, 3, 3]"]),
+    (_kwargs(epilogue=dict(mbstd_group_size=10 ** 9)), ["mbstd_group_size=1000000000", "a batch of at least"]),
+], ids=["z_dim", "w_dim", "c_dim", "img_channels", "img_resolution", "channel_max", "mbstd_group-batch"])
+def test_declared_sizes_must_match_the_tensors(tmp_path, capsys, no_networks, mutate, words):
+    cfg = tiny_cfg()
+    pkl = write_official(tmp_path / "net.pkl", random_networks(cfg), cfg, tmp_path / "pwned", mutate=mutate)
+    refused(capsys, [pkl, "--out", tmp_path / "m.pt"], *words)
+
+
+class CraftedTensor:
+    """Pickles as torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...), the official tensor
+    call, with any view of the storage; clone() keeps it as it is when the fixture stores a buffer."""
+
+    def __init__(self, values: torch.Tensor, offset: int, size: tuple, stride: tuple):
+        self.storage, self.view = values.untyped_storage(), (offset, size, stride)
+
+    def clone(self):
+        return self
+
+    def __reduce__(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            storage = torch.TypedStorage(wrap_storage=self.storage, dtype=torch.float32, _internal=True)
+        return torch._utils._rebuild_tensor_v2, (storage, *self.view, False, collections.OrderedDict())
+
+
+@pytest.mark.parametrize("offset, size, stride", [(0, (32,), (1,)), (0, (33,), (1,)), (8, (32,), (1,)),
+                                                  (0, (2, 16), (1, 31))],
+                         ids=["fits", "size", "offset", "stride"])
+def test_a_tensor_reaching_outside_its_storage_is_refused(tmp_path, capsys, offset, size, stride):
+    cfg = tiny_cfg()
+    nets = random_networks(cfg)
+    w_avg = nets[2].mapping.w_avg.clone()                       # 32 values, as G_ema's w_avg
+
+    def craft(key, tensors):
+        if key == "G_ema":
+            tensors["mapping.w_avg"] = CraftedTensor(w_avg, offset, size, stride)
+
+    pkl = write_official(tmp_path / "net.pkl", nets, cfg, tmp_path / "pwned", edit=craft)
+    out = tmp_path / "m.pt"
+    if size == (32,) and offset == 0:                           # control: the crafted call itself is read
+        assert convert.main([str(pkl), "--out", str(out)]) == 0
+        assert torch.equal(runs.load_checkpoint(out)["G_ema"]["mapping.w_avg"], w_avg)
+        return
+    refused(capsys, [pkl, "--out", out], f"(size {list(size)}, stride {list(stride)}, offset {offset})",
+            "reaches past its storage of 32 values")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["mapping.fc0.weight", "mapping.w_avg"])
+def test_integer_tensors_are_refused_where_float_weights_belong(tmp_path, capsys, name):
+    cfg = tiny_cfg()
+
+    def to_int(key, tensors):
+        if key == "G":
+            tensors[name] = tensors[name].round().long()
+
+    pkl = write_official(tmp_path / "net.pkl", random_networks(cfg), cfg, tmp_path / "pwned", edit=to_int)
+    refused(capsys, [pkl, "--out", tmp_path / "m.pt"], f"G.{name} holds int64 values, not floating-point weights")
+
+
+def test_a_pickle_with_a_zip_end_marker_is_read_as_a_pickle(tmp_path, capsys):
+    end_marker = b"PK\x05\x06" + bytes(18)                     # a zip archive's end of central directory
+    damaged = tmp_path / "damaged.pkl"
+    damaged.write_bytes(b"\x80\x03}q\x00(X\x01\x00\x00\x00G" + end_marker)
+    assert zipfile.is_zipfile(damaged)                          # control: the marker alone makes it "a zip"
+    err = refused(capsys, [damaged, "--out", tmp_path / "m.pt"], "damaged")
+    assert "zip archive" not in err
+    # A whole snapshot that carries the marker in a string converts like any other.
+    cfg = tiny_cfg()
+    pkl = write_official(tmp_path / "net.pkl", random_networks(cfg), cfg, tmp_path / "pwned",
+                         mutate=lambda data: data.__setitem__("zz_note", end_marker.decode("latin-1")))
+    assert zipfile.is_zipfile(pkl)
+    assert convert.main([str(pkl), "--out", str(tmp_path / "m.pt")]) == 0

@@ -168,7 +168,8 @@ def _compress(ds):
 BROKEN = {
     "missing": (lambda files: files[5].unlink(), "missing slice position(s): a gap of 4.00 mm after 8.00 mm where "
                                                  "the other slices are 2.00 mm apart"),
-    "duplicated": (lambda files: shutil.copy(files[3], files[3].with_name("copy")), "duplicated slice position 6.00 mm"),
+    "duplicated": (lambda files: shutil.copy(files[3], files[3].with_name("copy")),
+                   "duplicated slice position 6.00 mm"),
     "uneven": (lambda files: _edit(files[6], lambda ds: setattr(ds, "ImagePositionPatient", [0, 0, 12.4])),
                "uneven slice spacing (1.600 to 2.400 mm)"),
     "orientations": (lambda files: _edit(files[2], lambda ds: setattr(ds, "ImageOrientationPatient",

@@ -133,8 +133,8 @@ WRITERS = {
     "PIL gif": lambda p, v: project.save_gif(torch.full((2, 1, 4, 4), v, dtype=torch.uint8), p),
     "matplotlib": lambda p, v: runs.save_figure(figure(), p, dpi=10 * v),
     "text": lambda p, v: runs.write_text(p, str(v)),
-    "log.jsonl": lambda p, v: runs.append_log(p, {"tick": v}),
 }
+APPEND_LOG = {"log.jsonl": lambda p, v: runs.append_log(p, {"tick": v})}   # in place: test_a_full_disk_leaves_log...
 
 
 @pytest.mark.parametrize("writer", WRITERS)
@@ -146,26 +146,22 @@ def test_every_writer_on_a_full_disk_keeps_the_previous_file(tmp_path, monkeypat
     path = tmp_path / "file"
     WRITERS[writer](path, 1)
     before = path.read_bytes()
-    if writer == "log.jsonl":                                        # appended in place: the file itself is full
-        path.unlink()
-        os.symlink("/dev/full", path)
-        before = b""
-    else:
-        os.symlink("/dev/full", tmp_path / f".file{runs.TMP_MARK}{os.getpid()}")
+    os.symlink("/dev/full", tmp_path / f".file{runs.TMP_MARK}{os.getpid()}")
     monkeypatch.setattr(runs, "shutil", types.SimpleNamespace(disk_usage=lambda p: Usage(10 ** 9, 10 ** 9, 0)))
     with pytest.raises(runs.RunError) as e:
         WRITERS[writer](path, 2)
     assert str(e.value) == (f"{path}: the disk is full (No space left on device); free space there and run again "
                             f"(the previous file, if any, is intact)")
-    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["file"]
+    assert [p.name for p in tmp_path.iterdir()] == ["file"] and not path.is_symlink()   # never read /dev/full
+    assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("writer", [*WRITERS, *APPEND_LOG])
 def test_every_writer_names_a_missing_folder(tmp_path, writer):
     path = tmp_path / "no" / "such" / "file"
     with pytest.raises(runs.RunError, match=rf"^{path}: the folder {path.parent} does not exist; create it or "
                                             rf"choose another$"):
-        WRITERS[writer][0](path, 1)
+        {**WRITERS, **APPEND_LOG}[writer](path, 1)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -173,7 +169,7 @@ def test_every_writer_names_a_missing_folder(tmp_path, writer):
     (TORCH_DISK_FULL, 0, "the disk is full (No space left on device)"),
     ("PytorchStreamWriter failed writing file data/0: file write failed", 4096, "the disk is full"),
     ("[enforce fail at inline_container.cc:672] . write: No space left on device", 10 ** 9, "the disk is full"),
-    (TORCH_DISK_FULL, 10 ** 9, f"cannot be written ({TORCH_DISK_FULL})"),     # room left: not called full
+    (TORCH_DISK_FULL, 10 ** 9, "cannot be written (unexpected pos 576 vs 534); check"),   # room left: not full
 ])
 def test_torch_save_runtime_errors_are_write_errors(tmp_path, monkeypatch, message, free, said):
     path = tmp_path / "checkpoint.pt"
@@ -264,6 +260,7 @@ def test_tensorboard_in_place_of_a_file_is_one_warning(tmp_path):
                      f"File exists: '{tmp_path / 'tensorboard'}'); training goes on without it"]
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # none printed
 def test_tensorboard_in_a_read_only_folder_is_one_warning(tmp_path, monkeypatch):
     folder = tmp_path / "tensorboard"
     folder.mkdir()
@@ -284,6 +281,7 @@ def test_tensorboard_in_a_read_only_folder_is_one_warning(tmp_path, monkeypatch)
     assert tb.writer is None
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # none printed
 def test_tensorboard_writes_failing_later_turn_it_off_once(tmp_path, monkeypatch):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -382,3 +380,54 @@ def test_a_two_node_launch_trains_and_only_global_rank_0_writes(images, tmp_path
     indexes = [list((tmp_path / f"node{n}" / "cache").glob("*.json")) for n in (0, 1)]
     assert all(len(i) == 1 for i in indexes)
     assert indexes[0][0].stat().st_mtime_ns <= indexes[1][0].stat().st_mtime_ns
+
+
+TAKE_TURNS = """
+import json, sys, time
+from pathlib import Path
+import torch, torch.distributed as dist
+import distributed, errors
+rank, folder = int(sys.argv[1]), Path(sys.argv[2])
+local_rank = [0, 0, 1][rank]                            # node 0: rank 0; node 1: ranks 1 and 2
+dist.init_process_group("gloo", init_method=f"file://{folder / 'init'}", rank=rank, world_size=3)
+
+def work(fail):
+    with open(folder / "events", "a") as f:
+        f.write(f"start {rank}\\n")
+    time.sleep(0.3)                                      # long enough for a wrong order to show
+    if fail:
+        raise errors.ProjectError(f"{rank}: unreadable data")
+    with open(folder / "events", "a") as f:
+        f.write(f"end {rank}\\n")
+    return rank
+
+said = [distributed.in_turns(lambda: work(False), rank, local_rank, 3, torch.device("cpu"))]
+dist.barrier()
+if rank == 0:
+    (folder / "events").rename(folder / "events-ok")
+dist.barrier()
+try:
+    distributed.in_turns(lambda: work(rank == 0), rank, local_rank, 3, torch.device("cpu"))
+except errors.ProjectError as e:
+    said.append(str(e))
+(folder / f"said{rank}").write_text(json.dumps(said))
+"""
+
+
+@pytest.mark.slow
+def test_data_is_read_in_turns_rank_0_then_each_nodes_first_process(tmp_path):
+    """Node 0 with rank 0, node 1 with ranks 1 and 2: rank 0 builds what is shared, then node 1's first process
+    (rank 1) what is local to its node, then the rest; a failure in a turn stops every process with a line,
+    and no later turn starts."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-c", TAKE_TURNS, str(r), str(tmp_path)], cwd=REPO, env=env,
+                              stderr=subprocess.PIPE, text=True) for r in range(3)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
+    lines = (tmp_path / "events-ok").read_text().splitlines()
+    assert lines == ["start 0", "end 0", "start 1", "end 1", "start 2", "end 2"]
+    assert (tmp_path / "events").read_text().splitlines() == ["start 0"]
+    said = [json.loads((tmp_path / f"said{r}").read_text()) for r in range(3)]
+    assert said[0] == [0, "0: unreadable data"]
+    for r in (1, 2):
+        assert said[r] == [r, f"process {r}: stopped, another process failed first (its message names the cause)"]
