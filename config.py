@@ -49,10 +49,13 @@ class TrainConfig:
     fit: str = "crop"                   # non-square images: crop (centre) or pad (zeros)
     skip_bad: bool = False              # skip unreadable images with a warning instead of stopping
     masks: bool = False                 # image + tissue-mask pairs: G also outputs the OASIS mask, D judges the pair
-    mask_encoding: str = "onehot"       # how G outputs the mask and D reads it: onehot (4 class channels, hard
-                                        # with the softmax gradient) | level (one channel holding the class level)
-    mask_blur: float = 0.0              # sigma (pixels) of a Gaussian blur on the mask channels D sees, real and
-                                        # fake alike (0 = off)
+    mask_encoding: str = "level"        # how G outputs the mask and D reads it: level (one channel holding the
+                                        # class level, snapped when written) | onehot (4 class channels, hard with
+                                        # the softmax gradient; runs before this default, docs/masks.md)
+    mask_blur: float = 1.0              # with --masks: sigma (pixels) of a Gaussian blur on the mask channels D
+                                        # sees, real and fake alike, so hard edges are no cue (0 = off)
+    mask_gain: float = 1.0              # with --masks: factor on the mask channels D sees, real and fake alike
+                                        # (< 1 gives the mask less weight in D's first layer than the image)
     cond: str = "none"                  # conditional training: none | slice (axial position from OASIS names) | json
     c_dim: int = 0                      # label width, set from the data when a run starts (stored in checkpoints)
     label_names: str = ""               # what the label values mean, comma-separated (set from the data)
@@ -365,6 +368,8 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"--mask_encoding must be one of {', '.join(MASK_ENCODINGS)}, got {cfg.mask_encoding!r}")
     if not (cfg.mask_blur >= 0 and math.isfinite(cfg.mask_blur)):
         raise ConfigError(f"--mask_blur must be a sigma in pixels >= 0, got {cfg.mask_blur}")
+    if not cfg.mask_gain > 0:
+        raise ConfigError(f"--mask_gain must be a factor > 0, got {cfg.mask_gain}")
     if cfg.agreement_segmenter and not cfg.masks:
         raise ConfigError("--agreement_segmenter scores generated masks; it needs --masks")
     if cfg.agreement_segmenter and not Path(cfg.agreement_segmenter).is_file():
@@ -395,9 +400,9 @@ def from_dict(values: dict) -> TrainConfig:
         raise ConfigError(f"saved config has unknown keys {sorted(unknown)}; was it written by another version?")
     # Configs saved before label_encoding existed fed the label to the embedding as it is; configs saved
     # before d_mapping_layers existed gave D's label mapping G's depth (they load as they were trained).
-    # Configs saved before mask_encoding existed generated one-hot masks.
+    # Configs saved before mask_encoding existed generated one-hot masks that D saw unblurred.
     old = {"label_encoding": "none", "d_mapping_layers": values.get("mapping_layers", TrainConfig.mapping_layers),
-           "mask_encoding": "onehot"}
+           "mask_encoding": "onehot", "mask_blur": 0.0, "mask_gain": 1.0}
     return TrainConfig(**{**old, **values})
 
 

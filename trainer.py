@@ -266,9 +266,11 @@ class Trainer:
             self.augment_pipe.p = self.ada_p
             with self.rng.scope():                                    # augmentations from the layers stream
                 img = self.augment_pipe(img)
-        if self.cfg.mask_blur > 0:                                    # the same smoothing for real and fake masks
-            n = self.cfg.img_channels
-            img = torch.cat([img[:, :n], ops.gaussian_blur(img[:, n:], self.cfg.mask_blur)], dim=1)
+        if self.cfg.masks and (self.cfg.mask_blur > 0 or self.cfg.mask_gain != 1):
+            n, mask = self.cfg.img_channels, img[:, self.cfg.img_channels:]   # the same for real and fake masks
+            if self.cfg.mask_blur > 0:
+                mask = ops.gaussian_blur(mask, self.cfg.mask_blur)
+            img = torch.cat([img[:, :n], mask * self.cfg.mask_gain], dim=1)
         with self.autocast():
             return (self.D_fast if fast else self.D)(img, c).float()  # [N, 1]
 

@@ -76,9 +76,9 @@ def test_gaussian_blur_keeps_constants_and_is_twice_differentiable():
 
 
 @pytest.mark.parametrize("encoding", config.MASK_ENCODINGS)
-def test_d_sees_real_and_fake_masks_through_the_same_blur_and_the_image_unchanged(oasis, encoding):
+def test_d_sees_real_and_fake_masks_through_the_same_blur_and_gain_and_the_image_unchanged(oasis, encoding):
     cfg = config.TrainConfig(data=str(oasis), resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16,
-                             batch=4, masks=True, mask_encoding=encoding, mask_blur=1.0, aug="noaug")
+                             batch=4, masks=True, mask_encoding=encoding, mask_blur=1.0, mask_gain=0.5, aug="noaug")
     data = dataset.ImageDataset(oasis, resolution=16, with_masks=True, log=lambda m: None)
     t = trainer_lib.Trainer(cfg, torch.device("cpu"), data=data, log=lambda m: None)
     seen = []
@@ -89,16 +89,16 @@ def test_d_sees_real_and_fake_masks_through_the_same_blur_and_the_image_unchange
         t.run_D(x, fast=True)
         shown = seen.pop()
         assert torch.equal(shown[:, :1], x[:, :1])
-        torch.testing.assert_close(shown[:, 1:], ops.gaussian_blur(x[:, 1:], 1.0))
+        torch.testing.assert_close(shown[:, 1:], ops.gaussian_blur(x[:, 1:], 1.0) * 0.5)
         assert not torch.equal(shown[:, 1:], x[:, 1:])
 
 
 def test_old_masked_configs_load_with_one_hot_masks():
     saved = dataclasses.asdict(config.TrainConfig(masks=True))
-    for key in ("mask_encoding", "mask_blur", "agreement_segmenter"):       # a config written before them
+    for key in ("mask_encoding", "mask_blur", "mask_gain", "agreement_segmenter"):   # written before them
         saved.pop(key)
     cfg = config.from_dict(saved)
-    assert cfg.mask_encoding == "onehot" and cfg.mask_blur == 0 and config.mask_channels(cfg) == K
+    assert (cfg.mask_encoding, cfg.mask_blur, cfg.mask_gain, config.mask_channels(cfg)) == ("onehot", 0, 1, K)
     with pytest.raises(config.ConfigError, match="--mask_encoding cannot change when resuming"):
         config.resume_config(saved, {"mask_encoding": "level"})
 
@@ -106,6 +106,8 @@ def test_old_masked_configs_load_with_one_hot_masks():
 @pytest.mark.parametrize("options, message", [
     ({"mask_encoding": "soft"}, "--mask_encoding must be one of onehot, level"),
     ({"mask_blur": -1.0}, "--mask_blur must be a sigma in pixels >= 0"),
+    ({"mask_gain": 0.0}, "--mask_gain must be a factor > 0"),
+    ({"mask_gain": float("nan")}, "--mask_gain must be a finite number"),
     ({"agreement_segmenter": "x.pt", "masks": False}, "--agreement_segmenter scores generated masks"),
     ({"agreement_segmenter": "/nonexistent/segmenter.pt"}, "no such file"),
 ])
@@ -131,3 +133,24 @@ def test_a_level_run_with_blur_logs_the_agreement_dice_and_resumes_bit_exactly(
     assert cfg.mask_encoding == "level" and G(torch.randn(2, 16)).shape == (2, 2, 16, 16)
     scored = [r for r in map(json.loads, (full / "log.jsonl").read_text().splitlines()) if "agreement_mean" in r]
     assert scored and all(0 <= r["agreement_mean"] <= 1 and "agreement_CSF" in r for r in scored)
+
+
+@pytest.mark.slow
+def test_a_masked_run_saved_before_the_level_default_resumes_as_it_was_trained(
+        oasis, tmp_path, tiny_args, run_train, weights, assert_same_weights):
+    """A run from before mask_encoding and mask_blur existed stored neither: it resumes with one-hot masks and
+    no blur (not the new defaults), bit-exactly as if it had never stopped."""
+    args = tiny_args(oasis, tmp_path / "runs", masks="true", mask_encoding="onehot", mask_blur=0)
+    full = run_train(args + ["--kimg=0.12"])
+    part = run_train(args + ["--kimg=0.06"])
+    state = weights(part / "checkpoint.pt")
+    for key in ("mask_encoding", "mask_blur", "mask_gain", "agreement_segmenter"):
+        state["config"].pop(key)
+    torch.save(state, part / "checkpoint.pt")
+    saved = json.loads((part / "config.json").read_text())
+    (part / "config.json").write_text(json.dumps({k: v for k, v in saved.items()
+                                                  if k not in ("mask_encoding", "mask_blur", "mask_gain", "agreement_segmenter")}))
+    G, cfg, _, _ = runs.load_generator(part, torch.device("cpu"))
+    assert (cfg.mask_encoding, cfg.mask_blur) == ("onehot", 0) and G(torch.randn(2, 16)).shape == (2, 1 + K, 16, 16)
+    run_train([f"--resume={part}", "--kimg=0.12"])
+    assert_same_weights(weights(full / "checkpoint.pt"), weights(part / "checkpoint.pt"))

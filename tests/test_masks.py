@@ -102,9 +102,11 @@ def test_a_masked_run_trains_on_pairs_and_resumes_bit_exactly(oasis, tmp_path, t
     run_train([f"--resume={part}", "--kimg=0.12"])
     assert_same_weights(weights(full / "checkpoint.pt"), weights(part / "checkpoint.pt"))
     state = weights(full / "checkpoint.pt")
-    assert state["config"]["masks"] is True
+    assert state["config"]["masks"] is True and state["config"]["mask_encoding"] == "level"   # the default
     G, cfg, _, _ = runs.load_generator(full, torch.device("cpu"))
-    assert G.mask_classes == K and G(torch.randn(2, 16)).shape == (2, 1 + K, 16, 16)
+    x = G(torch.randn(2, 16))                                        # image + one level channel
+    assert G.mask_classes == K and x.shape == (2, 2, 16, 16)
+    assert set(dataset.mask_labels(x[:, 1:]).unique().tolist()) <= {0, 1, 2, 3}
     from PIL import Image
     with Image.open(full / "reals.png") as im:                       # image | mask tiles
         assert im.size == (4 * 2 * 16, 2 * 16)
