@@ -357,6 +357,8 @@ def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
             run.board.close()
         if run.lock is not None:
             run.lock.release()
+    if world_size > 1:      # leave together: a rank that closed gloo while rank 0 still wrote its last files aborted
+        dist.barrier()
     return run.dir
 
 

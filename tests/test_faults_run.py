@@ -411,6 +411,8 @@ try:
 except errors.ProjectError as e:
     said.append(str(e))
 (folder / f"said{rank}").write_text(json.dumps(said))
+dist.barrier()                                          # leave together, then close gloo (an exit with peers
+dist.destroy_process_group()                            # still connected can abort the process)
 """
 
 
