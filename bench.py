@@ -226,9 +226,18 @@ def training_phases(trainer, reals: torch.Tensor) -> dict:
             "G": trainer.g_step, "PL": trainer.pl_step}
 
 
+def stand_in_reals(cfg, device: torch.device) -> torch.Tensor:
+    """Random real batch in the shape D reads: the image channels, and with --masks random class levels."""
+    reals = torch.rand(cfg.batch, cfg.img_channels, cfg.resolution, cfg.resolution, device=device) * 2 - 1
+    if not cfg.masks:
+        return reals
+    labels = torch.randint(config.MASK_CLASSES, (cfg.batch, cfg.resolution, cfg.resolution), dtype=torch.uint8)
+    return torch.cat([reals, dataset.mask_channels(labels, config.MASK_CLASSES, cfg.mask_encoding).to(device)], dim=1)
+
+
 def bench_train_once(cfg, device: torch.device, args) -> dict:
     import train
-    reals = torch.rand(cfg.batch, cfg.img_channels, cfg.resolution, cfg.resolution, device=device) * 2 - 1
+    reals = stand_in_reals(cfg, device)
     trainer = train.Trainer(cfg, device, data=StandIn(reals), log=lambda m: None)
     trainer.ada_p = args.p if cfg.aug != "noaug" else 0.0
     rates = {"D": 1, "G": 1, "R1": 1 / cfg.r1_interval, "PL": 1 / cfg.pl_interval}
@@ -312,7 +321,7 @@ def bench_train_compile(cfg, device: torch.device, args, peak) -> None:
     `--iters` real training iterations."""
     import dataclasses
     import train
-    reals = torch.rand(cfg.batch, cfg.img_channels, cfg.resolution, cfg.resolution, device=device) * 2 - 1
+    reals = stand_in_reals(cfg, device)
     variants = COMPILE_VARIANTS
     trainers = {}
     for name, compiled in variants:

@@ -56,6 +56,10 @@ class TrainConfig:
                                         # sees, real and fake alike, so hard edges are no cue (0 = off)
     mask_gain: float = 1.0              # with --masks: factor on the mask channels D sees, real and fake alike
                                         # (< 1 gives the mask less weight in D's first layer than the image)
+    mask_snap: bool = False             # with --masks (level): D sees every mask snapped to the nearest class level
+                                        # before ADA and the blur, the gradient passed straight through
+    r1_mask: bool = True                # with --masks: R1 also penalizes D's gradient on the mask channels
+                                        # (false = on the image channels only)
     cond: str = "none"                  # conditional training: none | slice (axial position from OASIS names) | json
     c_dim: int = 0                      # label width, set from the data when a run starts (stored in checkpoints)
     label_names: str = ""               # what the label values mean, comma-separated (set from the data)
@@ -370,6 +374,10 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"--mask_blur must be a sigma in pixels >= 0, got {cfg.mask_blur}")
     if not cfg.mask_gain > 0:
         raise ConfigError(f"--mask_gain must be a factor > 0, got {cfg.mask_gain}")
+    if cfg.mask_snap and not (cfg.masks and cfg.mask_encoding == "level"):
+        raise ConfigError("--mask_snap snaps a level mask; it needs --masks with --mask_encoding level")
+    if not cfg.r1_mask and not cfg.masks:
+        raise ConfigError("--r1_mask=false leaves the mask channels out of R1; it needs --masks")
     if cfg.agreement_segmenter and not cfg.masks:
         raise ConfigError("--agreement_segmenter scores generated masks; it needs --masks")
     if cfg.agreement_segmenter and not Path(cfg.agreement_segmenter).is_file():

@@ -21,10 +21,11 @@ def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tor
     return F.softplus(fake_logits) + F.softplus(-real_logits)
 
 
-def r1_penalty(real_img: torch.Tensor, real_logits: torch.Tensor) -> torch.Tensor:
-    """||grad_x D(x)||^2 per sample (Mescheder et al. 2018); real_img must require grad. [N]"""
+def r1_penalty(real_img: torch.Tensor, real_logits: torch.Tensor, channels: int = None) -> torch.Tensor:
+    """||grad_x D(x)||^2 per sample (Mescheder et al. 2018), over x's first `channels` channels (None = all);
+    real_img must require grad. [N]"""
     (grads,) = torch.autograd.grad(real_logits.sum(), real_img, create_graph=True)
-    return grads.float().square().sum(dim=[1, 2, 3])
+    return grads[:, :channels].float().square().sum(dim=[1, 2, 3])
 
 
 def path_lengths(img: torch.Tensor, ws: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:

@@ -111,9 +111,11 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # Training and inference
 
 def train_segmenter(images: torch.Tensor, labels: torch.Tensor, iters: int = 2000, batch: int = 16,
-                    lr: float = 1e-3, seed: int = 0, device="cpu", desc: str = "segmenter", **net) -> UNet:
+                    lr: float = 1e-3, seed: int = 0, device="cpu", desc: str = "segmenter", weights=None,
+                    **net) -> UNet:
     """A U-Net trained on uint8 images [N, C, R, R] and labels [N, R, R] with cross-entropy + soft Dice, Adam,
-    random batches and left-right flips, all drawn from `seed` (the global RNG is not touched)."""
+    random batches and left-right flips, all drawn from `seed` (the global RNG is not touched). weights [N]:
+    how likely each pair is drawn into a batch (None = all alike)."""
     from tqdm import tqdm
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):                    # built on the CPU, from `seed`
@@ -122,7 +124,8 @@ def train_segmenter(images: torch.Tensor, labels: torch.Tensor, iters: int = 200
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters)
     for _ in tqdm(range(iters), desc=desc, unit="it", file=sys.stderr, dynamic_ncols=True, mininterval=1):
-        idx = torch.randint(len(images), (batch,), generator=gen)
+        idx = (torch.randint(len(images), (batch,), generator=gen) if weights is None
+               else torch.multinomial(weights, batch, replacement=True, generator=gen))
         x, y = dataset.to_float(images[idx]), labels[idx].long()
         flip = torch.rand(batch, generator=gen) < 0.5
         x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
@@ -177,6 +180,7 @@ def native_resolution(path, option: str) -> int:
 # ----------------------------------------------------------------------------------------------
 # The TSTR protocol
 
+ROWS = {"real": "a", "synthetic": "b", "real + synthetic": "c", "scarce real": "d", "scarce real + synthetic": "e"}
 SCARCE_RULE = "the first {n} of the real train split's case ids in sorted order"
 
 
@@ -193,23 +197,50 @@ def scarce_subjects(files, n: int, path, option: str = "--real") -> tuple:
     return chosen, [i for i, c in enumerate(cases) if c and c[0] in chosen]
 
 
+def pooled(real: tuple, synthetic: tuple, real_share=None) -> tuple:
+    """(images, labels, weights) of real and synthetic pairs together: with real_share, a batch draws each pair
+    from the real ones with that probability (weights [N]); without it every pair is alike (weights None)."""
+    (a, a_labels), (b, b_labels) = real, synthetic
+    weights = None
+    if real_share is not None:
+        weights = torch.cat([torch.full((len(a),), real_share / len(a), dtype=torch.float64),
+                             torch.full((len(b),), (1 - real_share) / len(b), dtype=torch.float64)])
+    return torch.cat([a, b]), torch.cat([a_labels, b_labels]), weights
+
+
+def parse_rows(text: str, scarce_subjects: int) -> list:
+    """--rows "a,c,e" -> ["a", "c", "e"] in protocol order; (d) and (e) are dropped silently by
+    --scarce_subjects 0 only when --rows was left at its default."""
+    rows = [r.strip().lower() for r in text.split(",") if r.strip()]
+    bad = [r for r in rows if r not in ROWS.values()]
+    if bad or not rows:
+        raise config_lib.ConfigError(f"--rows {text!r}: give letters from a,b,c,d,e separated by commas")
+    if not scarce_subjects:
+        if text != "a,b,c,d,e" and {"d", "e"} & set(rows):
+            raise config_lib.ConfigError(f"--rows {text}: rows d and e need --scarce_subjects > 0")
+        rows = [r for r in rows if r not in "de"]
+        if not rows:
+            raise config_lib.ConfigError("--rows: nothing left to train")
+    return [r for r in ROWS.values() if r in rows]
+
+
 def spread(per_seed: list) -> tuple:
     """Dicts of numbers with the same keys, one per seed -> their (mean, min, max) over seeds, key by key."""
     return tuple({k: float(f([d[k] for d in per_seed])) for k in per_seed[0]} for f in (np.mean, np.min, np.max))
 
 
 def tstr_seed(sets: dict, test: tuple, synthetic: tuple, seed: int, args) -> dict:
-    """One seed of the protocol: a segmenter trained on each set of (images, labels) and scored on the real
-    test pairs; the one trained on "real" also scored on the synthetic pairs (the agreement)."""
-    dice = {}
-    for name, (images, labels) in sets.items():
+    """One seed of the protocol: a segmenter trained on each set of (images, labels, weights) and scored on
+    the real test pairs; the one trained on "real" also scored on the synthetic pairs (the agreement)."""
+    dice, agreement = {}, None
+    for name, (images, labels, weights) in sets.items():
         model = train_segmenter(images, labels, args.iters, args.batch, args.lr, seed, args.device,
-                                desc=f"{name} ({len(images)} pairs), seed {seed}")
+                                desc=f"{name} ({len(images)} pairs), seed {seed}", weights=weights)
         dice[name] = evaluate(model, *test, args.device)
         if name == "real":
             agreement = evaluate(model, *synthetic, args.device)
-    return {"seed": seed, "dice": dice, "agreement": agreement,
-            "synthetic_over_real": dice["synthetic"]["mean"] / max(dice["real"]["mean"], 1e-12)}
+    ratio = dice["synthetic"]["mean"] / max(dice["real"]["mean"], 1e-12) if {"real", "synthetic"} <= set(dice) else None
+    return {"seed": seed, "dice": dice, "agreement": agreement, "synthetic_over_real": ratio}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,31 +273,35 @@ def run_tstr(args) -> dict:
     real, real_labels, real_files = load_pairs(args.real, "train", resolution, "--real")
     test, test_labels, _ = load_pairs(args.real, args.test_split, resolution, "--real")
     synth, synth_labels, _ = load_pairs(args.synthetic, "train", resolution, "--synthetic")
-    sets = {"real": (real, real_labels), "synthetic": (synth, synth_labels),
-            "real + synthetic": (torch.cat([real, synth]), torch.cat([real_labels, synth_labels]))}
+    sets = {"real": (real, real_labels, None), "synthetic": (synth, synth_labels, None),
+            "real + synthetic": pooled((real, real_labels), (synth, synth_labels), args.real_share)}
     scarce = None
     if args.scarce_subjects:
         subjects, idx = scarce_subjects(real_files, args.scarce_subjects, args.real)
         few, few_labels = real[idx], real_labels[idx]
-        sets["scarce real"] = (few, few_labels)
-        sets["scarce real + synthetic"] = (torch.cat([few, synth]), torch.cat([few_labels, synth_labels]))
+        sets["scarce real"] = (few, few_labels, None)
+        sets["scarce real + synthetic"] = pooled((few, few_labels), (synth, synth_labels), args.real_share)
         scarce = {"subjects": subjects, "pairs": len(idx), "rule": SCARCE_RULE.format(n=args.scarce_subjects)}
+    sets = {name: pairs for name, pairs in sets.items() if ROWS[name] in args.rows}
     per_seed = [tstr_seed(sets, (test, test_labels), (synth, synth_labels), seed, args) for seed in args.seeds]
     dice = {name: spread([r["dice"][name] for r in per_seed]) for name in sets}
-    agreement = spread([r["agreement"] for r in per_seed])
-    ratios = [r["synthetic_over_real"] for r in per_seed]
+    agreement = spread([r["agreement"] for r in per_seed]) if "real" in sets else (None, None, None)
+    ratios = [r["synthetic_over_real"] for r in per_seed if r["synthetic_over_real"] is not None]
     mean = {name: d[0]["mean"] for name, d in dice.items()}
+
+    def beats(more: str, less: str):
+        return mean[more] > mean[less] if {more, less} <= set(mean) else None
     result = {"real": str(args.real), "synthetic": str(args.synthetic), "test_split": args.test_split,
               "pairs": {"real": len(real), "synthetic": len(synth), "test": len(test)}, "resolution": resolution,
               "iters": args.iters, "batch": args.batch, "lr": args.lr, "seeds": args.seeds, "scarce": scarce,
+              "real_share": args.real_share, "rows": args.rows,
               "dice": {name: d[0] for name, d in dice.items()}, "dice_min": {name: d[1] for name, d in dice.items()},
               "dice_max": {name: d[2] for name, d in dice.items()},
               "agreement": agreement[0], "agreement_min": agreement[1], "agreement_max": agreement[2],
-              "synthetic_over_real": float(np.mean(ratios)), "synthetic_over_real_min": min(ratios),
-              "synthetic_over_real_max": max(ratios),
-              "real_plus_synthetic_beats_real": mean["real + synthetic"] > mean["real"],
-              "scarce_plus_synthetic_beats_scarce": mean["scarce real + synthetic"] > mean["scarce real"] if scarce
-              else None,
+              "synthetic_over_real": float(np.mean(ratios)) if ratios else None,
+              "synthetic_over_real_min": min(ratios, default=None), "synthetic_over_real_max": max(ratios, default=None),
+              "real_plus_synthetic_beats_real": beats("real + synthetic", "real"),
+              "scarce_plus_synthetic_beats_scarce": beats("scarce real + synthetic", "scarce real"),
               "per_seed": per_seed}
     table = format_tstr(result)
     runs.write_text(outdir / "tstr.json", json.dumps(result, indent=1) + "\n")
@@ -291,7 +326,8 @@ def format_rows(rows) -> str:
 
 
 def format_tstr(r: dict) -> str:
-    """tstr.md: the heading, one row per training set and the agreement, the (b)/(a) ratio and the verdicts."""
+    """tstr.md: the heading, one row per training set and the agreement, the (b)/(a) ratio and the verdicts
+    (each where its rows were trained)."""
     n, scarce, seeds = r["pairs"], r["scarce"], r["seeds"]
     spread_shown = len(seeds) > 1
     labels = {"real": f"(a) real -> real test ({n['real']})",
@@ -300,23 +336,33 @@ def format_tstr(r: dict) -> str:
     head = (f"Dice on the real {r['test_split']} split ({n['test']} slices, {r['resolution']} px), {r['iters']} "
             f"iterations, " + (f"seeds {', '.join(map(str, seeds))}: mean (min-max over seeds)" if spread_shown
                                else f"seed {seeds[0]}"))
-    verdicts = [f"real + synthetic {beats(r['real_plus_synthetic_beats_real'])} real alone"]
-    if scarce:
+    if r.get("real_share") is not None:
+        head += (f"\n(c), (e): each pair drawn from the real ones with probability {r['real_share']:g}, "
+                 f"from the synthetic ones otherwise")
+    verdicts = []
+    if r["real_plus_synthetic_beats_real"] is not None:
+        verdicts.append(f"real + synthetic {beats(r['real_plus_synthetic_beats_real'])} real alone")
+    if scarce and {"scarce real", "scarce real + synthetic"} & set(r["dice"]):
         k = len(scarce["subjects"])
         few = f"{k} real subject{'s' if k > 1 else ''}"
         labels["scarce real"] = f"(d) {few} -> real test ({scarce['pairs']})"
         labels["scarce real + synthetic"] = f"(e) {few} + synthetic -> real test ({scarce['pairs'] + n['synthetic']})"
         head += f"\n(d), (e): real subjects {', '.join(scarce['subjects'])}, {scarce['rule']}"
-        verdicts.append(f"(e) {few} + synthetic {beats(r['scarce_plus_synthetic_beats_scarce'])} (d) {few} alone")
-    stats = {labels[name]: (r["dice"][name], r["dice_min"][name], r["dice_max"][name]) for name in labels}
-    stats["agreement: (a) on synthetic pairs"] = (r["agreement"], r["agreement_min"], r["agreement_max"])
+        if r["scarce_plus_synthetic_beats_scarce"] is not None:
+            verdicts.append(f"(e) {few} + synthetic {beats(r['scarce_plus_synthetic_beats_scarce'])} (d) {few} alone")
+    stats = {labels[name]: (r["dice"][name], r["dice_min"][name], r["dice_max"][name])
+             for name in labels if name in r["dice"]}
+    if r["agreement"] is not None:
+        stats["agreement: (a) on synthetic pairs"] = (r["agreement"], r["agreement_min"], r["agreement_max"])
     rows = [(label,) + s[:3 if spread_shown else 1] for label, s in stats.items()]
-    ratio = f"{r['synthetic_over_real']:.3f}"
-    if spread_shown:
-        ratio += (f" (min-max {r['synthetic_over_real_min']:.3f}-{r['synthetic_over_real_max']:.3f}, the mean of "
-                  f"the per-seed ratios)")
-    return (head + "\n\n" + format_rows(rows) + f"\n\n(b) / (a) mean Dice: {ratio}; " + "; ".join(verdicts) +
-            (" (mean Dice over seeds)" if spread_shown else ""))
+    if r["synthetic_over_real"] is not None:
+        ratio = f"{r['synthetic_over_real']:.3f}"
+        if spread_shown:
+            ratio += (f" (min-max {r['synthetic_over_real_min']:.3f}-{r['synthetic_over_real_max']:.3f}, the mean "
+                      f"of the per-seed ratios)")
+        verdicts.insert(0, f"(b) / (a) mean Dice: {ratio}")
+    tail = "; ".join(verdicts) + (" (mean Dice over seeds)" if spread_shown and verdicts else "")
+    return head + "\n\n" + format_rows(rows) + ("\n\n" + tail if tail else "")
 
 
 def beats(yes: bool) -> str:
@@ -341,6 +387,12 @@ def build_parser() -> config_lib.Parser:
     ts.add_argument("--scarce_subjects", type=int, default=3,
                     help="rows (d) and (e): this many real training subjects, the first case ids in sorted order, "
                          "alone and with the synthetic pairs; 0 leaves them out (default 3)")
+    ts.add_argument("--rows", default="a,b,c,d,e",
+                    help="the rows to train, e.g. d,e (default a,b,c,d,e; d and e need --scarce_subjects > 0; "
+                         "the agreement needs a, the ratio a and b)")
+    ts.add_argument("--real_share", type=float, default=None,
+                    help="rows (c) and (e): the share of each batch drawn from the real pairs, the rest from the "
+                         "synthetic ones, e.g. 0.5 (default: all pairs alike, so the larger set dominates)")
     for p in (tr, ts):
         p.add_argument("--resolution", type=int, default=0, help="pixels (default: the training images' size)")
         p.add_argument("--iters", type=int, default=2000, help="training iterations (default 2000)")
@@ -369,9 +421,12 @@ def _main(argv: list) -> None:
         args.seeds = [args.seed] if args.seeds is None else predict.parse_seeds(args.seeds)
         if len(set(args.seeds)) < len(args.seeds):
             raise config_lib.ConfigError(f"--seeds {','.join(map(str, args.seeds))}: a seed is repeated")
+        if args.real_share is not None and not 0 < args.real_share < 1:
+            raise config_lib.ConfigError(f"--real_share must be between 0 and 1 (exclusive), got {args.real_share}")
         if args.scarce_subjects < 0:
             raise config_lib.ConfigError(f"--scarce_subjects must be >= 0 (0 leaves rows (d) and (e) out), "
                                          f"got {args.scarce_subjects}")
+        args.rows = parse_rows(args.rows, args.scarce_subjects)
     args.device = config_lib.resolve_device(args.device)
     (run_tstr if args.what == "tstr" else run_train)(args)
 

@@ -262,12 +262,17 @@ class Trainer:
     def run_D(self, img: torch.Tensor, c=None, fast: bool = False) -> torch.Tensor:
         """D's logits for images (and labels c), augmented first (every image D sees, the R1 pass included).
         fast: the compiled D (--compile), for first-order steps only."""
+        n = self.cfg.img_channels
+        if self.cfg.mask_snap:                                        # real masks are on the levels already
+            mask, k = img[:, n:], config_lib.MASK_CLASSES
+            snapped = dataset.mask_channels(dataset.mask_labels(mask, k), k, "level").to(mask.dtype)
+            img = torch.cat([img[:, :n], mask + (snapped - mask).detach()], dim=1)   # the gradient straight through
         if self.augment_pipe is not None and self.ada_p > 0:
             self.augment_pipe.p = self.ada_p
             with self.rng.scope():                                    # augmentations from the layers stream
                 img = self.augment_pipe(img)
         if self.cfg.masks and (self.cfg.mask_blur > 0 or self.cfg.mask_gain != 1):
-            n, mask = self.cfg.img_channels, img[:, self.cfg.img_channels:]   # the same for real and fake masks
+            mask = img[:, n:]                                         # the same for real and fake masks
             if self.cfg.mask_blur > 0:
                 mask = ops.gaussian_blur(mask, self.cfg.mask_blur)
             img = torch.cat([img[:, :n], mask * self.cfg.mask_gain], dim=1)
@@ -289,7 +294,8 @@ class Trainer:
 
     def r1_step(self, reals: torch.Tensor, c_real=None) -> None:
         reals = reals.detach().requires_grad_(True)
-        penalty = losses.r1_penalty(reals, self.run_D(reals, c_real))
+        channels = None if self.cfg.r1_mask else self.cfg.img_channels   # --r1_mask=false: the image channels only
+        penalty = losses.r1_penalty(reals, self.run_D(reals, c_real), channels)
         self.record("r1_penalty", penalty.mean())
         self.optimize(self.D, self.opt_D, penalty.mean() * (self.r1_gamma / 2) * self.cfg.r1_interval, "R1")
 

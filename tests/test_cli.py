@@ -79,10 +79,11 @@ def test_bench_augment_on_a_tiny_config(capsys):
     assert len(rows) == 3 and all("% (3 calls per iteration)" in r for r in rows)
 
 
-def test_bench_train_on_a_tiny_config(capsys):
-    bench.main(["train", "--device", "cpu", "--preset", "demo", "--resolution=16", "--channel_base=256",
-                "--channel_max=16", "--batch=4", "--iters", "2",
-                "--phase_iters", "1", "--warmup", "0"])
+@pytest.mark.parametrize("masks", ["false", "true"])
+def test_bench_train_on_a_tiny_config(capsys, masks):
+    assert bench.main(["train", "--device", "cpu", "--preset", "demo", "--resolution=16", "--channel_base=256",
+                       "--channel_max=16", "--batch=4", "--iters", "2", f"--masks={masks}",
+                       "--phase_iters", "1", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| demo")]
     assert len(rows) == 1

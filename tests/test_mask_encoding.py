@@ -9,6 +9,7 @@ import torch
 
 import config
 import dataset
+import losses
 import modules
 import ops
 import runs
@@ -93,12 +94,39 @@ def test_d_sees_real_and_fake_masks_through_the_same_blur_and_gain_and_the_image
         assert not torch.equal(shown[:, 1:], x[:, 1:])
 
 
+def test_mask_snap_shows_d_every_mask_on_the_levels_with_the_gradient_straight_through(oasis):
+    cfg = config.TrainConfig(data=str(oasis), resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16,
+                             batch=4, masks=True, mask_encoding="level", mask_blur=0.0, mask_snap=True, aug="noaug")
+    data = dataset.ImageDataset(oasis, resolution=16, with_masks=True, log=lambda m: None)
+    t = trainer_lib.Trainer(cfg, torch.device("cpu"), data=data, log=lambda m: None)
+    seen = []
+    t.D_fast = lambda img, c: seen.append(img) or (img * torch.arange(2.0).view(1, 2, 1, 1)).sum(dim=(1, 2, 3))[:, None]
+    reals = data.batch([0, 1, 2, 3], mask_encoding="level")
+    t.run_D(reals, fast=True)
+    assert torch.equal(seen.pop(), reals)                                      # real masks are on the levels
+    fakes = t.run_G(torch.randn(4, 16))[0].detach().requires_grad_(True)
+    t.run_D(fakes, fast=True).sum().backward()
+    shown = seen.pop()
+    levels = dataset.mask_channels(torch.arange(K, dtype=torch.uint8).view(1, 1, K), K, "level").flatten()
+    assert torch.equal(shown[:, :1], fakes[:, :1]) and torch.isin(shown[:, 1:], levels).all()
+    assert torch.equal(dataset.mask_labels(shown[:, 1:]), dataset.mask_labels(fakes[:, 1:]))
+    assert torch.equal(fakes.grad[:, 1:], torch.ones_like(fakes[:, 1:]))       # identity in the backward pass
+
+
+def test_r1_on_the_image_channels_only_leaves_the_mask_gradient_out():
+    x = torch.randn(3, 2, 8, 8, requires_grad=True)
+    logits = (x[:, :1] * 2).sum(dim=(1, 2, 3)) + (x[:, 1:] * 3).sum(dim=(1, 2, 3))
+    torch.testing.assert_close(losses.r1_penalty(x, logits), torch.full((3,), 64 * (4.0 + 9.0)))
+    torch.testing.assert_close(losses.r1_penalty(x, logits, channels=1), torch.full((3,), 64 * 4.0))
+
+
 def test_old_masked_configs_load_with_one_hot_masks():
     saved = dataclasses.asdict(config.TrainConfig(masks=True))
-    for key in ("mask_encoding", "mask_blur", "mask_gain", "agreement_segmenter"):   # written before them
-        saved.pop(key)
+    for key in ("mask_encoding", "mask_blur", "mask_gain", "mask_snap", "r1_mask", "agreement_segmenter"):
+        saved.pop(key)                                                          # written before them
     cfg = config.from_dict(saved)
     assert (cfg.mask_encoding, cfg.mask_blur, cfg.mask_gain, config.mask_channels(cfg)) == ("onehot", 0, 1, K)
+    assert (cfg.mask_snap, cfg.r1_mask) == (False, True)                        # as every run before them
     with pytest.raises(config.ConfigError, match="--mask_encoding cannot change when resuming"):
         config.resume_config(saved, {"mask_encoding": "level"})
 
@@ -109,6 +137,9 @@ def test_old_masked_configs_load_with_one_hot_masks():
     ({"mask_gain": 0.0}, "--mask_gain must be a factor > 0"),
     ({"mask_gain": float("nan")}, "--mask_gain must be a finite number"),
     ({"agreement_segmenter": "x.pt", "masks": False}, "--agreement_segmenter scores generated masks"),
+    ({"mask_snap": True, "mask_encoding": "onehot"}, "--mask_snap snaps a level mask"),
+    ({"mask_snap": True, "masks": False}, "--mask_snap snaps a level mask"),
+    ({"r1_mask": False, "masks": False}, "--r1_mask=false leaves the mask channels out of R1"),
     ({"agreement_segmenter": "/nonexistent/segmenter.pt"}, "no such file"),
 ])
 def test_bad_mask_options_are_one_line(options, message):

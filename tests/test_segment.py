@@ -197,6 +197,57 @@ def test_tstr_scarce_rows_train_on_the_chosen_subjects_only(tmp_path, capsys, mo
     assert "(e) 2 real subjects + synthetic " in out.split("(b) / (a) mean Dice:")[1]
 
 
+def test_pooled_pairs_draw_the_real_share_whatever_the_set_sizes():
+    real = (torch.zeros(3, 1, 4, 4, dtype=torch.uint8), torch.zeros(3, 4, 4, dtype=torch.uint8))
+    synth = (torch.ones(29, 1, 4, 4, dtype=torch.uint8), torch.ones(29, 4, 4, dtype=torch.uint8))
+    images, labels, weights = segment.pooled(real, synth)
+    assert weights is None and torch.equal(images[:3], real[0]) and torch.equal(labels[3:], synth[1])
+    images, labels, weights = segment.pooled(real, synth, real_share=0.25)
+    assert len(weights) == 32 and weights[:3].sum().item() == pytest.approx(0.25)
+    assert weights[3:].sum().item() == pytest.approx(0.75) and len(set(weights[3:].tolist())) == 1
+    draws = torch.multinomial(weights, 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert (draws < 3).float().mean().item() == pytest.approx(0.25, abs=0.01)     # 3 of 32 pairs, a quarter of draws
+    # A pair of weight 0 is never trained on: trained on one class's pairs only, a segmenter predicts that class.
+    for cls, only in ((0, (weights[:3] > 0).double()), (1, (weights[3:] > 0).double())):
+        w = torch.cat([only, torch.zeros(32 - len(only), dtype=torch.float64)]) if cls == 0 else \
+            torch.cat([torch.zeros(3, dtype=torch.float64), only])
+        model = segment.train_segmenter(images * 200, labels, iters=40, batch=8, lr=1e-2, seed=0, weights=w,
+                                        base=4, depth=2)
+        assert (segment.segment(model, images * 200) == cls).float().mean() > 0.9, cls
+
+
+@pytest.mark.slow
+def test_tstr_real_share_weights_the_pooled_rows_and_rows_picks_what_is_trained(tmp_path, capsys, monkeypatch):
+    real, synthetic, train, test, synth = tstr_folders(tmp_path)
+    weights = {}
+    train_segmenter = segment.train_segmenter
+
+    def recording(images, labels, *args, **kwargs):
+        weights[kwargs["desc"].split(" (")[0]] = kwargs["weights"]
+        return train_segmenter(images, labels, *args, **kwargs)
+
+    monkeypatch.setattr(segment, "train_segmenter", recording)
+    code = segment.main(["tstr", "--real", str(real), "--synthetic", str(synthetic), "--outdir", str(tmp_path / "o"),
+                         "--iters", "3", "--batch", "4", "--scarce_subjects", "2", "--real_share", "0.5",
+                         "--rows", "e,c,d"])
+    assert code == 0
+    assert list(weights) == ["real + synthetic", "scarce real", "scarce real + synthetic"]   # protocol order
+    assert weights["scarce real"] is None
+    n_real, n_synth = len(train[0]), len(synth[0])
+    for name, n_few in (("real + synthetic", n_real), ("scarce real + synthetic", 8)):
+        w = weights[name]
+        assert len(w) == n_few + n_synth and w[:n_few].sum().item() == pytest.approx(0.5), name
+    result = json.loads((tmp_path / "o" / "tstr.json").read_text())
+    assert result["real_share"] == 0.5 and result["rows"] == ["c", "d", "e"] and set(result["dice"]) == set(weights)
+    assert result["agreement"] is None and result["synthetic_over_real"] is None   # they need rows a and b
+    assert result["real_plus_synthetic_beats_real"] is None
+    assert result["scarce_plus_synthetic_beats_scarce"] == (result["dice"]["scarce real + synthetic"]["mean"] >
+                                                            result["dice"]["scarce real"]["mean"])
+    out = capsys.readouterr().out
+    assert "drawn from the real ones with probability 0.5" in out and "(a) real" not in out
+    assert "agreement" not in out and "(b) / (a)" not in out and "(e) 2 real subjects + synthetic " in out
+
+
 def test_errors_are_one_line(tmp_path, capsys, make_oasis):
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -215,7 +266,13 @@ def test_errors_are_one_line(tmp_path, capsys, make_oasis):
              (["tstr", "--real", str(real), "--synthetic", str(real), "--outdir", str(tmp_path / "o"),
                "--seeds", "0,x"], 2, "'x' is not a seed"),
              (["tstr", "--real", str(real), "--synthetic", str(real), "--outdir", str(tmp_path / "o"),
-               "--seeds", "0-2,1"], 2, "a seed is repeated")]
+               "--seeds", "0-2,1"], 2, "a seed is repeated"),
+             (["tstr", "--real", str(real), "--synthetic", str(real), "--outdir", str(tmp_path / "o"),
+               "--real_share", "1"], 2, "--real_share must be between 0 and 1"),
+             (["tstr", "--real", str(real), "--synthetic", str(real), "--outdir", str(tmp_path / "o"),
+               "--rows", "a,f"], 2, "give letters from a,b,c,d,e"),
+             (["tstr", "--real", str(real), "--synthetic", str(real), "--outdir", str(tmp_path / "o"),
+               "--rows", "d", "--scarce_subjects", "0"], 2, "rows d and e need --scarce_subjects > 0")]
     for args, code, message in cases:
         assert segment.main(args) == code, args
         err = capsys.readouterr().err
