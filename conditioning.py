@@ -36,12 +36,47 @@ def parse_label(text: str, cfg, names: list) -> list:
         raise usage(f"--label {text!r}: give {cfg.c_dim} numbers separated by commas") from None
     if len(values) != cfg.c_dim:
         raise usage(f"--label {text!r}: this model takes {cfg.c_dim} value(s) ({', '.join(names)}), got {len(values)}")
-    for name, value, bounds in zip(names, values, trained_ranges(cfg, names)):
+    check_values(values, names, trained_ranges(cfg, names), f"--label {text!r}")
+    return values
+
+
+def check_values(values: list, names: list, ranges: list, said: str) -> None:
+    """Each value finite and inside its trained range (None: unknown), else one line starting with said."""
+    for name, value, bounds in zip(names, values, ranges):
         if not math.isfinite(value):
-            raise usage(f"--label {text!r}: {name} must be a finite number, got {value}")
+            raise config_lib.ConfigError(f"{said}: {name} must be a finite number, got {value}")
         if bounds is not None and not bounds[0] <= value <= bounds[1]:
-            raise usage(f"--label {text!r}: {name} {value:g} is outside [{bounds[0]:g}, {bounds[1]:g}], the range "
-                        f"this model was trained on")
+            raise config_lib.ConfigError(f"{said}: {name} {value:g} is outside [{bounds[0]:g}, {bounds[1]:g}], the "
+                                         f"range this model was trained on")
+
+
+def stack_covariates(cfg, text: str) -> list:
+    """--covariates name=v,...: the values of every label after slice_position of a stack's model (a
+    dataset.py slices --csv model), by name, each checked as --label checks it; [] for a position-only model."""
+    usage = config_lib.ConfigError
+    names = cfg.label_names.split(",") if cfg.label_names else []
+    wanted = names[1:]
+    if not wanted:
+        if text:
+            raise usage(f"--covariates {text!r}: this model is conditioned on the slice position alone")
+        return []
+    if not text:
+        raise usage(f"this model is also conditioned on {', '.join(wanted)}; give --covariates "
+                    + ",".join(f"{n}=V" for n in wanted) + " (the values as in the training CSV)")
+    given = {}
+    for part in text.split(","):
+        name, eq, value = part.partition("=")
+        if not eq or name.strip() not in wanted or name.strip() in given:
+            raise usage(f"--covariates {text!r}: give each of {', '.join(wanted)} once as name=value")
+        given[name.strip()] = value.strip()
+    missing = [n for n in wanted if n not in given]
+    if missing:
+        raise usage(f"--covariates {text!r}: {', '.join(missing)} missing; this model takes {', '.join(wanted)}")
+    try:
+        values = [float(given[n]) for n in wanted]
+    except ValueError:
+        raise usage(f"--covariates {text!r}: every value must be a number") from None
+    check_values(values, wanted, trained_ranges(cfg, names)[1:], f"--covariates {text!r}")
     return values
 
 

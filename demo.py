@@ -96,8 +96,8 @@ def build_demo(out, seed: int = 0, subjects=(24, 4, 4), slices: int = 32, resolu
     config_lib.check_resolution(resolution, "--resolution", DataError)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = volumes.partial_folder(out)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         template = _load_mni152()
         spacing = max(1.0, DEMO_BOX[1] / resolution)              # 1 mm, coarser for small test resolutions
         affine = np.diag([spacing] * 3 + [1.0])                   # RAS+
@@ -122,6 +122,9 @@ def build_demo(out, seed: int = 0, subjects=(24, 4, 4), slices: int = 32, resolu
         os.replace(slices_dir, out)
         log(f"demo: {sum(subjects)} virtual subjects x {slices} slices -> {out} (train / validate / test "
             f"{' / '.join(map(str, subjects))} subjects, with masks and dataset.json)")
+    except OSError as e:                                          # a full disk, a folder taken away
+        raise DataError(f"{out}: the demo data could not be written ({e.strerror or e}); free some space in "
+                        f"{out.parent} or build it elsewhere (python dataset.py demo --outdir DIR)") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

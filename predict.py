@@ -150,10 +150,12 @@ def generate(G, seeds, psi: float = 1.0, noise_mode: str = "const", device="cpu"
                       with_labels=with_labels)
 
 
-def render_stack(G, seed, levels, psi, noise_mode, device, batch):
-    """One seed's slices at every slice position in levels [N], from one latent and one noise draw:
+def render_stack(G, seed, levels, psi, noise_mode, device, batch, covariates=()):
+    """One seed's slices at every slice position in levels [N], from one latent and one noise draw, each slice
+    also given the covariates (a model conditioned on more than the position):
     (uint8 images [N, C, R, R], labels [N, R, R] or None)."""
-    G.seed_labels = lambda s: torch.tensor(np.asarray(levels, dtype=np.float32)[:, None])
+    rows = [[float(level), *covariates] for level in levels]
+    G.seed_labels = lambda s: torch.tensor(rows, dtype=torch.float32)
     return generate(G, [seed] * len(levels), psi, noise_mode, device, batch, with_labels=True)
 
 
@@ -610,6 +612,9 @@ def run(args) -> None:
                                      "or --class")
     if rule is not None:
         G.seed_labels = rule
+    if mode == "volume":                                 # checked before any folder is made
+        stack_plan = stacks.plan(cfg, args.slices, args.range, args.data)
+        covariates = conditioning.stack_covariates(cfg, args.covariates)
     if mode != "export":
         outdir = runs.check_writable(Path(args.outdir) if args.outdir else ckpt.parent / "predict")
     about = {"checkpoint": str(ckpt), "kimg": state.get("cur_nimg", 0) / 1000}
@@ -631,8 +636,10 @@ def run(args) -> None:
         wrote = project.write_projections(G, cfg, args.images, settings, rule([0]).to(device) if rule else None,
                                           outdir, about, args.distance)
     elif mode == "volume":
-        wrote = stacks.write_volumes(lambda s, lv: render_stack(G, s, lv, **gen), seeds,
-                                     stacks.plan(cfg, args.slices, args.range, args.data), outdir, about)
+        if covariates:
+            about["covariates"] = dict(zip(cfg.label_names.split(",")[1:], covariates))
+        wrote = stacks.write_volumes(lambda s, lv: render_stack(G, s, lv, **gen, covariates=covariates), seeds,
+                                     stack_plan, outdir, about)
     elif mode == "from_w":
         wrote = project.write_from_projected_w(G, args.file, outdir, args.noise_mode)
     else:

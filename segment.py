@@ -268,7 +268,6 @@ def run_train(args) -> dict:
 def run_tstr(args) -> dict:
     """Rows (a)-(e) trained once per seed and scored on the real test split, the agreement, their mean and
     min-max over seeds; tstr.json (per seed and aggregate) and tstr.md (the table)."""
-    outdir = runs.check_writable(args.outdir)
     resolution = args.resolution or native_resolution(args.synthetic, "--synthetic")
     real, real_labels, real_files = load_pairs(args.real, "train", resolution, "--real")
     test, test_labels, _ = load_pairs(args.real, args.test_split, resolution, "--real")
@@ -283,6 +282,7 @@ def run_tstr(args) -> dict:
         sets["scarce real + synthetic"] = pooled((few, few_labels), (synth, synth_labels), args.real_share)
         scarce = {"subjects": subjects, "pairs": len(idx), "rule": SCARCE_RULE.format(n=args.scarce_subjects)}
     sets = {name: pairs for name, pairs in sets.items() if ROWS[name] in args.rows}
+    outdir = runs.check_writable(args.outdir)          # after the inputs are checked: no empty folder on a bad input
     per_seed = [tstr_seed(sets, (test, test_labels), (synth, synth_labels), seed, args) for seed in args.seeds]
     dice = {name: spread([r["dice"][name] for r in per_seed]) for name in sets}
     agreement = spread([r["agreement"] for r in per_seed]) if "real" in sets else (None, None, None)

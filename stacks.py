@@ -51,6 +51,13 @@ def is_position_model(cfg) -> bool:
     return cfg.c_dim == 1 and cfg.label_names == "slice_position"
 
 
+def is_stack_model(cfg) -> bool:
+    """Conditioned on the slice position first, alone or with subject covariates after it (dataset.py slices
+    --csv): a stack varies the position and holds the covariates (--covariates)."""
+    names = cfg.label_names.split(",") if cfg.label_names else []
+    return cfg.c_dim == len(names) >= 1 and names[0] == "slice_position"
+
+
 def _read_slicer_info(folder) -> dict:
     """The `slices` record of a dataset.json that `dataset.py slices` wrote (with the labels' position range),
     or {}."""
@@ -72,9 +79,9 @@ def plan(cfg, slices: int = None, span: str = None, data=None) -> Plan:
     --cond=json and 0-1 for --cond=slice); the geometry from the dataset.json in data (default: the training
     data folder in the checkpoint's config) when the slicer recorded it there, else DEFAULT_GEOMETRY."""
     usage = config_lib.ConfigError
-    if not is_position_model(cfg):
-        raise usage(f"volume needs a model conditioned on the slice position alone (--cond=slice, or --cond=json on "
-                    f"a dataset.py slices folder without --csv); this one: {cfg.label_names or 'unconditional'}")
+    if not is_stack_model(cfg):
+        raise usage(f"volume needs a model conditioned on the slice position (--cond=slice, or --cond=json on a "
+                    f"dataset.py slices folder); this one: {cfg.label_names or 'unconditional'}")
     if cfg.img_channels != 1:
         raise usage(f"volume stacks grayscale slices; this model draws {cfg.img_channels} channels")
     info = _read_slicer_info(data or cfg.data)
@@ -256,3 +263,6 @@ def add_arguments(p) -> None:
     p.add_argument("--range", help="the positions stacked, lo,hi (default: the trained range)")
     p.add_argument("--data", help="a dataset.py slices folder whose dataset.json gives the geometry (default: the "
                                   "checkpoint's training data)")
+    p.add_argument("--covariates", default="", help="a model also conditioned on subject covariates (dataset.py "
+                                                    "slices --csv): their values for every stack, name=v,... as in "
+                                                    "the CSV (e.g. age=72,sex=1)")

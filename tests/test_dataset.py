@@ -576,6 +576,20 @@ def test_an_interrupted_demo_build_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_during_the_demo_build_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import nibabel
+
+    def full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(nibabel, "save", full)
+    with pytest.raises(DataError, match=r"demo: the demo data could not be written \(No space left on device\); "
+                                        r"free some space in .* or build it elsewhere") as caught:
+        demo.build_demo(tmp_path / "demo", subjects=(2, 1, 1), slices=2, resolution=32, log=lambda m: None)
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ensure_demo_reuses_a_finished_demo(small_demo, monkeypatch):
     monkeypatch.setattr(demo, "build_demo", lambda *a, **k: pytest.fail("rebuilt an existing demo"))
     assert demo.ensure_demo(small_demo) == small_demo

@@ -277,3 +277,4 @@ def test_errors_are_one_line(tmp_path, capsys, make_oasis):
         assert segment.main(args) == code, args
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "o").exists()           # a refused tstr leaves no empty --outdir behind

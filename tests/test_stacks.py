@@ -78,6 +78,52 @@ def test_a_stack_takes_its_geometry_from_the_slicers_dataset_json(slice_run, tmp
     assert code == 2 and err.count("\n") == 1 and "--range must be lo,hi with 0 <= lo < hi <= 1, got '0.9,0.1'" in err
 
 
+@pytest.fixture(scope="module")
+def covariate_run(tmp_path_factory, tiny_args, run_train):
+    """A tiny model conditioned on the slice position and an age in years (as dataset.py slices --csv labels)."""
+    root = tmp_path_factory.mktemp("covariates") / "slices"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    labels = []
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / f"{i}.png")
+        labels.append([f"{i}.png", [i / 7, 60 + 4 * i]])
+    (root / "dataset.json").write_text(json.dumps({"labels": labels, "label_names": ["slice_position", "age"]}))
+    return run_train(tiny_args(root, tmp_path_factory.mktemp("covariates_run") / "runs", cond="json", kimg=0.02,
+                               metrics_num=0))
+
+
+@pytest.mark.slow
+def test_a_covariate_model_stacks_the_covariates_asked_for(covariate_run, tmp_path, capsys, predict_main):
+    code, out, err = predict_main(capsys, "volume", "--checkpoint", covariate_run, "--seeds", "2", "--slices", "3",
+                                  "--range", "0,1", "--covariates", "age=72", "--outdir", tmp_path / "v72")
+    assert code == 0, err
+    info = json.loads((tmp_path / "v72" / "volume.json").read_text())
+    assert info["covariates"] == {"age": 72.0} and info["levels"] == [0, 0.5, 1]
+    volume = np.asarray(nibabel.load(tmp_path / "v72" / "seed0002.nii.gz").dataobj)
+    # Slice k of the stack is predict's image of the same seed asked for (level k, age 72).
+    code, out, err = predict_main(capsys, "images", "--checkpoint", covariate_run, "--seeds", "2", "--label", "0.5,72",
+                                  "--outdir", tmp_path / "one")
+    assert code == 0, err
+    stacked, alone = volume[:, :, 1].T[::-1].astype(int), png(tmp_path / "one" / "seed0002.png")
+    assert np.abs(stacked - alone).max() <= 1
+    code, out, err = predict_main(capsys, "volume", "--checkpoint", covariate_run, "--seeds", "2", "--slices", "3",
+                                  "--range", "0,1", "--covariates", "age=61", "--outdir", tmp_path / "v61")
+    assert code == 0, err
+    assert not np.array_equal(volume, np.asarray(nibabel.load(tmp_path / "v61" / "seed0002.nii.gz").dataobj))
+    for given, message in (([], "also conditioned on age; give --covariates age=V"),
+                           (["--covariates", "sex=1"], "give each of age once as name=value"),
+                           (["--covariates", "age=72,age=73"], "give each of age once as name=value"),
+                           (["--covariates", "age=x"], "every value must be a number"),
+                           (["--covariates", "age=nan"], "age must be a finite number"),
+                           (["--covariates", "age=20"], "age 20 is outside [60, 88], the range this model was "
+                                                        "trained on")):
+        code, out, err = predict_main(capsys, "volume", "--checkpoint", covariate_run, "--outdir", tmp_path / "bad",
+                                      *given)
+        assert code == 2 and err.count("\n") == 1 and message in err, (given, err)
+    assert not (tmp_path / "bad").exists()                 # refused before any folder is made
+
+
 def test_plans_of_a_model_without_recorded_geometry_and_refusals(tmp_path):
     cfg = config.TrainConfig(cond="json", c_dim=1, label_names="slice_position", resolution=64, data=str(tmp_path))
     plan = stacks.plan(cfg)                                   # no dataset.json: the defaults
@@ -86,7 +132,7 @@ def test_plans_of_a_model_without_recorded_geometry_and_refusals(tmp_path):
     plan = stacks.plan(cfg, slices=3, span="0.2,0.6")
     assert np.allclose(plan.levels, [0.2, 0.4, 0.6]) and np.isclose(plan.slice_mm, 156 * 0.2)
     for bad, message in (({"label_names": "", "c_dim": 0, "cond": "none"}, "this one: unconditional"),
-                         ({"label_names": "slice_position,age", "c_dim": 2}, "this one: slice_position,age")):
+                         ({"label_names": "age,slice_position", "c_dim": 2}, "this one: age,slice_position")):
         with pytest.raises(config.ConfigError, match=message):
             stacks.plan(config.TrainConfig(**{**vars(cfg), **bad}))
     for slices in (0, 1):
