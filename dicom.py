@@ -5,8 +5,9 @@ DIR`, volumes.py).
 Owns: finding DICOM files (the 'DICM' marker after the 128-byte preamble, or a .dcm / .ima name), grouping
 one folder's files by SeriesInstanceUID, ordering a series' slices by their position along the slice normal
 (never by file name or InstanceNumber), the affine from ImageOrientationPatient / ImagePositionPatient /
-PixelSpacing turned from DICOM's LPS patient axes into NIfTI's RAS, RescaleSlope / RescaleIntercept, and
-one-line errors that name the series. Does not own reorienting to RAS+ axes, cutting slices or
+PixelSpacing turned from DICOM's LPS patient axes into NIfTI's RAS, RescaleSlope / RescaleIntercept, the
+frames of enhanced multi-frame files (each frame a slice, placed by its functional groups), and one-line
+errors that name the series. Does not own reorienting to RAS+ axes, cutting slices or
 normalizing (volumes.py). Imports nothing from the project but oasis.py (DataError).
 
 Voxel (i, j, k) = (column, row, slice in position order) lies at, in LPS millimetres,
@@ -46,8 +47,14 @@ class Slice:
     orientation: np.ndarray = None      # ImageOrientationPatient: row_dir, col_dir [6]
     spacing: tuple = None               # PixelSpacing: (between rows, between columns) mm
     size: tuple = None                  # (Rows, Columns)
-    frames: int = 1                     # NumberOfFrames (enhanced multi-frame files hold many)
+    frames: int = 1                     # NumberOfFrames of the file (enhanced multi-frame files hold many)
     syntax: str = ""                    # TransferSyntaxUID
+    frame: int = None                   # this slice's frame of a multi-frame file (None: a one-slice file)
+    rescale: tuple = None               # a frame's (RescaleSlope, RescaleIntercept) from its functional groups
+
+    @property
+    def label(self) -> str:
+        return self.path.name if self.frame is None else f"{self.path.name} frame {self.frame + 1}"
 
 
 @dataclass(eq=False)                                    # compared and hashed by identity: a dict key
@@ -83,9 +90,49 @@ def _reason(e: Exception) -> str:
     return text.splitlines()[0][:120] if text else type(e).__name__
 
 
+def _vector(ds, key: str, n: int):
+    """ds[key] as float64 [n], or None where it is missing or of another length."""
+    value = ds.get(key) if ds is not None else None
+    return np.array([float(v) for v in value], dtype=np.float64) if value is not None and len(value) == n else None
+
+
+def _group(groups, sequence: str):
+    """The first item of a functional group macro (PlanePositionSequence, ...) in the first of groups that has
+    it (a frame's own groups, then the shared ones), or None."""
+    for g in groups:
+        if g is not None and g.get(sequence):
+            return g.get(sequence)[0]
+    return None
+
+
+def _frames(ds, path: Path, template: "Slice") -> list:
+    """An enhanced multi-frame file's frames as Slices (DICOM PS3.3 C.7.6.16): each placed by the Plane
+    Position, Plane Orientation and Pixel Measures of its PerFrameFunctionalGroupsSequence item, else of the
+    SharedFunctionalGroupsSequence, rescaled by their Pixel Value Transformation. A file without per-frame
+    groups stays one Slice with frames > 1, which geometry() refuses."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per_frame) != template.frames:
+        return [template]
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+    found = []
+    for k, own in enumerate(per_frame):
+        groups = (own, shared)
+        measures = _group(groups, "PixelMeasuresSequence")
+        spacing = _vector(measures, "PixelSpacing", 2)
+        transform = _group(groups, "PixelValueTransformationSequence")
+        found.append(Slice(path, _vector(_group(groups, "PlanePositionSequence"), "ImagePositionPatient", 3),
+                           _vector(_group(groups, "PlaneOrientationSequence"), "ImageOrientationPatient", 6),
+                           None if spacing is None else (float(spacing[0]), float(spacing[1])), template.size,
+                           template.frames, template.syntax, k,
+                           None if transform is None else (float(transform.get("RescaleSlope", 1) or 1),
+                                                           float(transform.get("RescaleIntercept", 0) or 0))))
+    return found
+
+
 def _header(path: Path):
-    """(SeriesInstanceUID, SeriesNumber, SeriesDescription, Slice) of an image file; None for a DICOM file
-    that holds no image (a DICOMDIR, a report). Raises what pydicom raises for an unreadable file."""
+    """(SeriesInstanceUID, SeriesNumber, SeriesDescription, [Slice]) of an image file (one Slice per frame of an
+    enhanced multi-frame file); None for a DICOM file that holds no image (a DICOMDIR, a report). Raises what
+    pydicom raises for an unreadable file."""
     import pydicom
     with warnings.catch_warnings():                         # pydicom warns about every odd element it meets
         warnings.simplefilter("ignore")
@@ -95,15 +142,13 @@ def _header(path: Path):
         raise ValueError("no SOP class: not a DICOM object, or a file cut short")
     if "Rows" not in ds or "SeriesInstanceUID" not in ds:
         return None
-    get = lambda key, n: (np.array([float(v) for v in ds.get(key)], dtype=np.float64)    # noqa: E731
-                          if key in ds and len(ds.get(key) or ()) == n else None)
-    spacing = get("PixelSpacing", 2)
+    spacing = _vector(ds, "PixelSpacing", 2)
+    item = Slice(path, _vector(ds, "ImagePositionPatient", 3), _vector(ds, "ImageOrientationPatient", 6),
+                 None if spacing is None else (float(spacing[0]), float(spacing[1])),
+                 (int(ds.Rows), int(ds.get("Columns", 0) or 0)), int(ds.get("NumberOfFrames", 1) or 1),
+                 str(meta.get("TransferSyntaxUID", "")) if meta is not None else "")
     return (str(ds.SeriesInstanceUID), str(ds.get("SeriesNumber", "") or ""),
-            str(ds.get("SeriesDescription", "") or "").strip(),
-            Slice(path, get("ImagePositionPatient", 3), get("ImageOrientationPatient", 6),
-                  None if spacing is None else (float(spacing[0]), float(spacing[1])),
-                  (int(ds.Rows), int(ds.get("Columns", 0) or 0)), int(ds.get("NumberOfFrames", 1) or 1),
-                  str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""))
+            str(ds.get("SeriesDescription", "") or "").strip(), _frames(ds, path, item) if item.frames > 1 else [item])
 
 
 def folder_series(folder: Path, name: str) -> list:
@@ -120,9 +165,9 @@ def folder_series(folder: Path, name: str) -> list:
             continue
         if header is None:
             continue
-        uid, number, description, item = header
+        uid, number, description, items = header
         series = groups.setdefault(uid, Series(folder, uid, name, number, description))
-        series.slices.append(item)
+        series.slices += items
     found = sorted(groups.values(), key=lambda s: (int(s.number) if s.number.isdigit() else 1 << 30, s.uid))
     if not found and bad:
         found = [Series(folder, None, name)]
@@ -175,12 +220,13 @@ def geometry(series: Series):
         more = f" and {len(series.bad) - 1} more" if len(series.bad) > 1 else ""
         raise DicomError(f"{series}: {path.name}{more} cannot be read as DICOM ({reason})")
     slices = series.slices
-    if any(s.frames > 1 for s in slices):
-        raise DicomError(f"{series}: a multi-frame (enhanced) DICOM file; this reader takes one slice per "
-                         f"file: {CONVERTER}")
+    whole = [s.path.name for s in slices if s.frames > 1 and s.frame is None]
+    if whole:
+        raise DicomError(f"{series}: {whole[0]} is a multi-frame DICOM file without a place for each frame (no "
+                         f"PerFrameFunctionalGroupsSequence of NumberOfFrames items); {CONVERTER}")
     for key, tag in (("position", "ImagePositionPatient"), ("orientation", "ImageOrientationPatient"),
                      ("spacing", "PixelSpacing")):
-        lacking = [s.path.name for s in slices if getattr(s, key) is None]
+        lacking = [s.label for s in slices if getattr(s, key) is None]
         if lacking:
             raise DicomError(f"{series}: {lacking[0]} has no {tag}, so it has no place in a volume "
                              f"(a derived image or a secondary capture?)")
@@ -204,9 +250,9 @@ def geometry(series: Series):
     steps = np.diff(distance)
     if steps.min() < SAME_POSITION_MM:
         k = int(np.argmin(steps))
-        raise DicomError(f"{series}: duplicated slice position {distance[k]:.2f} mm ({slices[k].path.name} and "
-                         f"{slices[k + 1].path.name}); several echoes, phases or repeats must be split into "
-                         f"their own folders first")
+        raise DicomError(f"{series}: duplicated slice position {distance[k]:.2f} mm ({slices[k].label} and "
+                         f"{slices[k + 1].label}); several echoes, phases or repeats must be split into "
+                         f"their own folders first" + (f" ({CONVERTER})" if slices[k].frame is not None else ""))
     median = float(np.median(steps))
     if steps.max() > GAP_FACTOR * median:
         k = int(np.argmax(steps))
@@ -228,16 +274,22 @@ def read_series(series: Series):
     import pydicom
     slices, affine = geometry(series)
     check_decoders(series)
-    planes = []
+    planes, last = [], (None, None, None)                   # (path, dataset, pixels) of the file read last
     for s in slices:
-        try:
-            ds = pydicom.dcmread(s.path, force=True)
-            pixels = ds.pixel_array
-        except Exception as e:                              # pydicom and its plugins raise many types
-            raise DicomError(f"{series}: {s.path.name}: the pixel data cannot be decoded ({_reason(e)})") from None
-        if pixels.shape != s.size:
-            raise DicomError(f"{series}: {s.path.name}: pixel data of shape {list(pixels.shape)}, not one grey "
-                             f"{s.size[0]}x{s.size[1]} slice (a colour or multi-frame image?)")
-        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-        planes.append(pixels.T.astype(np.float64) * slope + intercept)   # [rows, columns] -> [i, j]
+        if s.path != last[0]:                               # a multi-frame file is decoded once for its frames
+            try:
+                ds = pydicom.dcmread(s.path, force=True)
+                last = (s.path, ds, ds.pixel_array)
+            except Exception as e:                          # pydicom and its plugins raise many types
+                raise DicomError(f"{series}: {s.path.name}: the pixel data cannot be decoded ({_reason(e)})") from None
+        _, ds, pixels = last
+        wanted = s.size if s.frame is None else (s.frames, *s.size)
+        if pixels.shape != wanted:
+            raise DicomError(f"{series}: {s.path.name}: pixel data of shape {list(pixels.shape)}, not "
+                             + (f"one grey {s.size[0]}x{s.size[1]} slice (a colour or multi-frame image?)"
+                                if s.frame is None else f"{s.frames} grey {s.size[0]}x{s.size[1]} frames"))
+        plane = pixels if s.frame is None else pixels[s.frame]
+        slope, intercept = s.rescale or (float(ds.get("RescaleSlope", 1) or 1),
+                                         float(ds.get("RescaleIntercept", 0) or 0))
+        planes.append(plane.T.astype(np.float64) * slope + intercept)    # [rows, columns] -> [i, j]
     return np.stack(planes, axis=-1).astype(np.float32), affine           # [I, J, K]

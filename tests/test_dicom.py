@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, generate_uid
+from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, generate_uid
 
 import dataset
 import dicom
@@ -149,6 +149,72 @@ def test_a_folder_of_several_series_is_split(tmp_path):
                                                                           "case_002": "visit1_s5"}
 
 
+def write_enhanced(path, data, affine, slope=1.0, intercept=0.0, reverse=False):
+    """data [X, Y, Z] with RAS affine as one enhanced multi-frame MR file of axial frames: spacing, orientation
+    and rescale in the SharedFunctionalGroupsSequence, each frame's position in its
+    PerFrameFunctionalGroupsSequence item; frames stored top down where reverse."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lps = dicom.LPS_TO_RAS @ affine
+    dc, dr = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
+    order = list(range(data.shape[2]))[::-1] if reverse else list(range(data.shape[2]))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = EnhancedMRImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedMRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = generate_uid(), 1, "T1 enhanced"
+    measures, orientation, transform, shared = Dataset(), Dataset(), Dataset(), Dataset()
+    measures.PixelSpacing = [round(float(dr), 6), round(float(dc), 6)]
+    orientation.ImageOrientationPatient = [round(float(v), 6) for v in np.r_[lps[:3, 0] / dc, lps[:3, 1] / dr]]
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = slope, intercept, "US"
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [orientation]
+    shared.PixelValueTransformationSequence = [transform]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for k in order:
+        position, item = Dataset(), Dataset()
+        position.ImagePositionPatient = [round(float(v), 6) for v in (lps @ [0, 0, k, 1])[:3]]
+        item.PlanePositionSequence = [position]
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    stored = np.stack([np.rint((data[:, :, k].T - intercept) / slope) for k in order]).astype(np.uint16)
+    ds.NumberOfFrames, ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = stored.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("affine, slope, intercept, reverse", [(AXIAL, 1.0, 0.0, False),
+                                                               (FLIPPED, 2.0, -100.0, True)])
+def test_an_enhanced_multi_frame_file_gives_the_same_voxels_as_its_nifti(tmp_path, affine, slope, intercept,
+                                                                         reverse):
+    data = phantom()
+    nifti = save_nifti(tmp_path / "nifti", data, affine)
+    write_enhanced(tmp_path / "dicom" / "sub01" / "enhanced.dcm", data, affine, slope, intercept, reverse)
+    series = one_series(tmp_path / "dicom")
+    assert len(series.slices) == SHAPE[2] and series.slices[0].label == "enhanced.dcm frame 1"
+    assert np.array_equal(volumes.read_volume(series), volumes.read_volume(nifti))
+    assert np.allclose(geometry.voxel_mm(series), geometry.voxel_mm(nifti))
+    for a, b in zip(pngs(cut(tmp_path / "nifti", tmp_path / "out_nifti")),
+                    pngs(cut(tmp_path / "dicom", tmp_path / "out_dicom"))):
+        assert np.array_equal(a, b)
+
+
+def test_two_stacks_in_one_multi_frame_file_are_named_by_frame(tmp_path, capsys):
+    path = write_enhanced(tmp_path / "vols" / "sub01" / "enhanced.dcm", phantom(), AXIAL)
+    _edit(path, lambda ds: setattr(ds.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence[0],
+                                   "ImagePositionPatient", [0, 0, 0]))
+    code = dataset.main(["slices", "--volumes", str(tmp_path / "vols"), "--outdir", str(tmp_path / "out"),
+                         "--slices", "4", "--resolution", "16"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "duplicated slice position 0.00 mm (enhanced.dcm frame 1 and enhanced.dcm frame 2)" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def _edit(path, change):
     ds = pydicom.dcmread(path)
     change(ds)
@@ -180,7 +246,7 @@ BROKEN = {
                    "compressed transfer syntax JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80) that the "
                    "installed decoders cannot read: pip install one of "),
     "multiframe": (lambda files: _edit(files[0], lambda ds: setattr(ds, "NumberOfFrames", 2)),
-                   "a multi-frame (enhanced) DICOM file"),
+                   "IM0000 is a multi-frame DICOM file without a place for each frame"),
 }
 
 
