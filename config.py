@@ -54,6 +54,8 @@ class TrainConfig:
                                         # the softmax gradient; runs before this default, docs/masks.md)
     mask_blur: float = 1.0              # with --masks: sigma (pixels) of a Gaussian blur on the mask channels D
                                         # sees, real and fake alike, so hard edges are no cue (0 = off)
+    mask_blur_kimg: float = 0.0         # with --mask_blur: the sigma falls linearly to 0 over this many kimg, as
+                                        # StyleGAN3's blur schedule does (0 = it stays)
     mask_gain: float = 1.0              # with --masks: factor on the mask channels D sees, real and fake alike
                                         # (< 1 gives the mask less weight in D's first layer than the image)
     mask_snap: bool = False             # with --masks (level): D sees every mask snapped to the nearest class level
@@ -372,6 +374,8 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"--mask_encoding must be one of {', '.join(MASK_ENCODINGS)}, got {cfg.mask_encoding!r}")
     if not (cfg.mask_blur >= 0 and math.isfinite(cfg.mask_blur)):
         raise ConfigError(f"--mask_blur must be a sigma in pixels >= 0, got {cfg.mask_blur}")
+    if not (cfg.mask_blur_kimg >= 0 and math.isfinite(cfg.mask_blur_kimg)):
+        raise ConfigError(f"--mask_blur_kimg must be a length in kimg >= 0 (0 = the blur stays), got {cfg.mask_blur_kimg}")
     if not cfg.mask_gain > 0:
         raise ConfigError(f"--mask_gain must be a factor > 0, got {cfg.mask_gain}")
     if cfg.mask_snap and not (cfg.masks and cfg.mask_encoding == "level"):

@@ -229,6 +229,20 @@ def quality_scores(generated: torch.Tensor, reference: torch.Tensor, heldout: to
     return out
 
 
+def mask_shape(labels: torch.Tensor) -> dict:
+    """How tissue masks are drawn, from uint8 labels [N, H, W] (0 background, 1 CSF, 2 grey, 3 white matter):
+    csf_share, CSF pixels over brain pixels, and csf_rim_share, the share of CSF pixels with a background
+    4-neighbour (outside the image counts as background). A soft mask snapped to the nearest level puts a
+    ring of CSF wherever brain meets background, which raises both."""
+    lab = labels.long()
+    brain, csf = lab > 0, lab == 1
+    bg = F.pad((~brain).float()[:, None], (1, 1, 1, 1), value=1.0)[:, 0] > 0        # [N, H + 2, W + 2]
+    touches_bg = bg[:, :-2, 1:-1] | bg[:, 2:, 1:-1] | bg[:, 1:-1, :-2] | bg[:, 1:-1, 2:]
+    n_brain, n_csf = int(brain.sum()), int(csf.sum())
+    return {"csf_share": n_csf / n_brain if n_brain else float("nan"),
+            "csf_rim_share": int((csf & touches_bg).sum()) / n_csf if n_csf else float("nan")}
+
+
 def position_error(asked, found) -> float:
     """Mean absolute difference between the slice positions a conditional G was asked for and the positions
     of the real slices nearest to what it made (for real held-out slices: their own positions)."""

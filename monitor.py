@@ -31,6 +31,8 @@ METRIC_PANELS = [("nearest-real SSIM (generated vs held-out real)", ["nearest_ss
                  ("memorization share; axial levels covered, spread", ["memorization_share", "level_coverage",
                                                                      "real_level_coverage", "level_spread"]),
                  ("quality gap (lower is better) / KID", ["quality_gap", "kid"])]
+MASK_PANEL = ("masks: CSF share of brain, CSF on the brain's rim", ["csf_share", "real_csf_share", "csf_rim_share",
+                                                                   "real_csf_rim_share"])
 # log.jsonl's name of each tracked score: its name in scoring.Scorer's scores
 TRACKED = {"nearest_ssim": "nearest_ssim_mean", "heldout_nearest_ssim": "heldout_nearest_ssim_mean",
            "diversity_ssim": "diversity_ssim", "real_diversity_ssim": "real_diversity_ssim",
@@ -106,6 +108,9 @@ class QualityTracker:
         self.scorer = scoring.Scorer(real, device, inception, batch=max(cfg.batch, 16), pairs=DIVERSITY_PAIRS,
                                      ms_ssim=False)
         self.segmenter = load_segmenter(cfg.agreement_segmenter, device) if cfg.agreement_segmenter else None
+        self.real_mask_shape = {}                # the training masks' shape, logged beside the generated ones'
+        if cfg.masks and getattr(data, "masks", None) is not None:
+            self.real_mask_shape = {f"real_{k}": v for k, v in metrics.mask_shape(torch.from_numpy(data.masks)).items()}
 
     def due(self, tick: int, snapshot: bool) -> bool:
         every = self.cfg.metrics_every
@@ -127,6 +132,9 @@ class QualityTracker:
         images = dataset.to_uint8(x[:, :c]).cpu()                                      # [num, C, R, R] uint8
         s = self.scorer(images)
         out = {short: s[name] for short, name in TRACKED.items() if name in s}
+        if self.cfg.masks:
+            out.update(metrics.mask_shape(dataset.mask_labels(x[:, c:]).cpu()))
+            out.update(self.real_mask_shape)
         if self.segmenter is not None:          # the real-trained segmenter's masks against the generated ones
             dice = segment.dice_scores(segment.segment(self.segmenter, images, device=self.device),
                                        dataset.mask_labels(x[:, c:]).cpu())
@@ -178,7 +186,8 @@ def update_best(run_dir, record: dict, snapshot: str) -> bool:
 def plot_metrics(log_path, out) -> None:
     records = runs.read_log(log_path)
     if any("quality_gap" in r for r in records):
-        runs.plot_log(log_path, out, METRIC_PANELS)
+        masked = any("csf_share" in r for r in records)
+        runs.plot_log(log_path, out, METRIC_PANELS + [MASK_PANEL] * masked)
 
 
 class TensorBoard:

@@ -182,6 +182,8 @@ def end_tick(run: Run, tick_start_nimg: int, tick_start_time: float, done: bool)
               "images_per_s": round(images / max(seconds, 1e-9), 2), **t.pop_stats(),
               "pl_mean": t.pl_mean.item(), "ada_p": t.ada_p, "nonfinite_skipped": int(t.guard.total),
               "peak_mem_gb": round(monitor.peak_memory_gb(t.device), 3), "time": time.time()}
+    if cfg.masks and cfg.mask_blur_kimg > 0:
+        record["mask_sigma"] = t.mask_sigma()
     if snapshot:
         record["ranks_in_sync"] = distributed.check_ranks_in_sync({"G": t.G, "D": t.D}, t.world_size)
     if run.quality is not None and images > 0 and run.quality.due(t.tick, snapshot):

@@ -259,6 +259,14 @@ class Trainer:
             img = (self.synthesis_fast if fast else self.G.synthesis)(ws, noise_mode="random" if self.cfg.noise else "none")
         return img.float(), ws
 
+    def mask_sigma(self) -> float:
+        """The mask blur D sees now: --mask_blur, falling linearly to 0 over --mask_blur_kimg when that is set
+        (StyleGAN3's blur_fade_kimg schedule, there on whole images)."""
+        fade = self.cfg.mask_blur_kimg
+        if fade <= 0:
+            return self.cfg.mask_blur
+        return self.cfg.mask_blur * max(0.0, 1.0 - self.cur_nimg / (fade * 1000))
+
     def run_D(self, img: torch.Tensor, c=None, fast: bool = False) -> torch.Tensor:
         """D's logits for images (and labels c), augmented first (every image D sees, the R1 pass included).
         fast: the compiled D (--compile), for first-order steps only."""
@@ -271,10 +279,11 @@ class Trainer:
             self.augment_pipe.p = self.ada_p
             with self.rng.scope():                                    # augmentations from the layers stream
                 img = self.augment_pipe(img)
-        if self.cfg.masks and (self.cfg.mask_blur > 0 or self.cfg.mask_gain != 1):
+        sigma = self.mask_sigma()
+        if self.cfg.masks and (sigma > 0 or self.cfg.mask_gain != 1):
             mask = img[:, n:]                                         # the same for real and fake masks
-            if self.cfg.mask_blur > 0:
-                mask = ops.gaussian_blur(mask, self.cfg.mask_blur)
+            if sigma > 0:
+                mask = ops.gaussian_blur(mask, sigma)
             img = torch.cat([img[:, :n], mask * self.cfg.mask_gain], dim=1)
         with self.autocast():
             return (self.D_fast if fast else self.D)(img, c).float()  # [N, 1]

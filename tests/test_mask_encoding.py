@@ -3,6 +3,7 @@ tracked while training (--agreement_segmenter) and checkpoints of masked runs ma
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 import config
 import dataset
 import losses
+import metrics
 import modules
 import ops
 import runs
@@ -45,6 +47,21 @@ def test_a_level_channel_holds_the_oasis_levels_and_snaps_to_the_nearest():
     torch.testing.assert_close(levels.flatten(), torch.tensor([0, 85, 170, 255]) / 127.5 - 1)
     generated = torch.tensor([-5.0, -0.9, -0.5, -0.1, 0.2, 0.4, 0.7, 3.0, float("nan")]).view(1, 1, 1, -1)
     assert dataset.mask_labels(generated).flatten().tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 0]
+
+
+def test_mask_shape_finds_the_csf_rim_that_snapping_a_blurred_edge_draws():
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    r = ((yy - 15.5) ** 2 + (xx - 15.5) ** 2).sqrt()
+    labels = torch.where(r < 12, 2, 0).to(torch.uint8)                   # grey matter disk
+    labels[(r > 4) & (r < 6)] = 1                                        # a CSF ring inside it
+    labels[r <= 4] = 3                                                   # white matter core
+    shape = metrics.mask_shape(labels[None])
+    assert shape["csf_rim_share"] == 0 and shape["csf_share"] == pytest.approx(
+        int((labels == 1).sum()) / int((labels > 0).sum()))
+    soft = ops.gaussian_blur(dataset.mask_channels(labels[None], K, "level"), 1.0)
+    snapped = metrics.mask_shape(dataset.mask_labels(soft))
+    assert snapped["csf_rim_share"] > 0.3 and snapped["csf_share"] > shape["csf_share"]
+    assert all(math.isnan(v) for v in metrics.mask_shape(torch.zeros(1, 4, 4, dtype=torch.uint8)).values())
 
 
 def test_the_level_encoding_adds_one_channel_and_the_image_only_networks_are_unchanged():
@@ -94,6 +111,22 @@ def test_d_sees_real_and_fake_masks_through_the_same_blur_and_gain_and_the_image
         assert not torch.equal(shown[:, 1:], x[:, 1:])
 
 
+def test_mask_blur_kimg_fades_the_blur_d_sees_linearly_to_zero(oasis):
+    cfg = config.TrainConfig(data=str(oasis), resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16,
+                             batch=4, masks=True, mask_blur=1.0, mask_blur_kimg=2.0, aug="noaug")
+    data = dataset.ImageDataset(oasis, resolution=16, with_masks=True, log=lambda m: None)
+    t = trainer_lib.Trainer(cfg, torch.device("cpu"), data=data, log=lambda m: None)
+    seen = []
+    t.D_fast = lambda img, c: seen.append(img) or img.mean(dim=(1, 2, 3))[:, None]
+    reals = data.batch([0, 1, 2, 3], mask_encoding="level")
+    for nimg, sigma in ((0, 1.0), (500, 0.75), (1500, 0.25), (2000, 0.0), (9000, 0.0)):
+        t.cur_nimg = nimg
+        assert t.mask_sigma() == pytest.approx(sigma)
+        t.run_D(reals, fast=True)
+        expected = ops.gaussian_blur(reals[:, 1:], sigma) if sigma > 0 else reals[:, 1:]
+        torch.testing.assert_close(seen.pop()[:, 1:], expected)
+
+
 def test_mask_snap_shows_d_every_mask_on_the_levels_with_the_gradient_straight_through(oasis):
     cfg = config.TrainConfig(data=str(oasis), resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16,
                              batch=4, masks=True, mask_encoding="level", mask_blur=0.0, mask_snap=True, aug="noaug")
@@ -134,6 +167,7 @@ def test_old_masked_configs_load_with_one_hot_masks():
 @pytest.mark.parametrize("options, message", [
     ({"mask_encoding": "soft"}, "--mask_encoding must be one of onehot, level"),
     ({"mask_blur": -1.0}, "--mask_blur must be a sigma in pixels >= 0"),
+    ({"mask_blur_kimg": -5.0}, "--mask_blur_kimg must be a length in kimg >= 0"),
     ({"mask_gain": 0.0}, "--mask_gain must be a factor > 0"),
     ({"mask_gain": float("nan")}, "--mask_gain must be a finite number"),
     ({"agreement_segmenter": "x.pt", "masks": False}, "--agreement_segmenter scores generated masks"),
@@ -164,6 +198,8 @@ def test_a_level_run_with_blur_logs_the_agreement_dice_and_resumes_bit_exactly(
     assert cfg.mask_encoding == "level" and G(torch.randn(2, 16)).shape == (2, 2, 16, 16)
     scored = [r for r in map(json.loads, (full / "log.jsonl").read_text().splitlines()) if "agreement_mean" in r]
     assert scored and all(0 <= r["agreement_mean"] <= 1 and "agreement_CSF" in r for r in scored)
+    assert all(0 < r["real_csf_share"] < 1 and 0 <= r["real_csf_rim_share"] <= 1 and "csf_rim_share" in r
+               for r in scored)
 
 
 @pytest.mark.slow
