@@ -101,7 +101,8 @@ class TrainConfig:
                                         # stay eager: they need double backward)
     freeze_d: int = 0                   # Freeze-D: D's first N layers (from the highest resolution) are not trained
     # Augmentation (augment.py)
-    aug: str = "ada"                    # ada (p adapts) | fixed (p stays) | noaug
+    aug: str = "ada"                    # ada (p adapts) | fixed (p stays) | noaug; a new --masks run defaults to
+                                        # noaug (ADA cost the masked demo runs image quality, docs/masks.md)
     aug_pipe: str = "bgc"               # transform groups: b blit, g geometry, c colour, f filter, n noise, o cutout
     p: float = 0.0                      # augmentation probability (the starting value for ada)
     ada_target: float = 0.6             # ADA target for E[sign(D(real))]
@@ -165,6 +166,10 @@ PRESETS = {
 }
 
 
+MASKS_AUG = "noaug"     # --aug of a new --masks run unless given: ADA's p rose on every masked run and cost image
+                        # quality; without it D's output on reals stayed below 1 (docs/results.md)
+
+
 class ConfigError(errors.UsageError):
     """An option the user gave that cannot work, as one line."""
 
@@ -225,6 +230,8 @@ def parse_args(argv) -> TrainConfig:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     cfg = dataclasses.replace(TrainConfig(**dict(PRESETS[preset], preset=preset)), **given)
+    if cfg.masks and "aug" not in given:                    # measured on the masked demo runs, docs/results.md
+        cfg.aug = MASKS_AUG
     for f in dataclasses.fields(cfg):                       # presets write 40 where a float is meant
         if f.type is float:
             setattr(cfg, f.name, float(getattr(cfg, f.name)))

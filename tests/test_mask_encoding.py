@@ -111,6 +111,12 @@ def test_d_sees_real_and_fake_masks_through_the_same_blur_and_gain_and_the_image
         assert not torch.equal(shown[:, 1:], x[:, 1:])
 
 
+def test_a_new_masked_run_trains_without_ada_unless_aug_is_given():
+    assert config.parse_args(["--masks"]).aug == "noaug"
+    assert config.parse_args(["--masks", "--aug=ada"]).aug == "ada"
+    assert config.parse_args([]).aug == config.parse_args(["--masks=false"]).aug == "ada"
+
+
 def test_mask_blur_kimg_fades_the_blur_d_sees_linearly_to_zero(oasis):
     cfg = config.TrainConfig(data=str(oasis), resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16,
                              batch=4, masks=True, mask_blur=1.0, mask_blur_kimg=2.0, aug="noaug")
