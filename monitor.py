@@ -133,7 +133,8 @@ class QualityTracker:
         s = self.scorer(images)
         out = {short: s[name] for short, name in TRACKED.items() if name in s}
         if self.cfg.masks:
-            out.update(metrics.mask_shape(dataset.mask_labels(x[:, c:]).cpu()))
+            shape = metrics.mask_shape(dataset.mask_labels(x[:, c:]).cpu())
+            out.update({k: v for k, v in shape.items() if math.isfinite(v)})     # no CSF: no rim share (not NaN)
             out.update(self.real_mask_shape)
         if self.segmenter is not None:          # the real-trained segmenter's masks against the generated ones
             dice = segment.dice_scores(segment.segment(self.segmenter, images, device=self.device),

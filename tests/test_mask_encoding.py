@@ -31,7 +31,8 @@ def oasis(tmp_path_factory, make_oasis):
 def test_each_encoding_round_trips_real_masks_and_snaps_generated_ones_to_four_classes(encoding):
     labels = torch.randint(0, K, (3, 8, 8), dtype=torch.uint8)
     channels = dataset.mask_channels(labels, K, encoding)
-    assert channels.shape == (3, K if encoding == "onehot" else 1, 8, 8)
+    assert channels.shape == (3, {"onehot": K, "level": 1, "split": 2}[encoding], 8, 8)
+    assert channels.shape[1] == config.mask_channels(config.TrainConfig(masks=True, mask_encoding=encoding))
     assert channels.min() == -1 and channels.max() <= 1
     assert torch.equal(dataset.mask_labels(channels), labels)
     G = modules.Generator(**SMALL, mask_classes=K, mask_encoding=encoding)
@@ -62,6 +63,16 @@ def test_mask_shape_finds_the_csf_rim_that_snapping_a_blurred_edge_draws():
     snapped = metrics.mask_shape(dataset.mask_labels(soft))
     assert snapped["csf_rim_share"] > 0.3 and snapped["csf_share"] > shape["csf_share"]
     assert all(math.isnan(v) for v in metrics.mask_shape(torch.zeros(1, 4, 4, dtype=torch.uint8)).values())
+    split = dataset.mask_labels(ops.gaussian_blur(dataset.mask_channels(labels[None], K, "split"), 1.0))
+    assert metrics.mask_shape(split)["csf_rim_share"] == 0                 # split: no class between brain and outside
+
+
+def test_split_puts_background_on_its_own_channel_and_the_tissue_levels_on_the_other():
+    labels = torch.tensor([0, 1, 2, 3], dtype=torch.uint8).view(1, 1, 4)
+    channels = dataset.mask_channels(labels, K, "split")
+    assert channels[0, 0].flatten().tolist() == [-1, 1, 1, 1] and channels[0, 1].flatten().tolist() == [0, -1, 0, 1]
+    generated = torch.tensor([[[[-0.1, 0.1, 0.1, 0.1, float("nan")]], [[-1.0, -0.6, 0.4, 0.6, 0.0]]]])
+    assert dataset.mask_labels(generated).flatten().tolist() == [0, 1, 2, 3, 0]
 
 
 def test_the_level_encoding_adds_one_channel_and_the_image_only_networks_are_unchanged():
