@@ -36,7 +36,7 @@ def check_activation(activation: str) -> str:
     return activation
 
 
-MASK_ENCODINGS = ("onehot", "level", "split")
+MASK_ENCODINGS = config.MASK_ENCODINGS
 
 
 def mask_channel_count(mask_classes: int, mask_encoding: str) -> int:
