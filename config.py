@@ -52,7 +52,8 @@ class TrainConfig:
     mask_encoding: str = "level"        # how G outputs the mask and D reads it: level (one channel holding the
                                         # class level, snapped when written) | onehot (4 class channels, hard with
                                         # the softmax gradient; runs before this default, docs/masks.md) | split
-                                        # (2 channels: brain or background, and the tissue level)
+                                        # (2 channels: brain or background, and the tissue level) | split_dark
+                                        # (split with background at CSF's end of the tissue level, as in T1)
     mask_blur: float = 1.0              # with --masks: sigma (pixels) of a Gaussian blur on the mask channels D
                                         # sees, real and fake alike, so hard edges are no cue (0 = off)
     mask_blur_kimg: float = 0.0         # with --mask_blur: the sigma falls linearly to 0 over this many kimg, as
@@ -270,15 +271,15 @@ def parse_given(argv) -> dict:
 ARCHITECTURE_KEYS = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "d_mapping_layers",
                      "channel_base", "channel_max", "masks", "mask_encoding", "cond", "c_dim", "label_encoding", "label_range")
 MASK_CLASSES = 4                        # OASIS tissue masks: background, CSF, grey matter, white matter
-MASK_ENCODINGS = ("onehot", "level", "split")
+MASK_ENCODINGS = ("onehot", "level", "split", "split_dark")
 
 
 def mask_channels(cfg: TrainConfig) -> int:
     """Channels the mask takes after the image in G's output and D's input: 0 without --masks, 4 one-hot
-    class channels, 1 level channel, or 2 (split: brain occupancy and tissue level)."""
+    class channels, 1 level channel, or 2 (split, split_dark: brain occupancy and tissue level)."""
     if not cfg.masks:
         return 0
-    return {"onehot": MASK_CLASSES, "split": 2}.get(cfg.mask_encoding, 1)
+    return {"onehot": MASK_CLASSES, "split": 2, "split_dark": 2}.get(cfg.mask_encoding, 1)
 
 
 def resume_config(saved: dict, given: dict) -> TrainConfig:

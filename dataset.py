@@ -311,23 +311,24 @@ def mask_channels(labels: torch.Tensor, classes: int, encoding: str = "onehot") 
     [N, K, R, R] scaled to {-1, 1} (modules.mask_activation); "level", float [N, 1, R, R] holding class k at
     2 k / (K - 1) - 1, the OASIS pixel values 0/85/170/255 scaled to [-1, 1]; "split", float [N, 2, R, R]: brain
     (+1) or background (-1), then tissue class k >= 1 at 2 (k - 1) / (K - 2) - 1 (CSF -1, GM 0, WM 1) with
-    background at 0."""
+    background at 0; "split_dark" the same with background at -1, CSF's end, ordered as a T1 image's intensity."""
     if encoding == "level":
         return labels[:, None].float() * (2 / (classes - 1)) - 1
-    if encoding == "split":              # background is the middle tissue level, so no class lies between them
+    if encoding in ("split", "split_dark"):   # no tissue class lies between background and its neighbours
         lab = labels.long()
         brain = (lab > 0).float() * 2 - 1
-        tissue = torch.where(lab > 0, (lab - 1).float() * (2 / (classes - 2)) - 1, torch.zeros_like(brain))
+        outside = torch.full_like(brain, -1.0 if encoding == "split_dark" else 0.0)
+        tissue = torch.where(lab > 0, (lab - 1).float() * (2 / (classes - 2)) - 1, outside)
         return torch.stack([brain, tissue], dim=1)
     return torch.nn.functional.one_hot(labels.long(), classes).permute(0, 3, 1, 2).float() * 2 - 1
 
 
 def mask_labels(channels: torch.Tensor, classes: int = len(MASK_LEVELS)) -> torch.Tensor:
     """Mask channels (generated or real) -> uint8 labels [N, R, R], always 0..K-1: [N, K, R, R] one-hot
-    channels by argmax; one level channel [N, 1, R, R] snapped to the nearest of the K levels; split
-    [N, 2, R, R]: background where channel 0 <= 0, else the nearest of the K - 1 tissue levels."""
+    channels by argmax; one level channel [N, 1, R, R] snapped to the nearest of the K levels; split and
+    split_dark [N, 2, R, R]: background where channel 0 <= 0, else the nearest of the K - 1 tissue levels."""
     channels = channels.detach()
-    if channels.shape[1] == 2 and classes > 2:             # split: brain where channel 0 > 0, then the tissue level
+    if channels.shape[1] == 2 and classes > 2:             # split(_dark): brain where channel 0 > 0, then the tissue level
         k = torch.round((channels[:, 1].float() + 1) * ((classes - 2) / 2)).nan_to_num(0).clamp(0, classes - 2) + 1
         return torch.where(channels[:, 0] > 0, k, torch.zeros_like(k)).to(torch.uint8)
     if channels.shape[1] == 1:

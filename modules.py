@@ -41,16 +41,16 @@ MASK_ENCODINGS = config.MASK_ENCODINGS
 
 def mask_channel_count(mask_classes: int, mask_encoding: str) -> int:
     """Channels a mask of mask_classes classes takes: one per class ("onehot"), one holding the class level
-    ("level"), or two, brain against background and the tissue level ("split"); 0 without a mask."""
+    ("level"), or two, brain against background and the tissue level ("split", "split_dark"); 0 without a mask."""
     if not isinstance(mask_classes, int) or mask_classes < 0 or mask_classes == 1:
         raise ValueError(f"mask_classes must be 0 (image only) or >= 2 classes, got {mask_classes!r}")
     if mask_encoding not in MASK_ENCODINGS:
         raise ValueError(f"mask_encoding must be one of {MASK_ENCODINGS}, got {mask_encoding!r}")
     if not mask_classes:
         return 0
-    if mask_encoding == "split":
+    if mask_encoding in ("split", "split_dark"):
         if mask_classes < 3:
-            raise ValueError(f"mask_encoding split needs background and >= 2 tissue classes, got {mask_classes}")
+            raise ValueError(f"mask_encoding {mask_encoding} needs background and >= 2 tissue classes, got {mask_classes}")
         return 2
     return mask_classes if mask_encoding == "onehot" else 1
 
@@ -378,7 +378,7 @@ class SynthesisNetwork(nn.Module):
     the image: with mask_encoding "onehot" the mask_classes class logits, which go through mask_activation;
     with "level" one continuous channel holding the class level (class k of K at 2 k / (K - 1) - 1), left
     as it is and snapped to the nearest level only when a mask is read off (dataset.mask_labels); with "split"
-    two continuous channels, brain against background and the tissue level (dataset.mask_channels)."""
+    or "split_dark" two continuous channels, brain against background and the tissue level (dataset.mask_channels)."""
 
     def __init__(self,
                  w_dim: int,                    # width of w
@@ -388,7 +388,7 @@ class SynthesisNetwork(nn.Module):
                  channel_max: int = 512,        # upper bound on channels
                  conv_clamp: float = None,      # activation clamp (256 with reduced precision); None = off
                  mask_classes: int = 0,         # tissue classes generated with the image (0 = image only)
-                 mask_encoding: str = "onehot"):  # mask channels: "onehot" (one per class), "level" (one), "split" (two)
+                 mask_encoding: str = "onehot"):  # mask channels: "onehot" (one per class), "level" (one), "split(_dark)" (two)
         super().__init__()
         log2 = check_network_size(img_resolution, img_channels, channel_base, channel_max)
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
@@ -435,7 +435,7 @@ class Generator(nn.Module):
                  conv_clamp: float = None,      # activation clamp (256 with reduced precision); None = off
                  mapping_lr_mul: float = 0.01,  # learning-rate multiplier of the mapping network
                  mask_classes: int = 0,         # tissue classes generated as extra channels (0 = image only)
-                 mask_encoding: str = "onehot",  # mask channels: "onehot", "level" or "split" (SynthesisNetwork)
+                 mask_encoding: str = "onehot",  # mask channels: "onehot", "level", "split(_dark)" (SynthesisNetwork)
                  c_dim: int = 0,                # label width (0 = unconditional; StyleGAN2-ADA conditioning)
                  label_encoding: str = "none",  # "none" (official) or "fourier" (continuous labels; label_features)
                  label_range=None):             # "fourier": (lo, hi) per label mapped to [0, 1]; None = as given

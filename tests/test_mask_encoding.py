@@ -31,7 +31,7 @@ def oasis(tmp_path_factory, make_oasis):
 def test_each_encoding_round_trips_real_masks_and_snaps_generated_ones_to_four_classes(encoding):
     labels = torch.randint(0, K, (3, 8, 8), dtype=torch.uint8)
     channels = dataset.mask_channels(labels, K, encoding)
-    assert channels.shape == (3, {"onehot": K, "level": 1, "split": 2}[encoding], 8, 8)
+    assert channels.shape == (3, {"onehot": K, "level": 1, "split": 2, "split_dark": 2}[encoding], 8, 8)
     assert channels.shape[1] == config.mask_channels(config.TrainConfig(masks=True, mask_encoding=encoding))
     assert channels.min() == -1 and channels.max() <= 1
     assert torch.equal(dataset.mask_labels(channels), labels)
@@ -67,10 +67,27 @@ def test_mask_shape_finds_the_csf_rim_that_snapping_a_blurred_edge_draws():
     assert metrics.mask_shape(split)["csf_rim_share"] == 0                 # split: no class between brain and outside
 
 
-def test_split_puts_background_on_its_own_channel_and_the_tissue_levels_on_the_other():
+def test_split_dark_keeps_a_thin_outer_csf_rim_through_the_blur_that_split_erases():
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    r = ((yy - 15.5) ** 2 + (xx - 15.5) ** 2).sqrt()
+    labels = torch.where(r < 12, 1, 0).to(torch.uint8)                   # a 1-pixel CSF rim round the brain
+    labels[r < 11] = 2
+    labels[r < 6] = 3
+    found = {}
+    for encoding in ("level", "split", "split_dark"):
+        snapped = dataset.mask_labels(ops.gaussian_blur(dataset.mask_channels(labels[None], K, encoding), 1.0))
+        found[encoding] = segment.dice_scores(snapped, labels[None])
+    assert found["split"]["CSF"] < 0.1                    # the rim lies between two 0s of the tissue channel
+    assert found["split_dark"]["CSF"] > 0.6               # it continues the outside's -1, so the blur keeps it
+    assert found["split_dark"]["mean"] > max(found["level"]["mean"], found["split"]["mean"])
+
+
+@pytest.mark.parametrize("encoding, outside", [("split", 0), ("split_dark", -1)])
+def test_split_puts_background_on_its_own_channel_and_the_tissue_levels_on_the_other(encoding, outside):
     labels = torch.tensor([0, 1, 2, 3], dtype=torch.uint8).view(1, 1, 4)
-    channels = dataset.mask_channels(labels, K, "split")
-    assert channels[0, 0].flatten().tolist() == [-1, 1, 1, 1] and channels[0, 1].flatten().tolist() == [0, -1, 0, 1]
+    channels = dataset.mask_channels(labels, K, encoding)
+    assert channels[0, 0].flatten().tolist() == [-1, 1, 1, 1]
+    assert channels[0, 1].flatten().tolist() == [outside, -1, 0, 1]
     generated = torch.tensor([[[[-0.1, 0.1, 0.1, 0.1, float("nan")]], [[-1.0, -0.6, 0.4, 0.6, 0.0]]]])
     assert dataset.mask_labels(generated).flatten().tolist() == [0, 1, 2, 3, 0]
 
