@@ -62,6 +62,9 @@ class TrainConfig:
                                         # (< 1 gives the mask less weight in D's first layer than the image)
     mask_snap: bool = False             # with --masks (level): D sees every mask snapped to the nearest class level
                                         # before ADA and the blur, the gradient passed straight through
+    mask_mismatch: float = 0.0          # with --masks: weight of D's term calling real images with moved masks fake
+                                        # (each mask moved 1-2 pixels, so D checks that mask edges fit the image's;
+                                        # a matching-aware D, Reed et al. 2016; 0 = off)
     r1_mask: bool = True                # with --masks: R1 also penalizes D's gradient on the mask channels
                                         # (false = on the image channels only)
     cond: str = "none"                  # conditional training: none | slice (axial position from OASIS names) | json
@@ -389,6 +392,10 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"--mask_gain must be a factor > 0, got {cfg.mask_gain}")
     if cfg.mask_snap and not (cfg.masks and cfg.mask_encoding == "level"):
         raise ConfigError("--mask_snap snaps a level mask; it needs --masks with --mask_encoding level")
+    if not (cfg.mask_mismatch >= 0 and math.isfinite(cfg.mask_mismatch)):
+        raise ConfigError(f"--mask_mismatch must be a weight >= 0 (0 = off), got {cfg.mask_mismatch}")
+    if cfg.mask_mismatch and not cfg.masks:
+        raise ConfigError("--mask_mismatch scores misregistered image + mask pairs; it needs --masks")
     if not cfg.r1_mask and not cfg.masks:
         raise ConfigError("--r1_mask=false leaves the mask channels out of R1; it needs --masks")
     if cfg.agreement_segmenter and not cfg.masks:

@@ -1,5 +1,6 @@
 """The mathematics of StyleGAN2 training as pure functions: the logistic losses, the R1 and path-length
-penalties, the lazy-regularization Adam correction, the generator EMA and the ADA adjustment of p.
+penalties, the lazy-regularization Adam correction, the generator EMA and the ADA adjustment of p; for masked
+runs, the misregistered real pairs of the matching-aware D term (--mask_mismatch).
 
 Each is a formula from the papers (StyleGAN2 sec. 3, appendix B; StyleGAN2-ADA sec. 2-3) that can be tested
 alone; trainer.py calls them. Does not own when they are applied or the optimizers (trainer.py).
@@ -19,6 +20,21 @@ def g_nonsaturating_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """softplus(D(G(z))) + softplus(-D(x)), per sample."""
     return F.softplus(fake_logits) + F.softplus(-real_logits)
+
+
+# The 8 directions a misregistered mask moves in (rows, columns), each by 1 or 2 pixels.
+SHIFTS = torch.tensor([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
+
+
+def misregistered(pairs: torch.Tensor, img_channels: int, generator: torch.Generator = None) -> torch.Tensor:
+    """Real pairs [N, C + M, R, R] with each mask moved 1 or 2 pixels in one of 8 directions (wrapping round;
+    the border is background) and the image left where it is: pairs whose mask does not fit its image, which
+    a matching-aware D scores as fake (Reed et al. 2016, GAN-CLS, there with mismatched captions)."""
+    n = pairs.shape[0]
+    step = torch.randint(1, 3, (n, 1), generator=generator)
+    shifts = (SHIFTS[torch.randint(len(SHIFTS), (n,), generator=generator)] * step).tolist()
+    masks = [torch.roll(m, tuple(s), dims=(1, 2)) for m, s in zip(pairs[:, img_channels:], shifts)]
+    return torch.cat([pairs[:, :img_channels], torch.stack(masks)], dim=1)
 
 
 def r1_penalty(real_img: torch.Tensor, real_logits: torch.Tensor, channels: int = None) -> torch.Tensor:

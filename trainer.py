@@ -294,6 +294,11 @@ class Trainer:
             fakes, _ = self.run_G(z, c, fast=True)
         real_logits = self.run_D(reals, c_real, fast=True)
         loss = losses.d_logistic_loss(real_logits, self.run_D(fakes, c, fast=True)).mean()
+        if self.cfg.mask_mismatch > 0:               # real images with their masks moved: fake (matching-aware D)
+            wrong = losses.misregistered(reals, self.cfg.img_channels, self.rng.choices)
+            wrong_logits = self.run_D(wrong, c_real, fast=True)
+            self.record("D_mismatch", wrong_logits.mean())
+            loss = loss + self.cfg.mask_mismatch * torch.nn.functional.softplus(wrong_logits).mean()
         self.record("loss_D", loss)
         self.record("D_real", real_logits.mean())
         if self.cfg.aug == "ada":

@@ -180,6 +180,45 @@ def test_mask_snap_shows_d_every_mask_on_the_levels_with_the_gradient_straight_t
     assert torch.equal(fakes.grad[:, 1:], torch.ones_like(fakes[:, 1:]))       # identity in the backward pass
 
 
+def test_misregistered_pairs_move_each_mask_one_or_two_pixels_and_leave_the_image():
+    pairs = torch.randn(64, 2, 12, 12)
+    moved = losses.misregistered(pairs, 1, torch.Generator().manual_seed(3))
+    assert torch.equal(moved[:, :1], pairs[:, :1])
+    rolls = {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+             if (dy, dx) != (0, 0) and (abs(dy) == abs(dx) or 0 in (dy, dx))}        # 8 directions, 1 or 2 px
+    found = set()
+    for i in range(len(pairs)):
+        hits = [r for r in rolls if torch.equal(moved[i, 1], torch.roll(pairs[i, 1], r, dims=(0, 1)))]
+        assert len(hits) == 1
+        found.add(hits[0])
+    assert len(found) > 8                                   # both step sizes and several directions are drawn
+    again = losses.misregistered(pairs, 1, torch.Generator().manual_seed(3))
+    assert torch.equal(again, moved)                        # from the generator alone: resume stays bit-exact
+
+
+def test_mask_mismatch_adds_a_d_term_calling_real_images_with_moved_masks_fake(oasis):
+    cfg = config.TrainConfig(data=str(oasis), resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16,
+                             batch=4, masks=True, mask_blur=0.0, mask_mismatch=0.5, aug="noaug")
+    data = dataset.ImageDataset(oasis, resolution=16, with_masks=True, log=lambda m: None)
+    t = trainer_lib.Trainer(cfg, torch.device("cpu"), data=data, log=lambda m: None)
+    seen, optimized = [], []
+    t.D_fast = lambda img, c: seen.append(img) or (img[:, 1:] * img[:, :1]).mean(dim=(1, 2, 3))[:, None]
+    t.optimize = lambda module, opt, loss, phase: optimized.append(loss)
+    reals = data.batch([0, 1, 2, 3], mask_encoding="level")
+    t.d_step(reals)
+    real, fake, wrong = seen
+    assert torch.equal(real, reals) and torch.equal(wrong[:, :1], reals[:, :1])
+    assert not torch.equal(wrong[:, 1:], reals[:, 1:])
+    logits = [t.D_fast(x, None) for x in (real, fake, wrong)]
+    expected = losses.d_logistic_loss(logits[0], logits[1]).mean() + 0.5 * torch.nn.functional.softplus(logits[2]).mean()
+    torch.testing.assert_close(optimized[0], expected)
+    assert "D_mismatch" in t.pop_stats()
+    t.cfg = dataclasses.replace(cfg, mask_mismatch=0.0)
+    seen.clear()
+    t.d_step(reals)
+    assert len(seen) == 2                                   # off: D sees the real and the fake batch only
+
+
 def test_r1_on_the_image_channels_only_leaves_the_mask_gradient_out():
     x = torch.randn(3, 2, 8, 8, requires_grad=True)
     logits = (x[:, :1] * 2).sum(dim=(1, 2, 3)) + (x[:, 1:] * 3).sum(dim=(1, 2, 3))
@@ -189,11 +228,12 @@ def test_r1_on_the_image_channels_only_leaves_the_mask_gradient_out():
 
 def test_old_masked_configs_load_with_one_hot_masks():
     saved = dataclasses.asdict(config.TrainConfig(masks=True))
-    for key in ("mask_encoding", "mask_blur", "mask_gain", "mask_snap", "r1_mask", "agreement_segmenter"):
+    for key in ("mask_encoding", "mask_blur", "mask_gain", "mask_snap", "r1_mask", "mask_mismatch",
+                "agreement_segmenter"):
         saved.pop(key)                                                          # written before them
     cfg = config.from_dict(saved)
     assert (cfg.mask_encoding, cfg.mask_blur, cfg.mask_gain, config.mask_channels(cfg)) == ("onehot", 0, 1, K)
-    assert (cfg.mask_snap, cfg.r1_mask) == (False, True)                        # as every run before them
+    assert (cfg.mask_snap, cfg.r1_mask, cfg.mask_mismatch) == (False, True, 0)   # as every run before them
     with pytest.raises(config.ConfigError, match="--mask_encoding cannot change when resuming"):
         config.resume_config(saved, {"mask_encoding": "level"})
 
@@ -208,6 +248,8 @@ def test_old_masked_configs_load_with_one_hot_masks():
     ({"mask_snap": True, "mask_encoding": "onehot"}, "--mask_snap snaps a level mask"),
     ({"mask_snap": True, "masks": False}, "--mask_snap snaps a level mask"),
     ({"r1_mask": False, "masks": False}, "--r1_mask=false leaves the mask channels out of R1"),
+    ({"mask_mismatch": -1.0}, "--mask_mismatch must be a weight >= 0"),
+    ({"mask_mismatch": 1.0, "masks": False}, "--mask_mismatch scores misregistered"),
     ({"agreement_segmenter": "/nonexistent/segmenter.pt"}, "no such file"),
 ])
 def test_bad_mask_options_are_one_line(options, message):
@@ -217,12 +259,12 @@ def test_bad_mask_options_are_one_line(options, message):
 
 
 @pytest.mark.slow
-def test_a_level_run_with_blur_logs_the_agreement_dice_and_resumes_bit_exactly(
+def test_a_level_run_with_blur_and_mask_mismatch_logs_the_agreement_dice_and_resumes_bit_exactly(
         oasis, tmp_path, tiny_args, run_train, weights, assert_same_weights):
     seg = segment.UNet()
     seg_path = tmp_path / "segmenter.pt"
     torch.save(seg.state_dict(), seg_path)
-    args = tiny_args(oasis, tmp_path / "runs", masks="true", mask_encoding="level", mask_blur=0.7,
+    args = tiny_args(oasis, tmp_path / "runs", masks="true", mask_encoding="level", mask_blur=0.7, mask_mismatch=0.5,
                      agreement_segmenter=str(seg_path), metrics_num=8)
     full = run_train(args + ["--kimg=0.12"])
     part = run_train(args + ["--kimg=0.06"])
@@ -234,6 +276,8 @@ def test_a_level_run_with_blur_logs_the_agreement_dice_and_resumes_bit_exactly(
     assert scored and all(0 <= r["agreement_mean"] <= 1 and "agreement_CSF" in r for r in scored)
     assert all(0 < r["real_csf_share"] < 1 and 0 <= r["real_csf_rim_share"] <= 1 and "csf_rim_share" in r
                for r in scored)
+    ticks = [r for r in map(json.loads, (full / "log.jsonl").read_text().splitlines()) if "loss_D" in r]
+    assert ticks and all(math.isfinite(r["D_mismatch"]) for r in ticks)
 
 
 @pytest.mark.slow
