@@ -275,6 +275,7 @@ ARCHITECTURE_KEYS = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_la
                      "channel_base", "channel_max", "masks", "mask_encoding", "cond", "c_dim", "label_encoding", "label_range")
 MASK_CLASSES = 4                        # OASIS tissue masks: background, CSF, grey matter, white matter
 MASK_ENCODINGS = ("onehot", "level", "split", "split_dark")
+SPLIT_ENCODINGS = ("split", "split_dark")   # two mask channels: brain occupancy, then the tissue level
 
 
 def mask_channels(cfg: TrainConfig) -> int:
@@ -282,7 +283,9 @@ def mask_channels(cfg: TrainConfig) -> int:
     class channels, 1 level channel, or 2 (split, split_dark: brain occupancy and tissue level)."""
     if not cfg.masks:
         return 0
-    return {"onehot": MASK_CLASSES, "split": 2, "split_dark": 2}.get(cfg.mask_encoding, 1)
+    if cfg.mask_encoding in SPLIT_ENCODINGS:
+        return 2
+    return MASK_CLASSES if cfg.mask_encoding == "onehot" else 1
 
 
 def resume_config(saved: dict, given: dict) -> TrainConfig:

@@ -314,7 +314,7 @@ def mask_channels(labels: torch.Tensor, classes: int, encoding: str = "onehot") 
     background at 0; "split_dark" the same with background at -1, CSF's end, ordered as a T1 image's intensity."""
     if encoding == "level":
         return labels[:, None].float() * (2 / (classes - 1)) - 1
-    if encoding in ("split", "split_dark"):   # no tissue class lies between background and its neighbours
+    if encoding in config_lib.SPLIT_ENCODINGS:    # no tissue class lies between background and its neighbours
         lab = labels.long()
         brain = (lab > 0).float() * 2 - 1
         outside = torch.full_like(brain, -1.0 if encoding == "split_dark" else 0.0)

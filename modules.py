@@ -48,7 +48,7 @@ def mask_channel_count(mask_classes: int, mask_encoding: str) -> int:
         raise ValueError(f"mask_encoding must be one of {MASK_ENCODINGS}, got {mask_encoding!r}")
     if not mask_classes:
         return 0
-    if mask_encoding in ("split", "split_dark"):
+    if mask_encoding in config.SPLIT_ENCODINGS:
         if mask_classes < 3:
             raise ValueError(f"mask_encoding {mask_encoding} needs background and >= 2 tissue classes, got {mask_classes}")
         return 2
