@@ -54,6 +54,9 @@ class TrainConfig:
                                         # the softmax gradient; runs before this default, docs/masks.md) | split
                                         # (2 channels: brain or background, and the tissue level) | split_dark
                                         # (split with background at CSF's end of the tissue level, as in T1)
+    mask_head: str = "skip"             # with --masks: which of G's ToRGB layers output the mask: skip (every
+                                        # resolution's, summed like the image) | top (the last block's only, a
+                                        # read-out of the full-resolution features; docs/masks.md)
     mask_blur: float = 1.0              # with --masks: sigma (pixels) of a Gaussian blur on the mask channels D
                                         # sees, real and fake alike, so hard edges are no cue (0 = off)
     mask_blur_kimg: float = 0.0         # with --mask_blur: the sigma falls linearly to 0 over this many kimg, as
@@ -237,6 +240,8 @@ def parse_args(argv) -> TrainConfig:
     cfg = dataclasses.replace(TrainConfig(**dict(PRESETS[preset], preset=preset)), **given)
     if cfg.masks and "aug" not in given:                    # measured on the masked demo runs, docs/results.md
         cfg.aug = MASKS_AUG
+    if "mask_head" in given and not cfg.masks:
+        raise ConfigError(f"--mask_head {cfg.mask_head} places G's mask output; it needs --masks")
     for f in dataclasses.fields(cfg):                       # presets write 40 where a float is meant
         if f.type is float:
             setattr(cfg, f.name, float(getattr(cfg, f.name)))
@@ -272,10 +277,12 @@ def parse_given(argv) -> dict:
 
 
 ARCHITECTURE_KEYS = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "d_mapping_layers",
-                     "channel_base", "channel_max", "masks", "mask_encoding", "cond", "c_dim", "label_encoding", "label_range")
+                     "channel_base", "channel_max", "masks", "mask_encoding", "mask_head", "cond", "c_dim",
+                     "label_encoding", "label_range")
 MASK_CLASSES = 4                        # OASIS tissue masks: background, CSF, grey matter, white matter
 MASK_ENCODINGS = ("onehot", "level", "split", "split_dark")
 SPLIT_ENCODINGS = ("split", "split_dark")   # two mask channels: brain occupancy, then the tissue level
+MASK_HEADS = ("skip", "top")            # G's ToRGBs that output the mask: all resolutions, or the last only
 
 
 def mask_channels(cfg: TrainConfig) -> int:
@@ -387,6 +394,8 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"--metrics_num must be 0 (off) or >= 2, got {cfg.metrics_num}")
     if cfg.mask_encoding not in MASK_ENCODINGS:
         raise ConfigError(f"--mask_encoding must be one of {', '.join(MASK_ENCODINGS)}, got {cfg.mask_encoding!r}")
+    if cfg.mask_head not in MASK_HEADS:
+        raise ConfigError(f"--mask_head must be one of {', '.join(MASK_HEADS)}, got {cfg.mask_head!r}")
     if not (cfg.mask_blur >= 0 and math.isfinite(cfg.mask_blur)):
         raise ConfigError(f"--mask_blur must be a sigma in pixels >= 0, got {cfg.mask_blur}")
     if not (cfg.mask_blur_kimg >= 0 and math.isfinite(cfg.mask_blur_kimg)):

@@ -37,6 +37,7 @@ def check_activation(activation: str) -> str:
 
 
 MASK_ENCODINGS = config.MASK_ENCODINGS
+MASK_HEADS = config.MASK_HEADS
 
 
 def mask_channel_count(mask_classes: int, mask_encoding: str) -> int:
@@ -359,7 +360,11 @@ class SynthesisBlock(nn.Module):
         if img is None:
             return x, y
         with torch.autocast(y.device.type, enabled=False):
-            return x, upsample2d(img, self.resample_filter) + y
+            img = upsample2d(img, self.resample_filter)                  # [N, C', R, R]
+            if img.shape[1] == y.shape[1]:
+                return x, img + y
+            c = img.shape[1]                                             # a mask head only here (mask_head "top")
+            return x, torch.cat([img + y[:, :c], y[:, c:]], dim=1)
 
 
 def mask_activation(logits: torch.Tensor) -> torch.Tensor:
@@ -378,7 +383,10 @@ class SynthesisNetwork(nn.Module):
     the image: with mask_encoding "onehot" the mask_classes class logits, which go through mask_activation;
     with "level" one continuous channel holding the class level (class k of K at 2 k / (K - 1) - 1), left
     as it is and snapped to the nearest level only when a mask is read off (dataset.mask_labels); with "split"
-    or "split_dark" two continuous channels, brain against background and the tissue level (dataset.mask_channels)."""
+    or "split_dark" two continuous channels, brain against background and the tissue level (dataset.mask_channels).
+    mask_head "top" gives the mask channels to the last block's ToRGB only: the mask is then a per-pixel
+    linear read-out of the full-resolution features, which carry the layout (Zhang et al. 2021, DatasetGAN),
+    without the upsampled lower-resolution terms (measured on the demo data: no sharper masks, docs/results.md)."""
 
     def __init__(self,
                  w_dim: int,                    # width of w
@@ -388,18 +396,22 @@ class SynthesisNetwork(nn.Module):
                  channel_max: int = 512,        # upper bound on channels
                  conv_clamp: float = None,      # activation clamp (256 with reduced precision); None = off
                  mask_classes: int = 0,         # tissue classes generated with the image (0 = image only)
-                 mask_encoding: str = "onehot"):  # mask channels: "onehot" (one per class), "level" (one), "split(_dark)" (two)
+                 mask_encoding: str = "onehot",  # mask channels: "onehot" (one per class), "level" (one), "split(_dark)" (two)
+                 mask_head: str = "skip"):      # which ToRGBs output the mask: "skip" (all, summed) or "top" (last)
         super().__init__()
         log2 = check_network_size(img_resolution, img_channels, channel_base, channel_max)
+        if mask_head not in MASK_HEADS:
+            raise ValueError(f"mask_head must be one of {MASK_HEADS}, got {mask_head!r}")
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         self.mask_channels = mask_channel_count(mask_classes, mask_encoding)
-        self.mask_classes, self.mask_encoding = mask_classes, mask_encoding
+        self.mask_classes, self.mask_encoding, self.mask_head = mask_classes, mask_encoding, mask_head
         out_rgb = img_channels + self.mask_channels
         self.blocks = nn.ModuleDict()                                     # "b4", "b8", ..., f"b{R}"
         in_channels = 0
         for res in [2 ** i for i in range(2, log2 + 1)]:
             out_channels = channels_at(res, channel_base, channel_max)
-            self.blocks[f"b{res}"] = SynthesisBlock(in_channels, out_channels, w_dim, res, out_rgb, conv_clamp)
+            rgb = img_channels if mask_head == "top" and res < img_resolution else out_rgb
+            self.blocks[f"b{res}"] = SynthesisBlock(in_channels, out_channels, w_dim, res, rgb, conv_clamp)
             in_channels = out_channels
         # Consecutive blocks share a w: block b's ToRGB uses the same w as block b+1's conv0.
         self.num_ws = sum(b.num_conv for b in self.blocks.values()) + 1   # 2 * log2(R) - 2
@@ -436,6 +448,7 @@ class Generator(nn.Module):
                  mapping_lr_mul: float = 0.01,  # learning-rate multiplier of the mapping network
                  mask_classes: int = 0,         # tissue classes generated as extra channels (0 = image only)
                  mask_encoding: str = "onehot",  # mask channels: "onehot", "level", "split(_dark)" (SynthesisNetwork)
+                 mask_head: str = "skip",       # which ToRGBs output the mask: "skip" (all) or "top" (SynthesisNetwork)
                  c_dim: int = 0,                # label width (0 = unconditional; StyleGAN2-ADA conditioning)
                  label_encoding: str = "none",  # "none" (official) or "fourier" (continuous labels; label_features)
                  label_range=None):             # "fourier": (lo, hi) per label mapped to [0, 1]; None = as given
@@ -443,7 +456,7 @@ class Generator(nn.Module):
         self.z_dim, self.w_dim = z_dim, w_dim
         self.img_resolution, self.img_channels, self.mask_classes = img_resolution, img_channels, mask_classes
         self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max, conv_clamp,
-                                          mask_classes, mask_encoding)
+                                          mask_classes, mask_encoding, mask_head)
         self.mask_encoding = mask_encoding
         self.num_ws = self.synthesis.num_ws
         self.c_dim = c_dim

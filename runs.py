@@ -356,8 +356,8 @@ def build_networks(cfg, conv_clamp=None):
     encoding, ranges = config_lib.label_encoding(cfg), config_lib.label_ranges(cfg)
     G = Generator(z_dim=cfg.z_dim, w_dim=cfg.w_dim, img_resolution=cfg.resolution, img_channels=cfg.img_channels,
                   mapping_layers=cfg.mapping_layers, channel_base=cfg.channel_base, channel_max=cfg.channel_max,
-                  conv_clamp=conv_clamp, mask_classes=mask_classes, mask_encoding=cfg.mask_encoding, c_dim=cfg.c_dim,
-                  label_encoding=encoding, label_range=ranges)
+                  conv_clamp=conv_clamp, mask_classes=mask_classes, mask_encoding=cfg.mask_encoding,
+                  mask_head=cfg.mask_head, c_dim=cfg.c_dim, label_encoding=encoding, label_range=ranges)
     D = Discriminator(img_resolution=cfg.resolution, img_channels=cfg.img_channels, channel_base=cfg.channel_base,
                       channel_max=cfg.channel_max, mbstd_group_size=cfg.mbstd_group, conv_clamp=conv_clamp,
                       mask_classes=mask_classes, mask_encoding=cfg.mask_encoding, c_dim=cfg.c_dim,

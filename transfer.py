@@ -7,7 +7,8 @@ checkpoint format (runs.py), the training loop (train.py, trainer.py) or the net
 What carries over: G, D and G_ema weights and buffers (w_avg included). What starts fresh: the optimizers'
 moments, the image counter, ADA's p, the path-length mean and the data order, as in StyleGAN2-ADA's transfer
 learning. Shapes follow the source: the architecture options the user did not type (resolution, channel
-widths, mapping depth, z_dim, w_dim) are taken from the source's config.
+widths, mapping depth, z_dim, w_dim; with a masked source also the mask's form, mask_encoding and mask_head)
+are taken from the source's config.
 
 RGB -> grayscale (a 3-channel source, e.g. a converted official release, into a 1-channel run):
   G's ToRGB rows become one row, their luma combination 0.299 R + 0.587 G + 0.114 B (weights and biases).
@@ -47,6 +48,8 @@ def config_for(cfg, given: dict, source_cfg):
     """cfg with the source's network shape for every architecture option the user did not type, and the
     transfer recipe (TRANSFER_RECIPE) for each of its options the user did not type."""
     keep = {k: getattr(source_cfg, k) for k in TAKEN_FROM_SOURCE if k not in given}
+    if source_cfg.masks:                                    # a masked source's mask form, not today's defaults
+        keep.update({k: getattr(source_cfg, k) for k in ("mask_encoding", "mask_head") if k not in given})
     recipe = {k: v for k, v in TRANSFER_RECIPE.items() if k not in given}
     return dataclasses.replace(cfg, **keep, **recipe)
 

@@ -145,6 +145,19 @@ def test_a_new_masked_run_trains_without_ada_unless_aug_is_given():
     assert config.parse_args([]).aug == config.parse_args(["--masks=false"]).aug == "ada"
 
 
+def test_mask_head_needs_masks_and_leaves_the_image_only_networks_unchanged():
+    assert config.parse_args(["--masks"]).mask_head == "skip"
+    assert config.parse_args(["--masks", "--mask_head=top"]).mask_head == "top"
+    with pytest.raises(config.ConfigError, match="--mask_head top places G's mask output; it needs --masks"):
+        config.parse_args(["--mask_head=top"])
+    size = dict(resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16)
+    count = lambda cfg: [sum(p.numel() for p in net.parameters()) for net in runs.build_networks(cfg)]
+    image_only = count(config.TrainConfig(**size))
+    assert image_only == count(config.TrainConfig(**size, mask_head="top"))
+    skip, top = count(config.TrainConfig(**size, masks=True)), count(config.TrainConfig(**size, masks=True, mask_head="top"))
+    assert top[1] == skip[1] and top[0] < skip[0]                     # D alike; G lacks the lower mask outputs
+
+
 def test_mask_blur_kimg_fades_the_blur_d_sees_linearly_to_zero(oasis):
     cfg = config.TrainConfig(data=str(oasis), resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16,
                              batch=4, masks=True, mask_blur=1.0, mask_blur_kimg=2.0, aug="noaug")
@@ -226,16 +239,49 @@ def test_r1_on_the_image_channels_only_leaves_the_mask_gradient_out():
     torch.testing.assert_close(losses.r1_penalty(x, logits, channels=1), torch.full((3,), 64 * 4.0))
 
 
+def test_mask_head_top_reads_the_mask_off_the_last_block_only():
+    """--mask_head top: the lower blocks' ToRGBs output the image alone; the mask is the last block's read-out,
+    so it is gone when that ToRGB's mask rows are zero, while the image still sums every resolution."""
+    skip = modules.Generator(**SMALL, mask_classes=K, mask_encoding="level")
+    top = modules.Generator(**SMALL, mask_classes=K, mask_encoding="level", mask_head="top")
+    blocks = list(top.synthesis.blocks.values())
+    assert [b.torgb.weight.shape[0] for b in blocks] == [1] * (len(blocks) - 1) + [2]
+    assert [b.torgb.weight.shape[0] for b in skip.synthesis.blocks.values()] == [2] * len(blocks)
+    z = torch.randn(4, 16)
+    x = top(z, noise_mode="const")
+    assert x.shape == (4, 2, 16, 16) and torch.isfinite(x).all()
+    x.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in top.parameters())
+    with torch.no_grad():
+        blocks[-1].torgb.weight[1:].zero_()
+        blocks[-1].torgb.bias[1:].zero_()
+        y = top(z, noise_mode="const")
+        torch.testing.assert_close(y[:, :1], x[:, :1].detach())            # the image did not change
+        assert y[:, 1:].abs().max() == 0                                   # the mask came from there alone
+        for b in skip.synthesis.blocks.values():
+            if b.resolution == 16:
+                b.torgb.weight[1:].zero_()
+                b.torgb.bias[1:].zero_()
+        assert skip(z, noise_mode="const")[:, 1:].abs().max() > 0          # skip: lower blocks add to the mask
+    image_only = modules.Generator(**SMALL)
+    assert image_only.synthesis.mask_head == "skip" and modules.Generator(**SMALL, mask_head="top").synthesis.blocks[
+        "b16"].torgb.weight.shape[0] == 1
+    with pytest.raises(ValueError, match="mask_head must be one of"):
+        modules.Generator(**SMALL, mask_classes=K, mask_head="last")
+
+
 def test_old_masked_configs_load_with_one_hot_masks():
     saved = dataclasses.asdict(config.TrainConfig(masks=True))
     for key in ("mask_encoding", "mask_blur", "mask_gain", "mask_snap", "r1_mask", "mask_mismatch",
-                "agreement_segmenter"):
+                "mask_head", "agreement_segmenter"):
         saved.pop(key)                                                          # written before them
     cfg = config.from_dict(saved)
     assert (cfg.mask_encoding, cfg.mask_blur, cfg.mask_gain, config.mask_channels(cfg)) == ("onehot", 0, 1, K)
-    assert (cfg.mask_snap, cfg.r1_mask, cfg.mask_mismatch) == (False, True, 0)   # as every run before them
+    assert (cfg.mask_snap, cfg.r1_mask, cfg.mask_mismatch, cfg.mask_head) == (False, True, 0, "skip")   # as before them
     with pytest.raises(config.ConfigError, match="--mask_encoding cannot change when resuming"):
         config.resume_config(saved, {"mask_encoding": "level"})
+    with pytest.raises(config.ConfigError, match="--mask_head cannot change when resuming"):
+        config.resume_config(saved, {"mask_head": "top"})
 
 
 @pytest.mark.parametrize("options, message", [
@@ -250,6 +296,7 @@ def test_old_masked_configs_load_with_one_hot_masks():
     ({"r1_mask": False, "masks": False}, "--r1_mask=false leaves the mask channels out of R1"),
     ({"mask_mismatch": -1.0}, "--mask_mismatch must be a weight >= 0"),
     ({"mask_mismatch": 1.0, "masks": False}, "--mask_mismatch scores misregistered"),
+    ({"mask_head": "last"}, "--mask_head must be one of skip, top"),
     ({"agreement_segmenter": "/nonexistent/segmenter.pt"}, "no such file"),
 ])
 def test_bad_mask_options_are_one_line(options, message):
@@ -259,19 +306,19 @@ def test_bad_mask_options_are_one_line(options, message):
 
 
 @pytest.mark.slow
-def test_a_level_run_with_blur_and_mask_mismatch_logs_the_agreement_dice_and_resumes_bit_exactly(
+def test_a_level_run_with_blur_mask_mismatch_and_top_head_logs_the_agreement_dice_and_resumes_bit_exactly(
         oasis, tmp_path, tiny_args, run_train, weights, assert_same_weights):
     seg = segment.UNet()
     seg_path = tmp_path / "segmenter.pt"
     torch.save(seg.state_dict(), seg_path)
     args = tiny_args(oasis, tmp_path / "runs", masks="true", mask_encoding="level", mask_blur=0.7, mask_mismatch=0.5,
-                     agreement_segmenter=str(seg_path), metrics_num=8)
+                     mask_head="top", agreement_segmenter=str(seg_path), metrics_num=8)
     full = run_train(args + ["--kimg=0.12"])
     part = run_train(args + ["--kimg=0.06"])
     run_train([f"--resume={part}", "--kimg=0.12"])
     assert_same_weights(weights(full / "checkpoint.pt"), weights(part / "checkpoint.pt"))
     G, cfg, _, _ = runs.load_generator(full, torch.device("cpu"))
-    assert cfg.mask_encoding == "level" and G(torch.randn(2, 16)).shape == (2, 2, 16, 16)
+    assert (cfg.mask_encoding, cfg.mask_head) == ("level", "top") and G(torch.randn(2, 16)).shape == (2, 2, 16, 16)
     scored = [r for r in map(json.loads, (full / "log.jsonl").read_text().splitlines()) if "agreement_mean" in r]
     assert scored and all(0 <= r["agreement_mean"] <= 1 and "agreement_CSF" in r for r in scored)
     assert all(0 < r["real_csf_share"] < 1 and 0 <= r["real_csf_rim_share"] <= 1 and "csf_rim_share" in r

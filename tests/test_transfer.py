@@ -86,6 +86,14 @@ def test_init_from_takes_the_source_shapes_unless_typed():
     source = config.TrainConfig(resolution=128, channel_base=4096, channel_max=256, mapping_layers=8)
     cfg = transfer.config_for(config.TrainConfig(channel_max=32), {"channel_max": 32}, source)
     assert (cfg.resolution, cfg.channel_base, cfg.channel_max, cfg.mapping_layers) == (128, 4096, 32, 8)
+    masked = config.TrainConfig(masks=True, mask_encoding="onehot", mask_head="top")        # another mask form
+    cfg = transfer.config_for(config.TrainConfig(masks=True), {"masks": True}, masked)
+    assert (cfg.mask_encoding, cfg.mask_head) == ("onehot", "top")
+    cfg = transfer.config_for(config.TrainConfig(masks=True), {"masks": True, "mask_head": "skip"}, masked)
+    assert (cfg.mask_encoding, cfg.mask_head) == ("onehot", "skip")
+    image_only = transfer.config_for(config.TrainConfig(masks=True), {"masks": True},
+                                     config.TrainConfig(mask_encoding="split"))
+    assert (image_only.mask_encoding, image_only.mask_head) == ("level", "skip")   # nothing to take from it
 
 
 def test_init_from_applies_the_transfer_recipe_unless_typed():
