@@ -240,12 +240,12 @@ def parse_args(argv) -> TrainConfig:
     cfg = dataclasses.replace(TrainConfig(**dict(PRESETS[preset], preset=preset)), **given)
     if cfg.masks and "aug" not in given:                    # measured on the masked demo runs, docs/results.md
         cfg.aug = MASKS_AUG
-    if "mask_head" in given and not cfg.masks:
-        raise ConfigError(f"--mask_head {cfg.mask_head} places G's mask output; it needs --masks")
     for f in dataclasses.fields(cfg):                       # presets write 40 where a float is meant
         if f.type is float:
             setattr(cfg, f.name, float(getattr(cfg, f.name)))
     validate(cfg)
+    if "mask_head" in given and not cfg.masks:
+        raise ConfigError(f"--mask_head {cfg.mask_head} places G's mask output; it needs --masks")
     return cfg
 
 

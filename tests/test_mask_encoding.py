@@ -150,6 +150,8 @@ def test_mask_head_needs_masks_and_leaves_the_image_only_networks_unchanged():
     assert config.parse_args(["--masks", "--mask_head=top"]).mask_head == "top"
     with pytest.raises(config.ConfigError, match="--mask_head top places G's mask output; it needs --masks"):
         config.parse_args(["--mask_head=top"])
+    with pytest.raises(config.ConfigError, match="--mask_head must be one of skip, top, got 'last'"):
+        config.parse_args(["--mask_head=last"])
     size = dict(resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16)
     count = lambda cfg: [sum(p.numel() for p in net.parameters()) for net in runs.build_networks(cfg)]
     image_only = count(config.TrainConfig(**size))
