@@ -68,6 +68,10 @@ class TrainConfig:
     mask_mismatch: float = 0.0          # with --masks: weight of D's term calling real images with moved masks fake
                                         # (each mask moved 1-2 pixels, so D checks that mask edges fit the image's;
                                         # a matching-aware D, Reed et al. 2016; 0 = off)
+    mask_consistency: float = 0.0       # with --masks: weight of G's term asking each generated pair to agree under a
+                                        # segmenter trained on the real pairs during the run (consistency.py; 0 = off)
+    consistency_image: bool = True      # with --mask_consistency: the image is pulled towards its mask as well as the
+                                        # mask towards the segmenter's reading of the image (false: the mask only)
     r1_mask: bool = True                # with --masks: R1 also penalizes D's gradient on the mask channels
                                         # (false = on the image channels only)
     cond: str = "none"                  # conditional training: none | slice (axial position from OASIS names) | json
@@ -408,6 +412,12 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"--mask_mismatch must be a weight >= 0 (0 = off), got {cfg.mask_mismatch}")
     if cfg.mask_mismatch and not cfg.masks:
         raise ConfigError("--mask_mismatch scores misregistered image + mask pairs; it needs --masks")
+    if not (cfg.mask_consistency >= 0 and math.isfinite(cfg.mask_consistency)):
+        raise ConfigError(f"--mask_consistency must be a weight >= 0 (0 = off), got {cfg.mask_consistency}")
+    if cfg.mask_consistency and not cfg.masks:
+        raise ConfigError("--mask_consistency scores generated image + mask pairs; it needs --masks")
+    if not cfg.consistency_image and not cfg.mask_consistency:
+        raise ConfigError("--consistency_image=false chooses the terms of --mask_consistency; it needs --mask_consistency W > 0")
     if not cfg.r1_mask and not cfg.masks:
         raise ConfigError("--r1_mask=false leaves the mask channels out of R1; it needs --masks")
     if cfg.agreement_segmenter and not cfg.masks:

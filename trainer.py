@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 import augment
 import config as config_lib
+import consistency
 import dataset
 import distributed
 import errors
@@ -188,6 +189,8 @@ class Trainer:
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8, fused=True)
         self.pl_mean = torch.zeros([], device=device)
         self.augment_pipe = make_augment_pipe(cfg, device)
+        # --mask_consistency: the segmenter S trained on real pairs alongside D (consistency.py)
+        self.consistency = consistency.Consistency(cfg, device, self.memory_format) if cfg.mask_consistency > 0 else None
         self.ada_p = cfg.p
         self.cur_nimg, self.batch_idx, self.tick = 0, 0, 0
         self.guard = NonFiniteGuard(cfg.max_nonfinite, cfg.batch, device)
@@ -218,6 +221,8 @@ class Trainer:
         reals = reals.contiguous(memory_format=self.memory_format)
         c = self.data.label_batch(idx, device=self.device) if self.cfg.c_dim else None   # [B, c_dim]
         self.d_step(reals, c)
+        if self.consistency is not None:
+            self.s_step(reals)
         if self.r1_gamma > 0 and self.batch_idx % self.cfg.r1_interval == 0:
             self.r1_step(reals, c)
         self.g_step()
@@ -306,6 +311,14 @@ class Trainer:
             self._ada_count += real_logits.shape[0]
         self.optimize(self.D, self.opt_D, loss, "D")
 
+    def s_step(self, reals: torch.Tensor) -> None:
+        """One step of --mask_consistency's segmenter on the real pairs D just saw."""
+        with self.autocast():
+            loss = self.consistency.segmenter_loss(reals)
+        self.record("S_loss", loss)
+        self.optimize(self.consistency.net, self.consistency.opt, loss, "S")
+        self.consistency.steps += 1
+
     def r1_step(self, reals: torch.Tensor, c_real=None) -> None:
         reals = reals.detach().requires_grad_(True)
         channels = None if self.cfg.r1_mask else self.cfg.img_channels   # --r1_mask=false: the image channels only
@@ -318,9 +331,13 @@ class Trainer:
         z, c = self.latents(self.batch_gpu)
         fakes, _ = self.run_G(z, c, fast=True)
         loss = losses.g_nonsaturating_loss(self.run_D(fakes, c, fast=True)).mean()
+        self.record("loss_G", loss)
+        if self.consistency is not None and self.consistency.active:    # --mask_consistency, after S's warm-up
+            term = self.consistency.generator_term(fakes).mean()
+            self.record("G_consistency", term)
+            loss = loss + self.cfg.mask_consistency * term
         for p in self.D_trainable:                                    # --freeze_d layers stay off
             p.requires_grad_(True)
-        self.record("loss_G", loss)
         self.optimize(self.G, self.opt_G, loss, "G")
 
     def pl_step(self) -> None:
@@ -391,6 +408,7 @@ class Trainer:
             **self.guard.state_dict(),                                # nonfinite_total, nonfinite_run
             "sampler": self.sampler.state_dict(), "world_size": self.world_size,
             "rng": distributed.gather_states(self.rng.state_dict(), self.world_size),
+            **(self.consistency.state_dict() if self.consistency is not None else {}),   # S, opt_S, S_steps
         }
 
     def load_state_dict(self, state: dict, path="checkpoint") -> None:
@@ -412,6 +430,11 @@ class Trainer:
         self._ada_count = state["ada_count"]
         self.cur_nimg, self.batch_idx, self.tick = state["cur_nimg"], state["batch_idx"], state["tick"]
         self.guard.load_state_dict(state)
+        if self.consistency is not None:
+            if "S" in state:
+                self.consistency.load_state_dict(state)
+            else:
+                self.log("note: the checkpoint has no --mask_consistency segmenter; a new one starts training now")
         note = self.sampler.load_state_dict(state["sampler"])
         if note:
             self.log(f"note: {note}")

@@ -1,0 +1,82 @@
+"""The in-training segmenter of --mask_consistency W: a small U-Net that learns tissue segmentation from the
+real image + mask pairs while the GAN trains, and the term that asks each generated pair to agree under it.
+
+Why: D judges a pair as a whole, and through the blur it is shown (--mask_blur) it tells little about
+whether a mask's edges sit on its image's edges; the generated pairs agree with each other less than real
+ones do (docs/results.md). Here a segmenter S, trained on real pairs only (cross-entropy + soft Dice, as
+segment.py trains), reads G's image, and G is given W times
+    CE(S(image), labels of G's mask)          (the image should show the tissue its mask names)
+  + mean((mask - encoded argmax S(image))^2)  (the mask should name the tissue S sees in the image),
+with S's weights held; the same idea as the semantic-consistency losses of paired image + label GANs
+(e.g. the cycle-consistent label loss of CyCADA, Hoffman et al. 2018), here with a segmenter from the real
+pairs of this run. The term starts after S has taken WARMUP_STEPS steps, so G is not steered by an
+untrained S. S is scored with batch statistics of real batches and, for G's term, with its running ones.
+The agreement score of --agreement_segmenter stays an independent check: a separate segmenter trained apart
+(segment.py train), not this S.
+
+Does not own when these run (trainer.py) or the segmentation network itself (segment.UNet).
+"""
+
+import torch
+import torch.nn.functional as F
+
+import config as config_lib
+import dataset
+import segment
+
+WIDTH = 16              # channels of S's first level (segment.UNet base), doubled at each of DEPTH levels down
+DEPTH = 3
+LR = 1e-3               # Adam, as segment.py trains its segmenters
+BETAS = (0.9, 0.999)
+WARMUP_STEPS = 200      # S's steps before G's term starts (S reaches most of its Dice by then on the demo data)
+SEED_OFFSET = 7919      # S's initial weights come from --seed + this, apart from G's and D's
+
+
+class Consistency:
+    """S, its optimizer and its step count: the state --mask_consistency adds to a checkpoint."""
+
+    def __init__(self, cfg: config_lib.TrainConfig, device: torch.device, memory_format=torch.contiguous_format):
+        self.cfg = cfg
+        with torch.random.fork_rng(devices=[]):           # built on the CPU from --seed; the caller's RNG as it was
+            torch.random.default_generator.manual_seed(cfg.seed + SEED_OFFSET)
+            net = segment.UNet(in_channels=cfg.img_channels, classes=config_lib.MASK_CLASSES, base=WIDTH, depth=DEPTH)
+        self.net = net.to(device, memory_format=memory_format)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=LR, betas=BETAS, eps=1e-8, fused=True)
+        self.steps = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether G's term is on: S has taken its warm-up steps."""
+        return self.steps >= WARMUP_STEPS
+
+    def segmenter_loss(self, reals: torch.Tensor) -> torch.Tensor:
+        """S's loss on real pairs [B, C + M, R, R] (the training encoding): cross-entropy + soft Dice of its
+        segmentation of the images against the masks' labels."""
+        n = self.cfg.img_channels
+        labels = dataset.mask_labels(reals[:, n:], config_lib.MASK_CLASSES).long()
+        self.net.train().requires_grad_(True)
+        logits = self.net(reals[:, :n].detach()).float()
+        return F.cross_entropy(logits, labels) + segment.soft_dice_loss(logits, labels)
+
+    def generator_term(self, fakes: torch.Tensor) -> torch.Tensor:
+        """The agreement term on generated pairs [B, C + M, R, R], per sample [B], with S's weights held: the
+        image's cross-entropy under S against the mask's labels, plus the mask's squared distance from S's
+        segmentation in the training encoding (--consistency_image=false: the mask's term alone)."""
+        n, k = self.cfg.img_channels, config_lib.MASK_CLASSES
+        image, mask = fakes[:, :n], fakes[:, n:]
+        self.net.eval().requires_grad_(False)
+        logits = self.net(image).float()                                          # [B, K, R, R]
+        seen = dataset.mask_channels(logits.detach().argmax(dim=1), k, self.cfg.mask_encoding).to(mask.dtype)
+        mask_term = (mask - seen).square().mean(dim=[1, 2, 3])
+        if not self.cfg.consistency_image:                                        # the mask follows the image only
+            return mask_term
+        image_term = F.cross_entropy(logits, dataset.mask_labels(mask, k).long(), reduction="none").mean(dim=[1, 2])
+        return image_term + mask_term
+
+    def state_dict(self) -> dict:
+        return {"S": self.net.state_dict(), "opt_S": self.opt.state_dict(), "S_steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["S"])
+        self.opt.load_state_dict(state["opt_S"])
+        self.steps = state["S_steps"]

@@ -1,0 +1,131 @@
+"""--mask_consistency: the segmenter trained on real pairs during a masked run and G's term asking each
+generated pair to agree under it (consistency.py)."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import config
+import consistency
+import dataset
+import segment
+import trainer as trainer_lib
+
+K = config.MASK_CLASSES
+
+
+@pytest.fixture(scope="module")
+def oasis(tmp_path_factory, make_oasis):
+    return make_oasis(tmp_path_factory.mktemp("consistency") / "oasis", subjects=(3, 1, 1), slices=4, size=16)
+
+
+def masked_config(oasis, **extra) -> config.TrainConfig:
+    return config.TrainConfig(data=str(oasis), resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16,
+                              batch=4, masks=True, aug="noaug", mask_consistency=0.5, **extra)
+
+
+def test_the_generator_term_is_the_images_cross_entropy_and_the_masks_distance_with_s_held():
+    cfg = config.TrainConfig(masks=True, mask_consistency=1.0)                 # level encoding: one mask channel
+    c = consistency.Consistency(cfg, torch.device("cpu"))
+    fakes = torch.randn(3, 2, 16, 16).requires_grad_(True)
+    term = c.generator_term(fakes)
+    with torch.no_grad():
+        logits = c.net.eval()(fakes[:, :1])
+        labels = dataset.mask_labels(fakes[:, 1:], K).long()
+        seen = dataset.mask_channels(logits.argmax(dim=1), K, "level")
+        expected = F.cross_entropy(logits, labels, reduction="none").mean(dim=[1, 2]) + \
+            (fakes[:, 1:] - seen).square().mean(dim=[1, 2, 3])
+    torch.testing.assert_close(term, expected)
+    term.sum().backward()
+    assert fakes.grad[:, :1].abs().sum() > 0 and fakes.grad[:, 1:].abs().sum() > 0   # image and mask both pulled
+    assert all(p.grad is None for p in c.net.parameters())                           # S's weights held
+    # A mask that already names what S sees leaves only the image's term, whose mask-side gradient is zero.
+    agreeing = torch.cat([fakes[:, :1].detach(), seen], dim=1).requires_grad_(True)
+    c.generator_term(agreeing).sum().backward()
+    assert agreeing.grad[:, 1:].abs().max() == 0
+    mask_only = consistency.Consistency(dataclasses.replace(cfg, consistency_image=False), torch.device("cpu"))
+    fakes.grad = None
+    term = mask_only.generator_term(fakes)
+    torch.testing.assert_close(term, (fakes[:, 1:] - seen).square().mean(dim=[1, 2, 3]))
+    term.sum().backward()
+    assert fakes.grad[:, :1].abs().max() == 0 and fakes.grad[:, 1:].abs().sum() > 0    # the image is left alone
+
+
+def test_the_segmenter_learns_the_real_pairs(oasis):
+    cfg = masked_config(oasis)
+    data = dataset.ImageDataset(oasis, resolution=16, with_masks=True, log=lambda m: None)
+    reals = data.batch(list(range(8)), mask_encoding="level")
+    c = consistency.Consistency(cfg, torch.device("cpu"))
+    first = c.segmenter_loss(reals).item()
+    for _ in range(60):
+        loss = c.segmenter_loss(reals)
+        c.opt.zero_grad()
+        loss.backward()
+        c.opt.step()
+    assert c.segmenter_loss(reals).item() < 0.5 * first
+    labels = dataset.mask_labels(reals[:, 1:], K)
+    assert segment.dice_scores(segment.segment(c.net, dataset.to_uint8(reals[:, :1])), labels)["mean"] > 0.6
+
+
+def test_g_gets_the_term_only_after_the_segmenters_warm_up(oasis):
+    cfg = masked_config(oasis)
+    data = dataset.ImageDataset(oasis, resolution=16, with_masks=True, log=lambda m: None)
+    t = trainer_lib.Trainer(cfg, torch.device("cpu"), data=data, log=lambda m: None)
+    optimized = []
+    t.optimize = lambda module, opt, loss, phase: optimized.append((module, loss)) or torch.tensor(True)
+    t.step()
+    phases = [m for m, _ in optimized]
+    assert t.consistency.net in phases and t.consistency.steps == 1      # S trained on the reals D saw
+    assert "G_consistency" not in t.pop_stats()                         # before the warm-up: no term
+    t.consistency.steps = consistency.WARMUP_STEPS
+    optimized.clear()
+    t.g_step()
+    stats = t.pop_stats()
+    assert stats["G_consistency"] > 0
+    (module, loss), = optimized
+    assert module is t.G and loss.item() == pytest.approx(stats["loss_G"] + 0.5 * stats["G_consistency"], rel=1e-5)
+    off = trainer_lib.Trainer(dataclasses.replace(cfg, mask_consistency=0.0), torch.device("cpu"), data=data,
+                              log=lambda m: None)
+    assert off.consistency is None and "S" not in off.state_dict()
+    notes = []
+    resumed = trainer_lib.Trainer(cfg, torch.device("cpu"), data=data, log=notes.append)
+    resumed.load_state_dict(off.state_dict())                # the option given on resuming a run without it
+    assert resumed.consistency.steps == 0 and "no --mask_consistency segmenter" in notes[0]
+
+
+def test_the_term_is_off_unless_given_and_old_masked_configs_load_without_it():
+    assert config.parse_args(["--masks"]).mask_consistency == 0
+    assert config.parse_args(["--masks", "--mask_consistency=1"]).mask_consistency == 1
+    saved = dataclasses.asdict(config.TrainConfig(masks=True))
+    saved.pop("mask_consistency")                                             # a masked run from before the term
+    assert config.resume_config(saved, {}).mask_consistency == 0
+    assert config.resume_config(saved, {"mask_consistency": 1.0}).mask_consistency == 1    # a training setting
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"mask_consistency": -1.0}, "--mask_consistency must be a weight >= 0"),
+    ({"mask_consistency": float("inf")}, "--mask_consistency must be"),
+    ({"mask_consistency": 1.0, "masks": False}, "--mask_consistency scores generated image"),
+    ({"consistency_image": False}, "--consistency_image=false chooses the terms"),
+])
+def test_bad_consistency_options_are_one_line(options, message):
+    cfg = config.TrainConfig(**{"masks": True, **options})
+    with pytest.raises(config.ConfigError, match=message):
+        config.validate(cfg)
+
+
+@pytest.mark.slow
+def test_a_run_with_the_consistency_term_resumes_bit_exactly_with_its_segmenter(
+        oasis, tmp_path, tiny_args, run_train, weights, assert_same_weights, monkeypatch):
+    monkeypatch.setattr(consistency, "WARMUP_STEPS", 6)                 # the term is on for most of the run
+    args = tiny_args(oasis, tmp_path / "runs", masks="true", mask_consistency=0.5, aug="noaug")
+    full = run_train(args + ["--kimg=0.12"])
+    part = run_train(args + ["--kimg=0.06"])
+    run_train([f"--resume={part}", "--kimg=0.12"])
+    a, b = weights(full / "checkpoint.pt"), weights(part / "checkpoint.pt")
+    assert_same_weights(a, b)
+    assert a["S_steps"] == b["S_steps"] == 30
+    for name in a["S"]:
+        assert torch.equal(a["S"][name], b["S"][name]), f"S.{name} differs"
