@@ -317,6 +317,9 @@ class Trainer:
             loss = self.consistency.segmenter_loss(reals)
         self.record("S_loss", loss)
         self.optimize(self.consistency.net, self.consistency.opt, loss, "S")
+        # batch-norm statistics moved with each rank's own reals; averaged so every rank holds the same S
+        distributed.all_reduce_mean_([b for b in self.consistency.net.buffers() if b.is_floating_point()],
+                                     self.world_size)
         self.consistency.steps += 1
 
     def r1_step(self, reals: torch.Tensor, c_real=None) -> None:
