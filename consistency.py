@@ -8,7 +8,7 @@ segment.py trains), reads G's image, and G is given W times
     CE(S(image), labels of G's mask)          (the image should show the tissue its mask names)
   + mean((mask - encoded argmax S(image))^2)  (the mask should name the tissue S sees in the image),
 with S's weights held; the same idea as the semantic-consistency losses of paired image + label GANs
-(e.g. the cycle-consistent label loss of CyCADA, Hoffman et al. 2018), here with a segmenter from the real
+(e.g. the semantic-consistency loss of CyCADA, Hoffman et al. 2018), here with a segmenter from the real
 pairs of this run. The term starts after S has taken WARMUP_STEPS steps, so G is not steered by an
 untrained S. S is scored with batch statistics of real batches and, for G's term, with its running ones.
 The agreement score of --agreement_segmenter stays an independent check: a separate segmenter trained apart
