@@ -53,7 +53,9 @@ class TrainConfig:
                                         # class level, snapped when written) | onehot (4 class channels, hard with
                                         # the softmax gradient; runs before this default, docs/masks.md) | split
                                         # (2 channels: brain or background, and the tissue level) | split_dark
-                                        # (split with background at CSF's end of the tissue level, as in T1)
+                                        # (split with background at CSF's end of the tissue level, as in T1) |
+                                        # softmax (4 class channels holding the softmax's probabilities, the most
+                                        # likely class when written: a soft edge never passes through CSF)
     mask_head: str = "skip"             # with --masks: which of G's ToRGB layers output the mask: skip (every
                                         # resolution's, summed like the image) | top (the last block's only, a
                                         # read-out of the full-resolution features; docs/masks.md)
@@ -69,9 +71,14 @@ class TrainConfig:
                                         # (each mask moved 1-2 pixels, so D checks that mask edges fit the image's;
                                         # a matching-aware D, Reed et al. 2016; 0 = off)
     mask_consistency: float = 0.0       # with --masks: weight of G's term asking each generated pair to agree under a
-                                        # segmenter trained on the real pairs during the run (consistency.py; 0 = off)
+                                        # segmenter trained on the real pairs during the run (consistency.py; 0 = off;
+                                        # a new --masks run defaults to MASKS_CONSISTENCY)
     consistency_image: bool = True      # with --mask_consistency: the image is pulled towards its mask as well as the
                                         # mask towards the segmenter's reading of the image (false: the mask only)
+    consistency_rim: bool = True        # with --mask_consistency: the image's term includes the mask's CSF pixels next
+                                        # to background (false: they are left out, so the ring of CSF that snapping
+                                        # draws at a soft brain outline is not taught to the image; the default of a
+                                        # new run with --mask_consistency and level masks)
     r1_mask: bool = True                # with --masks: R1 also penalizes D's gradient on the mask channels
                                         # (false = on the image channels only)
     cond: str = "none"                  # conditional training: none | slice (axial position from OASIS names) | json
@@ -180,6 +187,10 @@ PRESETS = {
 
 MASKS_AUG = "noaug"     # --aug of a new --masks run unless given: ADA's p rose on every masked run and cost image
                         # quality; without it D's output on reals stayed below 1 (docs/results.md)
+MASKS_CONSISTENCY = 1.0     # --mask_consistency of a new --masks run unless given, with the image's term left off
+                            # the CSF rim (--consistency_rim=false) for level masks: at 60 kimg on the demo data
+                            # its images reached the image-only run's and its pairs trained the best segmenter
+                            # (docs/results.md, row (r))
 
 
 class ConfigError(errors.UsageError):
@@ -244,6 +255,11 @@ def parse_args(argv) -> TrainConfig:
     cfg = dataclasses.replace(TrainConfig(**dict(PRESETS[preset], preset=preset)), **given)
     if cfg.masks and "aug" not in given:                    # measured on the masked demo runs, docs/results.md
         cfg.aug = MASKS_AUG
+    if cfg.masks and "mask_consistency" not in given:
+        cfg.mask_consistency = MASKS_CONSISTENCY
+    if (cfg.mask_consistency and cfg.consistency_image and cfg.mask_encoding == "level"
+            and "consistency_rim" not in given):
+        cfg.consistency_rim = False
     for f in dataclasses.fields(cfg):                       # presets write 40 where a float is meant
         if f.type is float:
             setattr(cfg, f.name, float(getattr(cfg, f.name)))
@@ -284,7 +300,8 @@ ARCHITECTURE_KEYS = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_la
                      "channel_base", "channel_max", "masks", "mask_encoding", "mask_head", "cond", "c_dim",
                      "label_encoding", "label_range")
 MASK_CLASSES = 4                        # OASIS tissue masks: background, CSF, grey matter, white matter
-MASK_ENCODINGS = ("onehot", "level", "split", "split_dark")
+MASK_ENCODINGS = ("onehot", "level", "split", "split_dark", "softmax")
+CLASS_ENCODINGS = ("onehot", "softmax")     # one mask channel per class (hard one-hot, or the softmax's probabilities)
 SPLIT_ENCODINGS = ("split", "split_dark")   # two mask channels: brain occupancy, then the tissue level
 MASK_HEADS = ("skip", "top")            # G's ToRGBs that output the mask: all resolutions, or the last only
 
@@ -296,7 +313,7 @@ def mask_channels(cfg: TrainConfig) -> int:
         return 0
     if cfg.mask_encoding in SPLIT_ENCODINGS:
         return 2
-    return MASK_CLASSES if cfg.mask_encoding == "onehot" else 1
+    return MASK_CLASSES if cfg.mask_encoding in CLASS_ENCODINGS else 1
 
 
 def resume_config(saved: dict, given: dict) -> TrainConfig:
@@ -418,6 +435,9 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError("--mask_consistency scores generated image + mask pairs; it needs --masks")
     if not cfg.consistency_image and not cfg.mask_consistency:
         raise ConfigError("--consistency_image=false chooses the terms of --mask_consistency; it needs --mask_consistency W > 0")
+    if not cfg.consistency_rim and not (cfg.mask_consistency and cfg.consistency_image):
+        raise ConfigError("--consistency_rim=false shapes the image's term of --mask_consistency; it needs "
+                          "--mask_consistency W > 0 with the image's term on (--consistency_image)")
     if not cfg.r1_mask and not cfg.masks:
         raise ConfigError("--r1_mask=false leaves the mask channels out of R1; it needs --masks")
     if cfg.agreement_segmenter and not cfg.masks:

@@ -7,7 +7,8 @@ ones do (docs/results.md). Here a segmenter S, trained on real pairs only (cross
 segment.py trains), reads G's image, and G is given W times
     CE(S(image), labels of G's mask)          (the image should show the tissue its mask names)
   + mean((mask - encoded argmax S(image))^2)  (the mask should name the tissue S sees in the image),
-with S's weights held; the same idea as the semantic-consistency losses of paired image + label GANs
+with S's weights held (--consistency_rim=false: the image's term leaves out the mask's CSF pixels next to
+background, see rim()); the same idea as the semantic-consistency losses of paired image + label GANs
 (e.g. the semantic-consistency loss of CyCADA, Hoffman et al. 2018), here with a segmenter from the real
 pairs of this run. The term starts after S has taken WARMUP_STEPS steps, so G is not steered by an
 untrained S. S is scored with batch statistics of real batches and, for G's term, with its running ones.
@@ -29,7 +30,22 @@ DEPTH = 3
 LR = 1e-3               # Adam, as segment.py trains its segmenters
 BETAS = (0.9, 0.999)
 WARMUP_STEPS = 200      # S's steps before G's term starts (S reaches most of its Dice by then on the demo data)
+RIM_STEPS = 2           # --consistency_rim=false: how far into CSF from background the rim reaches (pixels)
 SEED_OFFSET = 7919      # S's initial weights come from --seed + this, apart from G's and D's
+
+
+def rim(labels: torch.Tensor, steps: int = RIM_STEPS) -> torch.Tensor:
+    """Labels [B, R, R] (0 background, 1 CSF, ...) -> bool [B, R, R]: the CSF pixels reached from background
+    in at most `steps` moves to one of the 8 neighbours, each through CSF (outside the image counts as
+    background). Where a soft level mask steps from background (-1) to grey matter (1/3), the pixels between
+    snap to CSF (-1/3), a band one or two pixels wide under a blur of sigma 1: these are the pixels such a
+    ring is made of, along with real CSF at the brain's surface; CSF inside the brain (ventricles) is not."""
+    csf = (labels == 1).float()[:, None]
+    reached = (labels == 0).float()[:, None]
+    for _ in range(steps):
+        grown = F.max_pool2d(F.pad(reached, (1, 1, 1, 1), value=1.0), kernel_size=3, stride=1)
+        reached = torch.maximum(reached, grown * csf)
+    return (reached[:, 0] > 0) & (labels == 1)
 
 
 class Consistency:
@@ -61,7 +77,8 @@ class Consistency:
     def generator_term(self, fakes: torch.Tensor) -> torch.Tensor:
         """The agreement term on generated pairs [B, C + M, R, R], per sample [B], with S's weights held: the
         image's cross-entropy under S against the mask's labels, plus the mask's squared distance from S's
-        segmentation in the training encoding (--consistency_image=false: the mask's term alone)."""
+        segmentation in the training encoding (--consistency_image=false: the mask's term alone;
+        --consistency_rim=false: the image's term averaged over the pixels off the mask's CSF rim)."""
         n, k = self.cfg.img_channels, config_lib.MASK_CLASSES
         image, mask = fakes[:, :n], fakes[:, n:]
         self.net.eval().requires_grad_(False)
@@ -70,7 +87,12 @@ class Consistency:
         mask_term = (mask - seen).square().mean(dim=[1, 2, 3])
         if not self.cfg.consistency_image:                                        # the mask follows the image only
             return mask_term
-        image_term = F.cross_entropy(logits, dataset.mask_labels(mask, k).long(), reduction="none").mean(dim=[1, 2])
+        labels = dataset.mask_labels(mask, k).long()
+        image_term = F.cross_entropy(logits, labels, reduction="none")                # [B, R, R]
+        if self.cfg.consistency_rim:
+            return image_term.mean(dim=[1, 2]) + mask_term
+        keep = ~rim(labels)                                                       # --consistency_rim=false
+        image_term = (image_term * keep).sum(dim=[1, 2]) / keep.sum(dim=[1, 2]).clamp(min=1)
         return image_term + mask_term
 
     def state_dict(self) -> dict:

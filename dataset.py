@@ -307,11 +307,12 @@ def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def mask_channels(labels: torch.Tensor, classes: int, encoding: str = "onehot") -> torch.Tensor:
-    """uint8 labels [N, R, R] -> the mask in the form G generates it and D reads it: "onehot", float
-    [N, K, R, R] scaled to {-1, 1} (modules.mask_activation); "level", float [N, 1, R, R] holding class k at
-    2 k / (K - 1) - 1, the OASIS pixel values 0/85/170/255 scaled to [-1, 1]; "split", float [N, 2, R, R]: brain
-    (+1) or background (-1), then tissue class k >= 1 at 2 (k - 1) / (K - 2) - 1 (CSF -1, GM 0, WM 1) with
-    background at 0; "split_dark" the same with background at -1, CSF's end, ordered as a T1 image's intensity."""
+    """uint8 labels [N, R, R] -> the mask in the form G generates it and D reads it: "onehot" and "softmax",
+    float [N, K, R, R] scaled to {-1, 1} (G's "softmax" masks hold probabilities in between,
+    modules.mask_activation); "level", float [N, 1, R, R] holding class k at 2 k / (K - 1) - 1, the OASIS
+    pixel values 0/85/170/255 scaled to [-1, 1]; "split", float [N, 2, R, R]: brain (+1) or background (-1),
+    then tissue class k >= 1 at 2 (k - 1) / (K - 2) - 1 (CSF -1, GM 0, WM 1) with background at 0;
+    "split_dark" the same with background at -1, CSF's end, ordered as a T1 image's intensity."""
     if encoding == "level":
         return labels[:, None].float() * (2 / (classes - 1)) - 1
     if encoding in config_lib.SPLIT_ENCODINGS:    # no tissue class lies between background and its neighbours

@@ -41,7 +41,7 @@ MASK_HEADS = config.MASK_HEADS
 
 
 def mask_channel_count(mask_classes: int, mask_encoding: str) -> int:
-    """Channels a mask of mask_classes classes takes: one per class ("onehot"), one holding the class level
+    """Channels a mask of mask_classes classes takes: one per class ("onehot", "softmax"), one holding the class level
     ("level"), or two, brain against background and the tissue level ("split", "split_dark"); 0 without a mask."""
     if not isinstance(mask_classes, int) or mask_classes < 0 or mask_classes == 1:
         raise ValueError(f"mask_classes must be 0 (image only) or >= 2 classes, got {mask_classes!r}")
@@ -53,7 +53,7 @@ def mask_channel_count(mask_classes: int, mask_encoding: str) -> int:
         if mask_classes < 3:
             raise ValueError(f"mask_encoding {mask_encoding} needs background and >= 2 tissue classes, got {mask_classes}")
         return 2
-    return mask_classes if mask_encoding == "onehot" else 1
+    return mask_classes if mask_encoding in config.CLASS_ENCODINGS else 1
 
 
 def check_network_size(img_resolution: int, img_channels: int, channel_base: int, channel_max: int) -> int:
@@ -367,12 +367,17 @@ class SynthesisBlock(nn.Module):
             return x, torch.cat([img + y[:, :c], y[:, c:]], dim=1)
 
 
-def mask_activation(logits: torch.Tensor) -> torch.Tensor:
-    """Mask channels of G: the one-hot map of the most likely class, scaled to {-1, 1} like a real mask
-    (one-hot * 2 - 1), in float32. Its gradient is the softmax's (straight-through estimator, Bengio et al.
-    2013): D sees masks exactly as discrete as the real ones, so it cannot tell fakes by soft values, and G
-    still learns through the class probabilities. [N, K, R, R]"""
+def mask_activation(logits: torch.Tensor, hard: bool = True) -> torch.Tensor:
+    """Mask channels of G, scaled to [-1, 1] like a real mask (one-hot * 2 - 1), in float32 [N, K, R, R].
+    hard ("onehot"): the one-hot map of the most likely class, its gradient the softmax's (straight-through
+    estimator, Bengio et al. 2013): D sees masks exactly as discrete as the real ones, so it cannot tell fakes
+    by soft values, and G still learns through the class probabilities. hard=False ("softmax"): the class
+    probabilities themselves, which D sees through the same blur as the real masks (--mask_blur); a soft edge
+    from background to grey matter mixes those two classes and gives CSF no weight, so its argmax never draws
+    CSF there, unlike a level channel snapped to the nearest level."""
     soft = torch.softmax(logits.float(), dim=1)
+    if not hard:
+        return soft * 2 - 1
     hard = F.one_hot(soft.argmax(dim=1), soft.shape[1]).permute(0, 3, 1, 2).to(soft.dtype)
     return (hard + (soft - soft.detach())) * 2 - 1                # exactly hard: the difference is 0
 
@@ -380,7 +385,8 @@ def mask_activation(logits: torch.Tensor) -> torch.Tensor:
 class SynthesisNetwork(nn.Module):
     """ws [N, num_ws, w_dim] -> image [N, img_channels (+ mask channels), R, R], one SynthesisBlock per
     resolution 4..R. With mask_classes > 0 the ToRGB layers also output the mask, summed over resolutions like
-    the image: with mask_encoding "onehot" the mask_classes class logits, which go through mask_activation;
+    the image: with mask_encoding "onehot" or "softmax" the mask_classes class logits, which go through
+    mask_activation (hard, or the probabilities);
     with "level" one continuous channel holding the class level (class k of K at 2 k / (K - 1) - 1), left
     as it is and snapped to the nearest level only when a mask is read off (dataset.mask_labels); with "split"
     or "split_dark" two continuous channels, brain against background and the tissue level (dataset.mask_channels).
@@ -427,9 +433,10 @@ class SynthesisNetwork(nn.Module):
         for block in self.blocks.values():
             x, img = block(x, img, ws[:, w_idx:w_idx + block.num_conv + 1], noise_mode, fused_modconv)
             w_idx += block.num_conv
-        if self.mask_classes and self.mask_encoding == "onehot":
+        if self.mask_classes and self.mask_encoding in config.CLASS_ENCODINGS:
             c = self.img_channels
-            img = torch.cat([img[:, :c].float(), mask_activation(img[:, c:])], dim=1)   # [N, C + K, R, R]
+            soft = self.mask_encoding == "softmax"
+            img = torch.cat([img[:, :c].float(), mask_activation(img[:, c:], hard=not soft)], dim=1)   # [N, C + K, R, R]
         return img
 
 

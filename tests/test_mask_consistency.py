@@ -53,6 +53,47 @@ def test_the_generator_term_is_the_images_cross_entropy_and_the_masks_distance_w
     assert fakes.grad[:, :1].abs().max() == 0 and fakes.grad[:, 1:].abs().sum() > 0    # the image is left alone
 
 
+def test_the_rim_is_the_csf_next_to_background_that_a_snapped_soft_outline_draws():
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    disk = ((yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 10 ** 2).float()
+    g = torch.exp(-torch.arange(-3.0, 4.0) ** 2 / 2)
+    g = g / g.sum()                                       # a Gaussian of sigma 1 px, the blur D sees masks through
+    soft = F.conv2d(F.pad(disk[None, None], (3, 3, 3, 3), mode="replicate"), (g[:, None] * g[None, :])[None, None])
+    level = -1 + soft * (1 / 3 + 1)                       # background -1 stepping softly to grey matter 1/3
+    labels = dataset.mask_labels(level, K).long()
+    ring = labels == 1
+    assert ring.sum() > 60                                # snapping draws CSF round the outline ...
+    assert torch.equal(consistency.rim(labels), ring)     # ... all of it rim
+    assert not torch.equal(consistency.rim(labels, steps=1), ring)     # one pixel deep is not enough
+    inner = torch.zeros(1, 12, 12, dtype=torch.long)
+    inner[0, 2:10, 2:10], inner[0, 5:7, 5:7] = 2, 1      # CSF inside grey matter (a ventricle) is not rim
+    inner[0, 1, 1] = 1                                    # a lone CSF pixel by the background is
+    rim = consistency.rim(inner)
+    assert rim[0, 1, 1] and rim.sum() == 1
+
+
+def test_without_the_rim_the_images_term_averages_over_the_other_pixels_only():
+    cfg = config.TrainConfig(masks=True, mask_consistency=1.0, consistency_rim=False)
+    c = consistency.Consistency(cfg, torch.device("cpu"))
+    fakes = torch.randn(3, 2, 16, 16)
+    fakes[:, 1, :, :3] = -1.0                             # background columns, so some CSF has a rim
+    fakes[:, 1, :, 3] = -1 / 3
+    fakes.requires_grad_(True)
+    term = c.generator_term(fakes)
+    with torch.no_grad():
+        logits = c.net.eval()(fakes[:, :1])
+        labels = dataset.mask_labels(fakes[:, 1:], K).long()
+        keep = ~consistency.rim(labels)
+        assert (~keep).sum() >= 3 * 16
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        seen = dataset.mask_channels(logits.argmax(dim=1), K, "level")
+        expected = (ce * keep).sum(dim=[1, 2]) / keep.sum(dim=[1, 2]) + (fakes[:, 1:] - seen).square().mean(dim=[1, 2, 3])
+    torch.testing.assert_close(term, expected)
+    image_only = torch.autograd.grad(term.sum() - (fakes[:, 1:] - seen).square().mean(dim=[1, 2, 3]).sum(), fakes)[0]
+    assert image_only[:, 0][~keep].abs().max() < image_only[:, 0][keep].abs().max()   # the rim's pixels pull less
+    assert config.parse_args(["--masks", "--mask_consistency=1", "--consistency_rim=false"]).consistency_rim is False
+
+
 def test_the_segmenter_learns_the_real_pairs(oasis):
     cfg = masked_config(oasis)
     data = dataset.ImageDataset(oasis, resolution=16, with_masks=True, log=lambda m: None)
@@ -95,9 +136,15 @@ def test_g_gets_the_term_only_after_the_segmenters_warm_up(oasis):
     assert resumed.consistency.steps == 0 and "no --mask_consistency segmenter" in notes[0]
 
 
-def test_the_term_is_off_unless_given_and_old_masked_configs_load_without_it():
-    assert config.parse_args(["--masks"]).mask_consistency == 0
-    assert config.parse_args(["--masks", "--mask_consistency=1"]).mask_consistency == 1
+def test_a_new_masked_run_has_the_term_without_the_rim_and_old_masked_configs_load_without_it():
+    new = config.parse_args(["--masks"])
+    assert new.mask_consistency == config.MASKS_CONSISTENCY == 1 and new.consistency_rim is False
+    off = config.parse_args(["--masks", "--mask_consistency=0"])
+    assert off.mask_consistency == 0 and off.consistency_rim is True
+    assert config.parse_args(["--masks", "--consistency_rim=true"]).consistency_rim is True
+    assert config.parse_args(["--masks", "--consistency_image=false"]).consistency_rim is True   # no image term
+    assert config.parse_args(["--masks", "--mask_encoding=softmax"]).consistency_rim is True     # no snapped ring
+    assert config.parse_args([]).mask_consistency == 0                       # image-only runs: nothing to segment
     saved = dataclasses.asdict(config.TrainConfig(masks=True))
     saved.pop("mask_consistency")                                             # a masked run from before the term
     assert config.resume_config(saved, {}).mask_consistency == 0
@@ -109,6 +156,8 @@ def test_the_term_is_off_unless_given_and_old_masked_configs_load_without_it():
     ({"mask_consistency": float("inf")}, "--mask_consistency must be"),
     ({"mask_consistency": 1.0, "masks": False}, "--mask_consistency scores generated image"),
     ({"consistency_image": False}, "--consistency_image=false chooses the terms"),
+    ({"consistency_rim": False}, "--consistency_rim=false shapes the image's term"),
+    ({"consistency_rim": False, "mask_consistency": 1.0, "consistency_image": False}, "--consistency_rim=false shapes"),
 ])
 def test_bad_consistency_options_are_one_line(options, message):
     cfg = config.TrainConfig(**{"masks": True, **options})

@@ -31,7 +31,7 @@ def oasis(tmp_path_factory, make_oasis):
 def test_each_encoding_round_trips_real_masks_and_snaps_generated_ones_to_four_classes(encoding):
     labels = torch.randint(0, K, (3, 8, 8), dtype=torch.uint8)
     channels = dataset.mask_channels(labels, K, encoding)
-    assert channels.shape == (3, {"onehot": K, "level": 1, "split": 2, "split_dark": 2}[encoding], 8, 8)
+    assert channels.shape == (3, {"onehot": K, "level": 1, "split": 2, "split_dark": 2, "softmax": K}[encoding], 8, 8)
     assert channels.shape[1] == config.mask_channels(config.TrainConfig(masks=True, mask_encoding=encoding))
     assert channels.min() == -1 and channels.max() <= 1
     assert torch.equal(dataset.mask_labels(channels), labels)
@@ -65,6 +65,24 @@ def test_mask_shape_finds_the_csf_rim_that_snapping_a_blurred_edge_draws():
     assert all(math.isnan(v) for v in metrics.mask_shape(torch.zeros(1, 4, 4, dtype=torch.uint8)).values())
     split = dataset.mask_labels(ops.gaussian_blur(dataset.mask_channels(labels[None], K, "split"), 1.0))
     assert metrics.mask_shape(split)["csf_rim_share"] == 0                 # split: no class between brain and outside
+
+
+def test_softmax_masks_are_class_probabilities_whose_soft_outline_draws_no_csf():
+    G_soft = modules.Generator(**SMALL, mask_classes=K, mask_encoding="softmax")
+    G_hard = modules.Generator(**SMALL, mask_classes=K, mask_encoding="onehot")
+    assert modules.count_params(G_soft) == modules.count_params(G_hard)          # the same network, another read-out
+    G_hard.load_state_dict(G_soft.state_dict())
+    z = torch.randn(3, 16)
+    soft, hard = G_soft(z, noise_mode="const")[:, 1:], G_hard(z, noise_mode="const")[:, 1:]
+    torch.testing.assert_close(((soft + 1) / 2).sum(dim=1), torch.ones(3, 16, 16))   # probabilities
+    assert soft.abs().max() < 1 and set(hard.unique().tolist()) <= {-1.0, 1.0}
+    assert torch.equal(dataset.mask_labels(soft), dataset.mask_labels(hard))       # written as the same classes
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    labels = torch.where(((yy - 15.5) ** 2 + (xx - 15.5) ** 2) < 144, 2, 0).to(torch.uint8)[None]   # grey disk
+    for sigma in (1.0, 2.0):                               # an outline as soft as D's blur, or softer
+        blurred = ops.gaussian_blur(dataset.mask_channels(labels, K, "softmax"), sigma)
+        assert (dataset.mask_labels(blurred) == 1).sum() == 0
+        assert (dataset.mask_labels(ops.gaussian_blur(dataset.mask_channels(labels, K, "level"), sigma)) == 1).sum() > 40
 
 
 def test_split_dark_keeps_a_thin_outer_csf_rim_through_the_blur_that_split_erases():
