@@ -476,6 +476,19 @@ def from_dict(values: dict) -> TrainConfig:
     return TrainConfig(**{**old, **values})
 
 
+def describe_masks(cfg: TrainConfig) -> str:
+    """One line for the start of a masked run: how the mask is made and judged, and the options that change it."""
+    parts = [f"masks: {cfg.mask_encoding} encoding", f"blur sigma {cfg.mask_blur:g} px on both sides' masks in D",
+             "ADA off" if cfg.aug == "noaug" else f"--aug {cfg.aug}"]
+    if cfg.mask_consistency:
+        terms = "the mask's term only" if not cfg.consistency_image else \
+            "the image's term off the CSF rim" if not cfg.consistency_rim else "the image's term on the rim too"
+        parts.append(f"in-loop segmenter (--mask_consistency {cfg.mask_consistency:g}, {terms}; 0 turns it off)")
+    else:
+        parts.append("no in-loop segmenter (--mask_consistency 0)")
+    return ", ".join(parts)
+
+
 def label_encoding(cfg: TrainConfig) -> str:
     """The label encoding the networks use: "auto" becomes "fourier" for numeric labels (slice position,
     covariates) and "none" for one-hot classes, where the official embedding already tells labels apart."""

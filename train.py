@@ -154,6 +154,8 @@ def _prepare_run_dir(run: Run, cfg, data, resumed: bool) -> None:
     log(f"run folder {run_dir}: G {count_params(trainer.G):,} / D {count_params(trainer.D):,} parameters, "
         f"{len(data)} training images{' (with x-flips)' if cfg.mirror else ''}, device {trainer.device}, "
         f"{'bf16' if trainer.amp_dtype else 'fp32'}, {trainer.world_size} process(es)")
+    if cfg.masks:
+        log(config_lib.describe_masks(cfg))
     runs.append_log(run_dir / "log.jsonl", {"event": "resume" if resumed else "start", "kimg": trainer.cur_nimg / 1000,
                                             "tick": trainer.tick, "step": trainer.batch_idx, "time": time.time()})
     if not (run_dir / "reals.png").exists():

@@ -151,6 +151,13 @@ def test_a_new_masked_run_has_the_term_without_the_rim_and_old_masked_configs_lo
     assert config.resume_config(saved, {"mask_consistency": 1.0}).mask_consistency == 1    # a training setting
 
 
+def test_a_masked_run_says_at_its_start_whether_the_segmenter_is_on_and_how_to_turn_it_off():
+    line = config.describe_masks(config.parse_args(["--masks"]))
+    assert "level encoding" in line and "ADA off" in line and "--mask_consistency 1" in line
+    assert "off the CSF rim" in line and "0 turns it off" in line and "\n" not in line
+    assert "no in-loop segmenter" in config.describe_masks(config.parse_args(["--masks", "--mask_consistency=0"]))
+
+
 @pytest.mark.parametrize("options, message", [
     ({"mask_consistency": -1.0}, "--mask_consistency must be a weight >= 0"),
     ({"mask_consistency": float("inf")}, "--mask_consistency must be"),
