@@ -373,13 +373,13 @@ def mask_activation(logits: torch.Tensor, hard: bool = True) -> torch.Tensor:
     estimator, Bengio et al. 2013): D sees masks exactly as discrete as the real ones, so it cannot tell fakes
     by soft values, and G still learns through the class probabilities. hard=False ("softmax"): the class
     probabilities themselves, which D sees through the same blur as the real masks (--mask_blur); a soft edge
-    from background to grey matter mixes those two classes and gives CSF no weight, so its argmax never draws
-    CSF there, unlike a level channel snapped to the nearest level."""
+    from background to grey matter can mix those two classes alone, so its argmax need not draw CSF there,
+    where a level channel snapped to the nearest level does."""
     soft = torch.softmax(logits.float(), dim=1)
     if not hard:
         return soft * 2 - 1
-    hard = F.one_hot(soft.argmax(dim=1), soft.shape[1]).permute(0, 3, 1, 2).to(soft.dtype)
-    return (hard + (soft - soft.detach())) * 2 - 1                # exactly hard: the difference is 0
+    onehot = F.one_hot(soft.argmax(dim=1), soft.shape[1]).permute(0, 3, 1, 2).to(soft.dtype)
+    return (onehot + (soft - soft.detach())) * 2 - 1              # exactly hard: the difference is 0
 
 
 class SynthesisNetwork(nn.Module):
