@@ -79,6 +79,9 @@ class TrainConfig:
                                         # to background (false: they are left out, so the ring of CSF that snapping
                                         # draws at a soft brain outline is not taught to the image; the default of a
                                         # new run with --mask_consistency and level masks)
+    consistency_mask_weight: float = 1.0    # with --mask_consistency: factor on the mask's term against the image's
+                                        # (the mask's squared distance from the segmenter's reading; 1 = equal; a
+                                        # new run with --mask_consistency defaults to MASKS_MASK_WEIGHT)
     r1_mask: bool = True                # with --masks: R1 also penalizes D's gradient on the mask channels
                                         # (false = on the image channels only)
     cond: str = "none"                  # conditional training: none | slice (axial position from OASIS names) | json
@@ -192,6 +195,10 @@ MASKS_CONSISTENCY = 1.0     # --mask_consistency of a new --masks run unless giv
                             # its images reached the image-only run's and its pairs trained the best segmenter
                             # (docs/results.md, row (r))
 
+MASKS_MASK_WEIGHT = 8.0     # --consistency_mask_weight of a new run with --mask_consistency unless given: where the
+                            # CSF ring lies, D pulled on the mask about 8 times as hard as the mask's term at factor
+                            # 1; at 8 the masks agreed more with their images at 60 kimg (docs/results.md, row (t))
+
 
 class ConfigError(errors.UsageError):
     """An option the user gave that cannot work, as one line."""
@@ -260,6 +267,8 @@ def parse_args(argv) -> TrainConfig:
     if (cfg.mask_consistency and cfg.consistency_image and cfg.mask_encoding == "level"
             and "consistency_rim" not in given):
         cfg.consistency_rim = False
+    if cfg.mask_consistency and "consistency_mask_weight" not in given:
+        cfg.consistency_mask_weight = MASKS_MASK_WEIGHT
     for f in dataclasses.fields(cfg):                       # presets write 40 where a float is meant
         if f.type is float:
             setattr(cfg, f.name, float(getattr(cfg, f.name)))
@@ -316,6 +325,9 @@ def mask_channels(cfg: TrainConfig) -> int:
     return MASK_CLASSES if cfg.mask_encoding in CLASS_ENCODINGS else 1
 
 
+CONSISTENCY_KEYS = ("consistency_image", "consistency_rim", "consistency_mask_weight")   # shape --mask_consistency's term
+
+
 def resume_config(saved: dict, given: dict) -> TrainConfig:
     """The config of a resumed run: the checkpoint's, with the options given now on top. Options that
     would change the networks' shapes are refused."""
@@ -325,6 +337,10 @@ def resume_config(saved: dict, given: dict) -> TrainConfig:
         raise ConfigError(f"--{changed[0]} cannot change when resuming (the checkpoint has "
                           f"{changed[0]}={getattr(cfg, changed[0])}); start a new run instead")
     cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if k != "preset"})
+    if not cfg.mask_consistency:                # the term turned off on resuming: its shaping options go with it
+        for key in CONSISTENCY_KEYS:
+            if key not in given:
+                setattr(cfg, key, getattr(TrainConfig, key))
     validate(cfg)
     return cfg
 
@@ -435,6 +451,11 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError("--mask_consistency scores generated image + mask pairs; it needs --masks")
     if not cfg.consistency_image and not cfg.mask_consistency:
         raise ConfigError("--consistency_image=false chooses the terms of --mask_consistency; it needs --mask_consistency W > 0")
+    if not (cfg.consistency_mask_weight >= 0 and math.isfinite(cfg.consistency_mask_weight)):
+        raise ConfigError(f"--consistency_mask_weight must be a factor >= 0, got {cfg.consistency_mask_weight}")
+    if cfg.consistency_mask_weight != 1 and not cfg.mask_consistency:
+        raise ConfigError("--consistency_mask_weight weighs the mask's term of --mask_consistency; it needs "
+                          "--mask_consistency W > 0")
     if not cfg.consistency_rim and not (cfg.mask_consistency and cfg.consistency_image):
         raise ConfigError("--consistency_rim=false shapes the image's term of --mask_consistency; it needs "
                           "--mask_consistency W > 0 with the image's term on (--consistency_image)")
@@ -483,6 +504,8 @@ def describe_masks(cfg: TrainConfig) -> str:
     if cfg.mask_consistency:
         terms = "the mask's term only" if not cfg.consistency_image else \
             "the image's term off the CSF rim" if not cfg.consistency_rim else "the image's term on the rim too"
+        if cfg.consistency_mask_weight != 1:
+            terms += f", the mask's term x{cfg.consistency_mask_weight:g}"
         parts.append(f"in-loop segmenter (--mask_consistency {cfg.mask_consistency:g}, {terms}; 0 turns it off)")
     else:
         parts.append("no in-loop segmenter (--mask_consistency 0)")

@@ -53,6 +53,33 @@ def test_the_generator_term_is_the_images_cross_entropy_and_the_masks_distance_w
     assert fakes.grad[:, :1].abs().max() == 0 and fakes.grad[:, 1:].abs().sum() > 0    # the image is left alone
 
 
+def test_the_masks_term_is_scaled_by_its_weight_and_the_images_term_is_not():
+    cfg = config.TrainConfig(masks=True, mask_consistency=1.0)
+    one = consistency.Consistency(cfg, torch.device("cpu"))
+    eight = consistency.Consistency(dataclasses.replace(cfg, consistency_mask_weight=8.0), torch.device("cpu"))
+    eight.net.load_state_dict(one.net.state_dict())                          # the same S
+    fakes = torch.randn(3, 2, 16, 16).requires_grad_(True)
+    with torch.no_grad():
+        seen = dataset.mask_channels(one.net.eval()(fakes[:, :1]).argmax(dim=1), K, "level")
+        mask_term = (fakes[:, 1:] - seen).square().mean(dim=[1, 2, 3])
+    torch.testing.assert_close(eight.generator_term(fakes), one.generator_term(fakes) + 7 * mask_term)
+    g1 = torch.autograd.grad(one.generator_term(fakes).sum(), fakes)[0]
+    g8 = torch.autograd.grad(eight.generator_term(fakes).sum(), fakes)[0]
+    torch.testing.assert_close(g8[:, :1], g1[:, :1])                         # the image's pull unchanged
+    torch.testing.assert_close(g8[:, 1:], 8 * g1[:, 1:])                     # the mask's pull 8 times as strong
+    line = config.describe_masks(config.parse_args(["--masks", "--consistency_mask_weight=8"]))
+    assert "the mask's term x8" in line
+    assert config.parse_args(["--masks"]).consistency_mask_weight == config.MASKS_MASK_WEIGHT == 8   # the default
+    assert config.parse_args(["--masks", "--mask_consistency=0"]).consistency_mask_weight == 1           # no term
+    assert config.parse_args(["--masks", "--consistency_mask_weight=1"]).consistency_mask_weight == 1    # given
+    saved = dataclasses.asdict(config.parse_args(["--masks"]))
+    saved.pop("consistency_mask_weight")                                    # a run saved before the option
+    assert config.resume_config(saved, {}).consistency_mask_weight == 1     # resumes as it was trained
+    default = dataclasses.asdict(config.parse_args(["--masks"]))
+    off = config.resume_config(default, {"mask_consistency": 0.0})          # the term turned off on resuming
+    assert (off.consistency_mask_weight, off.consistency_rim, off.consistency_image) == (1, True, True)
+
+
 def test_the_rim_is_the_csf_next_to_background_that_a_snapped_soft_outline_draws():
     yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
     disk = ((yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 10 ** 2).float()
@@ -165,6 +192,9 @@ def test_a_masked_run_says_at_its_start_whether_the_segmenter_is_on_and_how_to_t
     ({"consistency_image": False}, "--consistency_image=false chooses the terms"),
     ({"consistency_rim": False}, "--consistency_rim=false shapes the image's term"),
     ({"consistency_rim": False, "mask_consistency": 1.0, "consistency_image": False}, "--consistency_rim=false shapes"),
+    ({"consistency_mask_weight": 8.0}, "--consistency_mask_weight weighs the mask's term"),
+    ({"consistency_mask_weight": -1.0, "mask_consistency": 1.0}, "--consistency_mask_weight must be a factor >= 0"),
+    ({"consistency_mask_weight": float("nan"), "mask_consistency": 1.0}, "--consistency_mask_weight must be"),
 ])
 def test_bad_consistency_options_are_one_line(options, message):
     cfg = config.TrainConfig(**{"masks": True, **options})

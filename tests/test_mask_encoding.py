@@ -293,12 +293,12 @@ def test_mask_head_top_reads_the_mask_off_the_last_block_only():
 def test_old_masked_configs_load_with_one_hot_masks():
     saved = dataclasses.asdict(config.TrainConfig(masks=True))
     for key in ("mask_encoding", "mask_blur", "mask_gain", "mask_snap", "r1_mask", "mask_mismatch",
-                "mask_head", "mask_consistency", "agreement_segmenter"):
+                "mask_head", "mask_consistency", "consistency_mask_weight", "agreement_segmenter"):
         saved.pop(key)                                                          # written before them
     cfg = config.from_dict(saved)
     assert (cfg.mask_encoding, cfg.mask_blur, cfg.mask_gain, config.mask_channels(cfg)) == ("onehot", 0, 1, K)
-    assert (cfg.mask_snap, cfg.r1_mask, cfg.mask_mismatch, cfg.mask_head, cfg.mask_consistency) == (
-        False, True, 0, "skip", 0)                                              # as before them
+    assert (cfg.mask_snap, cfg.r1_mask, cfg.mask_mismatch, cfg.mask_head, cfg.mask_consistency,
+            cfg.consistency_mask_weight) == (False, True, 0, "skip", 0, 1)      # as before them
     with pytest.raises(config.ConfigError, match="--mask_encoding cannot change when resuming"):
         config.resume_config(saved, {"mask_encoding": "level"})
     with pytest.raises(config.ConfigError, match="--mask_head cannot change when resuming"):
