@@ -325,7 +325,7 @@ def mask_channels(cfg: TrainConfig) -> int:
     return MASK_CLASSES if cfg.mask_encoding in CLASS_ENCODINGS else 1
 
 
-CONSISTENCY_KEYS = ("consistency_image", "consistency_rim", "consistency_mask_weight")   # shape --mask_consistency's term
+CONSISTENCY_KEYS = ("consistency_image", "consistency_rim", "consistency_mask_weight")   # shape its term
 
 
 def resume_config(saved: dict, given: dict) -> TrainConfig:

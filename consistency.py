@@ -77,8 +77,9 @@ class Consistency:
     def generator_term(self, fakes: torch.Tensor) -> torch.Tensor:
         """The agreement term on generated pairs [B, C + M, R, R], per sample [B], with S's weights held: the
         image's cross-entropy under S against the mask's labels, plus the mask's squared distance from S's
-        segmentation in the training encoding, times --consistency_mask_weight (--consistency_image=false: the mask's term alone;
-        --consistency_rim=false: the image's term averaged over the pixels off the mask's CSF rim)."""
+        segmentation in the training encoding, times --consistency_mask_weight (--consistency_image=false: the
+        mask's term alone; --consistency_rim=false: the image's term averaged over the pixels off the mask's
+        CSF rim)."""
         n, k = self.cfg.img_channels, config_lib.MASK_CLASSES
         image, mask = fakes[:, :n], fakes[:, n:]
         self.net.eval().requires_grad_(False)
