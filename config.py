@@ -272,6 +272,8 @@ def parse_args(argv) -> TrainConfig:
     for f in dataclasses.fields(cfg):                       # presets write 40 where a float is meant
         if f.type is float:
             setattr(cfg, f.name, float(getattr(cfg, f.name)))
+    if cfg.resume:              # checked on top of the checkpoint's config (resume_config): --resume RUN
+        return cfg              # --mask_consistency 1 needs no --masks there, the run has its masks
     validate(cfg)
     if "mask_head" in given and not cfg.masks:
         raise ConfigError(f"--mask_head {cfg.mask_head} places G's mask output; it needs --masks")

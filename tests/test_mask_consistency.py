@@ -75,7 +75,10 @@ def test_the_masks_term_is_scaled_by_its_weight_and_the_images_term_is_not():
     saved = dataclasses.asdict(config.parse_args(["--masks"]))
     saved.pop("consistency_mask_weight")                                    # a run saved before the option
     assert config.resume_config(saved, {}).consistency_mask_weight == 1     # resumes as it was trained
+    resumed = config.parse_args(["--resume", "RUN", "--consistency_mask_weight=2"])   # judged against the run's config
     default = dataclasses.asdict(config.parse_args(["--masks"]))
+    assert config.resume_config(default, {"consistency_mask_weight": resumed.consistency_mask_weight,
+                                          "resume": "RUN"}).consistency_mask_weight == 2
     off = config.resume_config(default, {"mask_consistency": 0.0})          # the term turned off on resuming
     assert (off.consistency_mask_weight, off.consistency_rim, off.consistency_image) == (1, True, True)
 
