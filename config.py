@@ -82,6 +82,9 @@ class TrainConfig:
     consistency_mask_weight: float = 1.0    # with --mask_consistency: factor on the mask's term against the image's
                                         # (the mask's squared distance from the segmenter's reading; 1 = equal; a
                                         # new run with --mask_consistency defaults to MASKS_MASK_WEIGHT)
+    consistency_brain: bool = False     # with --mask_consistency: each sample's term is weighted by the batch's mean
+                                        # brain share over its own, so a small slice's term is no cheaper than a
+                                        # large one's (consistency.brain_weights; false = each term over the image)
     r1_mask: bool = True                # with --masks: R1 also penalizes D's gradient on the mask channels
                                         # (false = on the image channels only)
     cond: str = "none"                  # conditional training: none | slice (axial position from OASIS names) | json
@@ -327,7 +330,8 @@ def mask_channels(cfg: TrainConfig) -> int:
     return MASK_CLASSES if cfg.mask_encoding in CLASS_ENCODINGS else 1
 
 
-CONSISTENCY_KEYS = ("consistency_image", "consistency_rim", "consistency_mask_weight")   # shape its term
+CONSISTENCY_KEYS = ("consistency_image", "consistency_rim", "consistency_mask_weight",     # shape its term
+                    "consistency_brain")
 
 
 def resume_config(saved: dict, given: dict) -> TrainConfig:
@@ -458,6 +462,9 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     if cfg.consistency_mask_weight != 1 and not cfg.mask_consistency:
         raise ConfigError("--consistency_mask_weight weighs the mask's term of --mask_consistency; it needs "
                           "--mask_consistency W > 0")
+    if cfg.consistency_brain and not cfg.mask_consistency:
+        raise ConfigError("--consistency_brain weighs the term of --mask_consistency by each slice's brain share; "
+                          "it needs --mask_consistency W > 0")
     if not cfg.consistency_rim and not (cfg.mask_consistency and cfg.consistency_image):
         raise ConfigError("--consistency_rim=false shapes the image's term of --mask_consistency; it needs "
                           "--mask_consistency W > 0 with the image's term on (--consistency_image)")
@@ -508,6 +515,8 @@ def describe_masks(cfg: TrainConfig) -> str:
             "the image's term off the CSF rim" if not cfg.consistency_rim else "the image's term on the rim too"
         if cfg.consistency_mask_weight != 1:
             terms += f", the mask's term x{cfg.consistency_mask_weight:g}"
+        if cfg.consistency_brain:
+            terms += ", each over its brain's share"
         parts.append(f"in-loop segmenter (--mask_consistency {cfg.mask_consistency:g}, {terms}; 0 turns it off)")
     else:
         parts.append("no in-loop segmenter (--mask_consistency 0)")

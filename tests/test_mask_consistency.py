@@ -83,6 +83,48 @@ def test_the_masks_term_is_scaled_by_its_weight_and_the_images_term_is_not():
     assert (off.consistency_mask_weight, off.consistency_rim, off.consistency_image) == (1, True, True)
 
 
+class _SeesBackground(torch.nn.Module):
+    """A stand-in S that reads every pixel as background, by a wide margin, whatever the image."""
+
+    def forward(self, image):
+        logits = torch.zeros(image.shape[0], K, *image.shape[2:])
+        logits[:, 0] = 20.0
+        return logits + 0 * image.sum()
+
+
+def test_with_the_brain_weights_a_small_slice_earns_no_smaller_term_than_a_large_one():
+    cfg = config.TrainConfig(masks=True, mask_consistency=1.0)
+    plain = consistency.Consistency(cfg, torch.device("cpu"))
+    brain = consistency.Consistency(dataclasses.replace(cfg, consistency_brain=True), torch.device("cpu"))
+    plain.net = brain.net = _SeesBackground()
+    fakes = torch.randn(3, 2, 16, 16)
+    fakes[:, 1] = -1.0                                    # background, which S agrees with
+    fakes[0, 1, 4:8, 4:8] = 1 / 3                         # 16 pixels of grey matter S does not see ...
+    fakes[1, 1, 2:10, 2:10] = 1 / 3                       # ... 64 of them, the same disagreement per pixel
+    fakes.requires_grad_(True)                            # sample 2: no brain at all
+    a, b = plain.generator_term(fakes), brain.generator_term(fakes)
+    assert a[1] > 3.9 * a[0]                              # over the image: 4 times the brain, 4 times the term
+    torch.testing.assert_close(b[0], b[1])                # over the brain: equal
+    share = torch.tensor([16 / 256, 64 / 256, consistency.MIN_BRAIN_SHARE])    # an empty slice counts as 1 %
+    weights = share.mean() / share
+    torch.testing.assert_close(b, a * weights)
+    ga = torch.autograd.grad(a.sum(), fakes)[0]
+    gb = torch.autograd.grad(b.sum(), fakes)[0]
+    torch.testing.assert_close(gb, ga * weights[:, None, None, None])     # no gradient through the weight
+    labels = torch.zeros(2, 16, 16, dtype=torch.long)
+    seen = torch.zeros(2, 16, 16, dtype=torch.long)
+    labels[0, :4, :4], seen[0, 4:8, :4] = 2, 1            # the brain is what either calls tissue: 32 pixels
+    labels[1, :8, :4] = 3                                 # 32 pixels of the mask's alone
+    torch.testing.assert_close(consistency.brain_weights(labels, seen), torch.ones(2))
+    line = config.describe_masks(config.parse_args(["--masks", "--consistency_brain"]))
+    assert "each over its brain's share" in line and "\n" not in line
+    saved = dataclasses.asdict(config.parse_args(["--masks", "--consistency_brain"]))
+    assert config.resume_config(saved, {}).consistency_brain is True
+    assert config.resume_config(saved, {"mask_consistency": 0.0}).consistency_brain is False   # the term turned off
+    saved.pop("consistency_brain")                                          # a run saved before the option
+    assert config.resume_config(saved, {}).consistency_brain is False       # resumes as it was trained
+
+
 def test_the_rim_is_the_csf_next_to_background_that_a_snapped_soft_outline_draws():
     yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
     disk = ((yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 10 ** 2).float()
@@ -196,6 +238,7 @@ def test_a_masked_run_says_at_its_start_whether_the_segmenter_is_on_and_how_to_t
     ({"consistency_rim": False}, "--consistency_rim=false shapes the image's term"),
     ({"consistency_rim": False, "mask_consistency": 1.0, "consistency_image": False}, "--consistency_rim=false shapes"),
     ({"consistency_mask_weight": 8.0}, "--consistency_mask_weight weighs the mask's term"),
+    ({"consistency_brain": True}, "--consistency_brain weighs the term"),
     ({"consistency_mask_weight": -1.0, "mask_consistency": 1.0}, "--consistency_mask_weight must be a factor >= 0"),
     ({"consistency_mask_weight": float("nan"), "mask_consistency": 1.0}, "--consistency_mask_weight must be"),
 ])
