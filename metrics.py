@@ -226,7 +226,18 @@ def quality_scores(generated: torch.Tensor, reference: torch.Tensor, heldout: to
     order = gen_near.argsort(descending=True)[:closest].tolist()
     out["closest"] = [(i, int(gen_index[i]), gen_near[i].item()) for i in order]
     out["nearest_index"], out["heldout_nearest_index"] = gen_index.tolist(), base["heldout_index"]
+    out["nearest_values"], out["heldout_nearest_values"] = gen_near.tolist(), base["heldout_near"].tolist()
     return out
+
+
+def level_mean(values, levels) -> float:
+    """The mean of values [N] over the levels [N] they belong to, each level's mean counted once: a score that
+    does not rise or fall with how often each level is drawn (a low slice, mostly background, scores higher
+    nearest-real SSIM than a large mid-brain slice of the same quality)."""
+    by_level = {}
+    for value, level in zip(values, levels):
+        by_level.setdefault(level, []).append(value)
+    return sum(sum(v) / len(v) for v in by_level.values()) / max(len(by_level), 1)
 
 
 def mask_shape(labels: torch.Tensor) -> dict:

@@ -37,6 +37,8 @@ MASK_PANEL = ("masks: CSF share of brain, CSF on the brain's rim", ["csf_share",
 TRACKED = {"nearest_ssim": "nearest_ssim_mean", "heldout_nearest_ssim": "heldout_nearest_ssim_mean",
            "diversity_ssim": "diversity_ssim", "real_diversity_ssim": "real_diversity_ssim",
            "memorization_share": "memorization_share", "quality_gap": "quality_gap", "kid": "kid", "fid": "fid",
+           "nearest_ssim_level_mean": "nearest_ssim_level_mean",
+           "heldout_nearest_ssim_level_mean": "heldout_nearest_ssim_level_mean",
            "level_coverage": "level_coverage", "level_spread": "level_spread",
            "real_level_coverage": "real_level_coverage", "real_level_spread": "real_level_spread"}
 

@@ -16,6 +16,7 @@ import oasis
 
 TABLE_ROWS = [("nearest-real SSIM, mean", "nearest_ssim_mean", "heldout_nearest_ssim_mean"),
               ("nearest-real SSIM, median", "nearest_ssim_median", "heldout_nearest_ssim_median"),
+              ("nearest-real SSIM, mean over levels", "nearest_ssim_level_mean", "heldout_nearest_ssim_level_mean"),
               ("diversity: SSIM of pairs", "diversity_ssim", "real_diversity_ssim"),
               ("diversity: MS-SSIM of pairs", "diversity_ms_ssim", "real_diversity_ms_ssim"),
               ("memorization share", "memorization_share", None),
@@ -49,8 +50,9 @@ class Scorer:
     def __call__(self, generated: torch.Tensor, asked=None) -> dict:
         """generated: uint8 [N, C, R, R]; asked: the slice position each was generated at ([N], with
         position_column). The dict of metrics.quality_scores (with its "closest", "nearest_index" and
-        "heldout_nearest_index"), then, for OASIS names, level_coverage, level_spread, real_level_coverage,
-        real_level_spread and level_counts, then position_error and real_position_error when asked is given.
+        "heldout_nearest_index"), then, for OASIS names, nearest_ssim_level_mean and its held-out twin (the
+        nearest-real SSIM averaged per level of the nearest real slice first), level_coverage, level_spread,
+        real_level_coverage, real_level_spread and level_counts, then position_error and real_position_error when asked is given.
         A feature network that returns the wrong shape raises metrics.FeatureError."""
         real = self.real
         features = None
@@ -67,9 +69,14 @@ class Scorer:
                                         features, pairs=self.pairs, closest=self.closest, baseline=self.baseline,
                                         ms_ssim=self.ms_ssim)
         nearest, held_nearest = scores["nearest_index"], scores["heldout_nearest_index"]
+        values, held_values = scores.pop("nearest_values"), scores.pop("heldout_nearest_values")
         if None not in self.levels:                    # OASIS names: axial levels of the nearest real slices
-            generated_cover = metrics.level_coverage([self.levels[i] for i in nearest], self.levels)
-            real_cover = metrics.level_coverage([self.levels[i] for i in held_nearest], self.levels)
+            generated_levels = [self.levels[i] for i in nearest]
+            held_levels = [self.levels[i] for i in held_nearest]
+            generated_cover = metrics.level_coverage(generated_levels, self.levels)
+            real_cover = metrics.level_coverage(held_levels, self.levels)
+            scores.update(nearest_ssim_level_mean=metrics.level_mean(values, generated_levels),
+                          heldout_nearest_ssim_level_mean=metrics.level_mean(held_values, held_levels))
             scores.update({k: generated_cover[k] for k in ("level_coverage", "level_spread")},
                           real_level_coverage=real_cover["level_coverage"],
                           real_level_spread=real_cover["level_spread"], level_counts=generated_cover["level_counts"])

@@ -135,6 +135,13 @@ def test_kid_is_the_unbiased_polynomial_mmd():
     assert abs(same) < 0.02                                          # unbiased: about zero for one distribution
 
 
+def test_level_mean_counts_each_level_once_however_often_it_is_drawn():
+    assert metrics.level_mean([0.9, 0.9, 0.9, 0.5], [0, 0, 0, 5]) == pytest.approx(0.7)   # plain mean 0.8
+    assert metrics.level_mean([0.9, 0.5], [0, 5]) == pytest.approx(0.7)                     # the same levels, once
+    assert metrics.level_mean([0.2, 0.4, 0.6], [3, 3, 1]) == pytest.approx((0.3 + 0.6) / 2)
+    assert metrics.level_mean([], []) == 0
+
+
 def test_level_coverage_counts_levels_hit_and_their_evenness():
     levels = [0, 0, 1, 1, 2, 2, 3, 3]
     even = metrics.level_coverage([0, 1, 2, 3], levels)

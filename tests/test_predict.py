@@ -304,6 +304,13 @@ def test_scorer_computes_the_real_side_once_and_adds_levels_and_positions(monkey
     assert s["level_counts"] == {0: 1, 1: 1, 2: 1} and s["level_coverage"] == 1 and s["level_spread"] == 0
     assert s["position_error"] == pytest.approx(1 / 3)                            # asked 0, found 1 for the last
     assert "position_error" not in again and again["nearest_ssim_mean"] == s["nearest_ssim_mean"]
+    assert s["nearest_ssim_level_mean"] == pytest.approx(1.0)                     # copies: 1 at every level
+    assert 0 < s["heldout_nearest_ssim_level_mean"] <= 1
+    assert "nearest_values" not in s and "heldout_nearest_values" not in s        # no per-sample lists leak out
+    doubled = scorer(reference[[1, 1, 1, 2]] // 2)                                # level 0 drawn three times
+    levels = [scorer.levels[i] for i in doubled["nearest_index"]]
+    near = metrics.nearest_ssim((reference[[1, 1, 1, 2]] // 2).float() / 255, reference.float() / 255)[0]
+    assert doubled["nearest_ssim_level_mean"] == pytest.approx(metrics.level_mean(near.tolist(), levels))
 
 
 # ----------------------------------------------------------------------------------------------
