@@ -52,7 +52,8 @@ class Scorer:
         position_column). The dict of metrics.quality_scores (with its "closest", "nearest_index" and
         "heldout_nearest_index"), then, for OASIS names, nearest_ssim_level_mean and its held-out twin (the
         nearest-real SSIM averaged per level of the nearest real slice first), level_coverage, level_spread,
-        real_level_coverage, real_level_spread and level_counts, then position_error and real_position_error when asked is given.
+        real_level_coverage, real_level_spread and level_counts, then position_error and real_position_error
+        when asked is given.
         A feature network that returns the wrong shape raises metrics.FeatureError."""
         real = self.real
         features = None
