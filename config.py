@@ -202,6 +202,10 @@ MASKS_MASK_WEIGHT = 8.0     # --consistency_mask_weight of a new run with --mask
                             # CSF ring lies, D pulled on the mask about 8 times as hard as the mask's term at factor
                             # 1; at 8 the masks agreed more with their images at 60 kimg (docs/results.md, row (t))
 
+MASKS_MBSTD_GROUP = 8       # --mbstd_group of a new --masks run unless given, where the batch is a multiple of it: with
+                            # groups of 4 the masked runs over-drew the low slices; D's minibatch stddev over 8 samples
+                            # spread them (all 32 axial levels at 60 kimg; docs/results.md, row (v))
+
 
 class ConfigError(errors.UsageError):
     """An option the user gave that cannot work, as one line."""
@@ -272,6 +276,8 @@ def parse_args(argv) -> TrainConfig:
         cfg.consistency_rim = False
     if cfg.mask_consistency and "consistency_mask_weight" not in given:
         cfg.consistency_mask_weight = MASKS_MASK_WEIGHT
+    if cfg.masks and "mbstd_group" not in given and cfg.batch % MASKS_MBSTD_GROUP == 0:
+        cfg.mbstd_group = max(cfg.mbstd_group, MASKS_MBSTD_GROUP)
     for f in dataclasses.fields(cfg):                       # presets write 40 where a float is meant
         if f.type is float:
             setattr(cfg, f.name, float(getattr(cfg, f.name)))
@@ -509,7 +515,8 @@ def from_dict(values: dict) -> TrainConfig:
 def describe_masks(cfg: TrainConfig) -> str:
     """One line for the start of a masked run: how the mask is made and judged, and the options that change it."""
     parts = [f"masks: {cfg.mask_encoding} encoding", f"blur sigma {cfg.mask_blur:g} px on both sides' masks in D",
-             "ADA off" if cfg.aug == "noaug" else f"--aug {cfg.aug}"]
+             "ADA off" if cfg.aug == "noaug" else f"--aug {cfg.aug}",
+             f"D's minibatch stddev over groups of {cfg.mbstd_group} (--mbstd_group)"]
     if cfg.mask_consistency:
         terms = "the mask's term only" if not cfg.consistency_image else \
             "the image's term off the CSF rim" if not cfg.consistency_rim else "the image's term on the rim too"

@@ -163,6 +163,25 @@ def test_a_new_masked_run_trains_without_ada_unless_aug_is_given():
     assert config.parse_args([]).aug == config.parse_args(["--masks=false"]).aug == "ada"
 
 
+def test_a_new_masked_run_takes_the_minibatch_stddev_over_8_where_the_batch_allows_and_old_runs_keep_theirs():
+    new = config.parse_args(["--masks"])
+    assert new.mbstd_group == config.MASKS_MBSTD_GROUP == 8 and new.batch == 16
+    assert "groups of 8 (--mbstd_group)" in config.describe_masks(new)
+    assert config.parse_args(["--masks", "--mbstd_group=4"]).mbstd_group == 4        # given wins
+    assert config.parse_args(["--masks", "--batch=12"]).mbstd_group == 4              # 8 would not divide 12
+    assert config.parse_args([]).mbstd_group == config.parse_args(["--masks=false"]).mbstd_group == 4   # image only
+    assert config.parse_args(["--masks", "--preset=paper256"]).mbstd_group == 8       # the preset's own 8
+    for gpus in (2, 4):                                       # 8 or 4 images per GPU: groups of min(8, N)
+        config.validate(new, world_size=gpus)
+    assert modules.MinibatchStd(8, 1)(torch.randn(4, 3, 4, 4)).shape == (4, 4, 4, 4)
+    old = dataclasses.asdict(dataclasses.replace(new, mbstd_group=4))   # a masked run saved with groups of 4
+    assert config.resume_config(old, {}).mbstd_group == 4               # resumes as it was trained
+    assert config.resume_config(old, {"mbstd_group": 8}).mbstd_group == 8   # no parameter depends on it
+    shapes = lambda cfg: {k: v.shape for net in runs.build_networks(cfg) for k, v in net.state_dict().items()}
+    small = dict(resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16, masks=True)
+    assert shapes(config.TrainConfig(**small, mbstd_group=8)) == shapes(config.TrainConfig(**small, mbstd_group=4))
+
+
 def test_mask_head_needs_masks_and_leaves_the_image_only_networks_unchanged():
     assert config.parse_args(["--masks"]).mask_head == "skip"
     assert config.parse_args(["--masks", "--mask_head=top"]).mask_head == "top"

@@ -96,13 +96,14 @@ def test_colour_filter_noise_and_cutout_leave_the_mask_untouched(groups, transfo
 @pytest.mark.slow
 def test_a_masked_run_trains_on_pairs_and_resumes_bit_exactly(oasis, tmp_path, tiny_args, run_train, weights,
                                                               assert_same_weights):
-    args = tiny_args(oasis, tmp_path / "runs", masks="true")
+    args = tiny_args(oasis, tmp_path / "runs", masks="true", batch=8)     # D's stddev over the new default 8
     full = run_train(args + ["--kimg=0.12"])
     part = run_train(args + ["--kimg=0.06"])
     run_train([f"--resume={part}", "--kimg=0.12"])
     assert_same_weights(weights(full / "checkpoint.pt"), weights(part / "checkpoint.pt"))
     state = weights(full / "checkpoint.pt")
     assert state["config"]["masks"] is True and state["config"]["mask_encoding"] == "level"   # the default
+    assert state["config"]["mbstd_group"] == config.MASKS_MBSTD_GROUP == 8
     G, cfg, _, _ = runs.load_generator(full, torch.device("cpu"))
     x = G(torch.randn(2, 16))                                        # image + one level channel
     assert G.mask_classes == K and x.shape == (2, 2, 16, 16)
