@@ -365,6 +365,16 @@ def check_resolution(resolution, option: str = "--resolution", error=None) -> in
     return int(math.log2(resolution))
 
 
+def fit_masks_group(cfg: TrainConfig, given: dict, world_size: int) -> TrainConfig:
+    """A new --masks run's default group of 8 (MASKS_MBSTD_GROUP) falls back to the preset's where the images
+    per GPU, known only now, are not a multiple of it (24 over 2 GPUs); a group the user gave is kept."""
+    batch_gpu = cfg.batch // world_size
+    if (cfg.masks and not cfg.resume and "mbstd_group" not in given and batch_gpu >= 1
+            and batch_gpu % min(cfg.mbstd_group, batch_gpu)):
+        return dataclasses.replace(cfg, mbstd_group=PRESETS[cfg.preset]["mbstd_group"])
+    return cfg
+
+
 def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     """Reject impossible combinations with one line that names the option."""
     check_resolution(cfg.resolution)

@@ -316,6 +316,7 @@ def train(cfg: config_lib.TrainConfig, given: dict = None) -> Path:
         source = transfer.load_source(cfg.init_from)
         cfg = transfer.config_for(cfg, given if given is not None else {}, source[1])
         log(transfer.recipe_line(cfg, given if given is not None else {}))
+    cfg = config_lib.fit_masks_group(cfg, given if given is not None else {}, world_size)
     config_lib.validate(cfg, world_size)
     if cfg.dry_run:
         G, D = runs.build_networks(cfg)

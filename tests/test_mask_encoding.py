@@ -172,7 +172,15 @@ def test_a_new_masked_run_takes_the_minibatch_stddev_over_8_where_the_batch_allo
     assert config.parse_args([]).mbstd_group == config.parse_args(["--masks=false"]).mbstd_group == 4   # image only
     assert config.parse_args(["--masks", "--preset=paper256"]).mbstd_group == 8       # the preset's own 8
     for gpus in (2, 4):                                       # 8 or 4 images per GPU: groups of min(8, N)
-        config.validate(new, world_size=gpus)
+        config.validate(config.fit_masks_group(new, {}, gpus), world_size=gpus)
+        assert config.fit_masks_group(new, {}, gpus).mbstd_group == 8
+    wide = config.parse_args(["--masks", "--batch=24"])       # 12 per GPU on 2 GPUs: back to the preset's 4
+    assert wide.mbstd_group == 8 and config.fit_masks_group(wide, {}, 2).mbstd_group == 4
+    config.validate(config.fit_masks_group(wide, {}, 2), world_size=2)
+    given = config.parse_args(["--masks", "--batch=24", "--mbstd_group=8"])    # given: kept, and refused
+    assert config.fit_masks_group(given, {"mbstd_group": 8}, 2).mbstd_group == 8
+    with pytest.raises(config.ConfigError, match="12 images per GPU, which the minibatch-stddev group of 8"):
+        config.validate(given, world_size=2)
     assert modules.MinibatchStd(8, 1)(torch.randn(4, 3, 4, 4)).shape == (4, 4, 4, 4)
     old = dataclasses.asdict(dataclasses.replace(new, mbstd_group=4))   # a masked run saved with groups of 4
     assert config.resume_config(old, {}).mbstd_group == 4               # resumes as it was trained
