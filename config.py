@@ -202,9 +202,9 @@ MASKS_MASK_WEIGHT = 8.0     # --consistency_mask_weight of a new run with --mask
                             # CSF ring lies, D pulled on the mask about 8 times as hard as the mask's term at factor
                             # 1; at 8 the masks agreed more with their images at 60 kimg (docs/results.md, row (t))
 
-MASKS_MBSTD_GROUP = 8       # --mbstd_group of a new --masks run unless given, where the batch is a multiple of it: with
-                            # groups of 4 the masked runs over-drew the low slices; D's minibatch stddev over 8 samples
-                            # spread them (all 32 axial levels at 60 kimg; docs/results.md, row (v))
+MASKS_MBSTD_GROUP = 8       # --mbstd_group of a new --masks run unless given, where it divides the images per GPU
+                            # (fit_masks_group): with groups of 4 the masked runs over-drew the low slices; over 8
+                            # samples they spread (all 32 axial levels at 100 kimg; docs/results.md, row (v))
 
 
 class ConfigError(errors.UsageError):
@@ -276,8 +276,9 @@ def parse_args(argv) -> TrainConfig:
         cfg.consistency_rim = False
     if cfg.mask_consistency and "consistency_mask_weight" not in given:
         cfg.consistency_mask_weight = MASKS_MASK_WEIGHT
-    if cfg.masks and "mbstd_group" not in given and cfg.batch % MASKS_MBSTD_GROUP == 0:
+    if cfg.masks and "mbstd_group" not in given:
         cfg.mbstd_group = max(cfg.mbstd_group, MASKS_MBSTD_GROUP)
+        cfg = fit_masks_group(cfg, given, world_size=1)     # train.py fits it again once the GPUs are known
     for f in dataclasses.fields(cfg):                       # presets write 40 where a float is meant
         if f.type is float:
             setattr(cfg, f.name, float(getattr(cfg, f.name)))
@@ -366,8 +367,8 @@ def check_resolution(resolution, option: str = "--resolution", error=None) -> in
 
 
 def fit_masks_group(cfg: TrainConfig, given: dict, world_size: int) -> TrainConfig:
-    """A new --masks run's default group of 8 (MASKS_MBSTD_GROUP) falls back to the preset's where the images
-    per GPU, known only now, are not a multiple of it (24 over 2 GPUs); a group the user gave is kept."""
+    """A new --masks run's default group of 8 (MASKS_MBSTD_GROUP) falls back to the preset's where it does not
+    divide the images per GPU (a batch of 12, or 24 over 2 GPUs); a group the user gave is kept."""
     batch_gpu = cfg.batch // world_size
     if (cfg.masks and not cfg.resume and "mbstd_group" not in given and batch_gpu >= 1
             and batch_gpu % min(cfg.mbstd_group, batch_gpu)):
