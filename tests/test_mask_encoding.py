@@ -163,6 +163,17 @@ def test_a_new_masked_run_trains_without_ada_unless_aug_is_given():
     assert config.parse_args([]).aug == config.parse_args(["--masks=false"]).aug == "ada"
 
 
+def test_a_new_masked_demo_run_trains_100_kimg_unless_kimg_or_another_preset_is_given():
+    new = config.parse_args(["--masks"])
+    assert new.kimg == config.MASKS_DEMO_KIMG == 100 and "100 kimg (--kimg)" in config.describe_masks(new)
+    assert config.parse_args([]).kimg == config.parse_args(["--masks=false"]).kimg == 60    # image only
+    assert config.parse_args(["--masks", "--kimg=60"]).kimg == 60                            # given wins
+    assert config.parse_args(["--masks", "--preset=oasis256"]).kimg == 25000                 # the preset's own
+    old = dataclasses.asdict(dataclasses.replace(new, kimg=60.0))      # a masked run saved with the old 60
+    assert config.resume_config(old, {}).kimg == 60                     # resumes to its own length
+    assert config.resume_config(old, {"kimg": 100.0}).kimg == 100
+
+
 def test_a_new_masked_run_takes_the_minibatch_stddev_over_8_where_the_batch_allows_and_old_runs_keep_theirs():
     new = config.parse_args(["--masks"])
     assert new.mbstd_group == config.MASKS_MBSTD_GROUP == 8 and new.batch == 16
